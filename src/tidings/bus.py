@@ -1,0 +1,843 @@
+"""Bus: publish events to subscribed handlers, inline or through a pool of workers.
+
+Inline mode (the default) calls handlers in the publisher's thread, in subscription order.
+Async mode hands events to ``workers`` threads through bounded queues; an event goes to the
+worker chosen by its key (aggregate id, else subject), so events of one key are handled in
+publish order while different keys run in parallel. A failing handler never reaches the
+publisher: the failure is logged, recorded, retried by policy on the clock (never by sleeping in
+a worker) and finally dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import itertools
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar, overload
+
+from tidings.clock import Clock, Timer, system_clock
+from tidings.delivery import Delivery, DeliveryStatus
+from tidings.event import Event, _current
+from tidings.middleware.base import Middleware, compose
+from tidings.middleware.dead_letter import DeadLetter, DeadLetterMiddleware, DeadLetterQueue
+from tidings.middleware.metrics import MetricsHook, MetricsMiddleware
+from tidings.middleware.retry import RetryMiddleware
+from tidings.middleware.timeout import TimeoutMiddleware
+from tidings.retry import RetryPolicy
+from tidings.topics import Pattern, PatternError, SubscriptionIndex, compile_pattern
+
+__all__ = ["Bus", "BusClosed", "BusStats", "CloseReport", "QueueFull", "Subscription"]
+
+log = logging.getLogger("tidings.bus")
+
+Mode = Literal["inline", "sync", "async"]
+WhenFull = Literal["block", "drop", "raise"]
+Handler = Callable[[Any], Any]
+H = TypeVar("H", bound=Handler)
+
+
+class BusClosed(RuntimeError):
+    """The bus is closing or closed and takes no more events."""
+
+
+class QueueFull(RuntimeError):
+    """Async mode with ``when_full="raise"``: the worker queue for this event's key is full."""
+
+
+@dataclass(slots=True)
+class BusStats:
+    """Counters of the slow paths (the success path counts nothing, to stay fast)."""
+
+    failed: int = 0
+    retried: int = 0
+    dead: int = 0
+    dropped: int = 0
+
+
+@dataclass(slots=True)
+class CloseReport:
+    """What ``close`` could not finish before its deadline."""
+
+    drained: bool
+    unfinished_events: list[Event] = field(default_factory=list)
+    pending_retries: list[Delivery] = field(default_factory=list)
+    running_tasks: int = 0
+
+    def __bool__(self) -> bool:
+        return self.drained
+
+    def summary(self) -> str:
+        if self.drained:
+            return "drained: nothing left unfinished"
+        return (
+            f"not drained: {len(self.unfinished_events)} queued event(s) not handled, "
+            f"{len(self.pending_retries)} retry(ies) cancelled, "
+            f"{self.running_tasks} handler task(s) still running"
+        )
+
+
+class Subscription:
+    """A handler subscribed to a pattern. Call ``unsubscribe()`` to stop it.
+
+    The subscription is callable and calls the handler, so the decorator form leaves the
+    decorated function usable as before.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_bus",
+        "acall",
+        "active",
+        "call",
+        "handler",
+        "is_async",
+        "name",
+        "pattern",
+        "retry",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        bus: Bus,
+        pattern: Pattern,
+        handler: Handler,
+        name: str,
+        retry: RetryPolicy | None,
+        timeout: float | None,
+    ) -> None:
+        self._bus = bus
+        self.pattern = pattern
+        self.handler = handler
+        self.name = name
+        self.retry = retry
+        self.timeout = timeout
+        self.is_async = _is_coroutine_function(handler)
+        self.active = True
+        self.call: Callable[[Event], Any] = handler
+        self.acall: Callable[[Event], Awaitable[Any]] | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.handler(*args, **kwargs)
+
+    def unsubscribe(self) -> bool:
+        """Stop delivering to this handler; False if it was already unsubscribed."""
+        return self._bus.unsubscribe(self)
+
+    def __repr__(self) -> str:
+        return f"Subscription({self.pattern.text!r}, {self.name})"
+
+
+def _is_coroutine_function(fn: Any) -> bool:
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - objects with an async __call__
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def _handler_name(fn: Any) -> str:
+    module = getattr(fn, "__module__", None) or ""
+    qual = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{module}.{qual}" if module else qual
+
+
+_MISSING = contextvars.Token.MISSING
+_thread_loops = threading.local()
+
+
+def _private_loop() -> asyncio.AbstractEventLoop:
+    """An event loop owned by this thread, for coroutine handlers called from plain threads."""
+    loop: asyncio.AbstractEventLoop | None = getattr(_thread_loops, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = asyncio.new_event_loop()
+        _thread_loops.loop = loop
+    return loop
+
+
+async def _with_current(call: Callable[[Event], Awaitable[Any]], event: Event) -> Any:
+    token = _current.set(event)
+    try:
+        return await call(event)
+    finally:
+        _current.reset(token)
+
+
+_Item = tuple[Event | None, Any, Any]
+
+
+class _Worker:
+    """One async-mode worker thread and its bounded queue."""
+
+    def __init__(self, bus: Bus, index: int, capacity: int) -> None:
+        self.bus = bus
+        self.capacity = capacity
+        self.q: deque[_Item] = deque()
+        self.cond = threading.Condition()
+        self.space = threading.Condition()
+        self.space_waiters = 0
+        self.idle = False
+        self.busy = False
+        self.stopping = False
+        # Keys with a retry in flight: later events of that key wait here, in order.
+        self.parked: dict[str, deque[_Item]] = {}
+        self.retrying: dict[str, int] = {}
+        self.thread = threading.Thread(target=self.run, name=f"tidings-worker-{index}", daemon=True)
+
+    def push(self, item: _Item, front: bool = False) -> None:
+        if front:
+            self.q.appendleft(item)
+        else:
+            self.q.append(item)
+        if self.idle:
+            with self.cond:
+                self.cond.notify()
+
+    def is_drained(self) -> bool:
+        # Order matters: the worker marks itself busy before it pops, so "queue empty, then
+        # not busy" proves it holds nothing.
+        return not self.q and not self.busy and not self.parked
+
+    def run(self) -> None:
+        q = self.q
+        while True:
+            self.busy = True
+            try:
+                event, payload, deliveries = q.popleft()
+            except IndexError:
+                self.busy = False
+                if self.stopping:
+                    return
+                with self.cond:
+                    self.idle = True
+                    while not q and not self.stopping:
+                        self.cond.wait(0.5)
+                    self.idle = False
+                continue
+            if self.space_waiters:
+                with self.space:
+                    self.space.notify()
+            try:
+                if event is None:
+                    self.run_retry(payload)
+                else:
+                    self.run_event(event, payload, deliveries)
+            except Exception:  # a bug in tidings itself must not kill the worker
+                log.exception("tidings worker failed; the event is recorded as failed")
+            finally:
+                self.busy = False
+
+    def run_event(self, event: Event, subs: tuple[Subscription, ...], deliveries: Any) -> None:
+        key = event.key
+        if key is not None and key in self.parked:
+            self.parked[key].append((event, subs, deliveries))
+            return
+        bus = self.bus
+        if deliveries is not None:
+            for delivery in deliveries:
+                delay = bus._attempt(delivery)
+                if delay is not None:
+                    self.hold(key)
+                    bus._schedule_retry(delivery, delay, self)
+            return
+        token = _current.set(event)
+        try:
+            for sub in subs:
+                try:
+                    sub.call(event)
+                except Exception as exc:
+                    delivery, delay = bus._failed(sub, event, exc)
+                    if delay is not None:
+                        self.hold(key)
+                        bus._schedule_retry(delivery, delay, self)
+        finally:
+            _current.reset(token)
+
+    def hold(self, key: str | None) -> None:
+        if key is not None:
+            self.parked.setdefault(key, deque())
+            self.retrying[key] = self.retrying.get(key, 0) + 1
+
+    def run_retry(self, delivery: Delivery) -> None:
+        delay = self.bus._attempt(delivery)
+        if delay is not None:
+            self.bus._schedule_retry(delivery, delay, self)
+            return
+        key = delivery.event.key
+        if key is None or key not in self.retrying:
+            return
+        left = self.retrying[key] - 1
+        if left:
+            self.retrying[key] = left
+            return
+        del self.retrying[key]
+        parked = self.parked.pop(key, None)
+        if parked:
+            self.q.extendleft(reversed(parked))
+
+
+class Bus:
+    """Publish/subscribe with glob patterns, retries and dead letters; see docs/bus.md.
+
+    ``mode="inline"`` (alias ``"sync"``) runs handlers in the publisher's thread;
+    ``mode="async"`` queues events for ``workers`` threads, at most ``buffer_size`` waiting
+    (split evenly across workers), and applies ``when_full`` when a queue is full.
+    """
+
+    def __init__(
+        self,
+        mode: Mode = "inline",
+        *,
+        workers: int = 4,
+        buffer_size: int = 1000,
+        when_full: WhenFull = "block",
+        retry: RetryPolicy | None = None,
+        middleware: Sequence[Middleware] = (),
+        metrics: MetricsHook | None = None,
+        track_deliveries: bool = False,
+        history_size: int = 10_000,
+        dead_letter_size: int = 10_000,
+        publish_dead_letters: bool = False,
+        clock: Clock | None = None,
+        close_timeout: float = 5.0,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        if mode not in ("inline", "sync", "async"):
+            raise ValueError(f"Bus mode: expected 'inline', 'sync' or 'async', got {mode!r}")
+        if when_full not in ("block", "drop", "raise"):
+            raise ValueError(
+                f"Bus when_full: expected 'block', 'drop' or 'raise', got {when_full!r}"
+            )
+        for name, value in (("workers", workers), ("buffer_size", buffer_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Bus {name}: expected a whole number >= 1, got {value!r}")
+        self.mode: Literal["inline", "async"] = "async" if mode == "async" else "inline"
+        self.when_full = when_full
+        self.stats = BusStats()
+        self.dead_letters = DeadLetterQueue(dead_letter_size)
+        self.close_timeout = close_timeout
+        self._clock: Clock = clock if clock is not None else system_clock()
+        self._index: SubscriptionIndex[Subscription] = SubscriptionIndex()
+        self._routes = self._index._cache
+        self._lock = threading.Lock()
+        self._retrier = RetryMiddleware(retry)
+        self._dead = DeadLetterMiddleware(
+            self.dead_letters, self.publish if publish_dead_letters else None
+        )
+        self._timeout_mw = TimeoutMiddleware()
+        self._middleware: list[Middleware] = []
+        if metrics is not None:
+            self._middleware.append(MetricsMiddleware(metrics))
+        self._middleware.extend(middleware)
+        self._track = track_deliveries
+        self._history: OrderedDict[tuple[str, int], Delivery] = OrderedDict()
+        self._history_size = history_size
+        self._timers: dict[Delivery, Timer | None] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop = loop
+        self._closing = False
+        self._report: CloseReport | None = None
+        self._workers: list[_Worker] = []
+        self._rr = itertools.count()
+        if self.mode == "async":
+            per_worker = -(-buffer_size // workers)
+            self._workers = [_Worker(self, i, per_worker) for i in range(workers)]
+            for w in self._workers:
+                w.thread.start()
+
+    # --- subscribing ----------------------------------------------------------------------
+
+    @overload
+    def subscribe(
+        self,
+        pattern: str,
+        handler: None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        name: str | None = None,
+    ) -> Callable[[Handler], Subscription]: ...
+
+    @overload
+    def subscribe(
+        self,
+        pattern: str,
+        handler: Handler,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        name: str | None = None,
+    ) -> Subscription: ...
+
+    def subscribe(
+        self,
+        pattern: str,
+        handler: Handler | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        name: str | None = None,
+    ) -> Subscription | Callable[[Handler], Subscription]:
+        """Subscribe ``handler`` to event types matching ``pattern``.
+
+        Used as ``bus.subscribe("a.*", fn)`` or as a decorator ``@bus.subscribe("a.*")``;
+        both return the Subscription handle.
+        """
+        compiled = compile_pattern(pattern)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"subscribe retry: expected a RetryPolicy, got {type(retry).__name__}")
+        if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+            raise ValueError(f"subscribe timeout: expected seconds > 0, got {timeout!r}")
+
+        def register(fn: Handler) -> Subscription:
+            if not callable(fn):
+                raise TypeError(f"subscribe handler: expected a callable, got {fn!r}")
+            sub = Subscription(self, compiled, fn, name or _handler_name(fn), retry, timeout)
+            chain = [*self._middleware, self._timeout_mw]
+            if sub.is_async:
+                sub.acall = compose(fn, chain, sub, is_async=True)
+                sub.call = self._bridge(sub)
+            else:
+                sub.call = compose(fn, chain, sub, is_async=False)
+            with self._lock:
+                self._index.add(compiled, sub)
+            return sub
+
+        if handler is None:
+            return register
+        return register(handler)
+
+    def unsubscribe(self, sub: Subscription) -> bool:
+        with self._lock:
+            removed = self._index.remove(sub.pattern, sub)
+        sub.active = False
+        return removed
+
+    def subscriptions(self) -> list[Subscription]:
+        return list(self._index.items())
+
+    def matching(self, event_type: str) -> tuple[Subscription, ...]:
+        """The subscriptions an event of ``event_type`` would be delivered to, in order."""
+        return self._index.match(event_type)
+
+    # --- publishing -----------------------------------------------------------------------
+
+    def publish(self, event: Event) -> None:
+        """Deliver ``event`` to every matching handler (inline) or queue it (async mode)."""
+        if self._closing:
+            raise BusClosed("the bus is closed; publish before close() or use a new Bus")
+        try:
+            subs = self._routes[event.type]
+        except KeyError:
+            subs = self._route(event)
+        except AttributeError:
+            raise TypeError(
+                f"publish expects a tidings Event, got {type(event).__name__}"
+            ) from None
+        if self._workers or self._track:
+            self._publish_queued_or_tracked(event, subs)
+            return
+        token = _current.set(event)
+        # The token's old value is the event being handled while this one is published.
+        parent = token.old_value
+        if parent is not _MISSING and parent is not None and event.causation_id is None:
+            event.caused_by(parent)
+        try:
+            for sub in subs:
+                try:
+                    sub.call(event)
+                except Exception as exc:
+                    delivery, delay = self._failed(sub, event, exc)
+                    if delay is not None:
+                        self._schedule_retry(delivery, delay, None)
+        finally:
+            _current.reset(token)
+
+    def _publish_queued_or_tracked(self, event: Event, subs: tuple[Subscription, ...]) -> None:
+        parent = _current.get()
+        if parent is not None and event.causation_id is None:
+            event.caused_by(parent)
+        if not subs:
+            return
+        if self._workers:
+            self._enqueue(event, subs)
+            return
+        for delivery in self._new_deliveries(event, subs):
+            self._run_inline(delivery)
+
+    async def apublish(self, event: Event) -> None:
+        """Like ``publish``, awaiting coroutine handlers in this task (inline mode)."""
+        if self._closing:
+            raise BusClosed("the bus is closed; publish before close() or use a new Bus")
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        try:
+            subs = self._routes[event.type]
+        except KeyError:
+            subs = self._route(event)
+        except AttributeError:
+            raise TypeError(
+                f"apublish expects a tidings Event, got {type(event).__name__}"
+            ) from None
+        parent = _current.get()
+        if parent is not None and event.causation_id is None:
+            event.caused_by(parent)
+        if not subs:
+            return
+        if self._workers:
+            while not self._enqueue(event, subs, wait=False):
+                await asyncio.sleep(0.001)
+                if self._closing:
+                    raise BusClosed("the bus closed while waiting for queue space")
+            return
+        deliveries = self._new_deliveries(event, subs) if self._track else None
+        token = _current.set(event)
+        try:
+            for i, sub in enumerate(subs):
+                delivery = deliveries[i] if deliveries is not None else None
+                if delivery is not None:
+                    self._start(delivery)
+                try:
+                    if sub.acall is not None:
+                        await sub.acall(event)
+                    else:
+                        sub.call(event)
+                except Exception as exc:
+                    delivery, delay = self._failed(sub, event, exc, delivery)
+                    if delay is not None:
+                        self._schedule_retry(delivery, delay, None)
+                else:
+                    if delivery is not None:
+                        self._completed(delivery)
+        finally:
+            _current.reset(token)
+
+    def publish_many(self, events: Iterable[Event]) -> None:
+        for event in events:
+            self.publish(event)
+
+    def _route(self, event: Event) -> tuple[Subscription, ...]:
+        if not isinstance(event, Event):
+            raise TypeError(f"publish expects a tidings Event, got {type(event).__name__}")
+        if not isinstance(event.type, str) or not event.type or " " in event.type:
+            raise PatternError(f"event {event.id}: type {event.type!r} is not a valid event type")
+        return self._index.match(event.type)
+
+    def _enqueue(self, event: Event, subs: tuple[Subscription, ...], wait: bool = True) -> bool:
+        workers = self._workers
+        key = event.key
+        if key is None:
+            worker = workers[next(self._rr) % len(workers)]
+        else:
+            worker = workers[hash(key) % len(workers)]
+        if len(worker.q) >= worker.capacity and not self._make_room(worker, event, wait):
+            # Dropped (handled, counted) or, for apublish, "wait and try again".
+            return self.when_full == "drop"
+        deliveries = self._new_deliveries(event, subs) if self._track else None
+        worker.push((event, subs, deliveries))
+        return True
+
+    def _make_room(self, worker: _Worker, event: Event, wait: bool) -> bool:
+        if self.when_full == "drop":
+            with self._lock:
+                self.stats.dropped += 1
+            log.warning("queue full: dropped event %s (%s)", event.id, event.type)
+            return False
+        if self.when_full == "raise":
+            raise QueueFull(
+                f"the worker queue for event {event.id} is full ({worker.capacity} waiting); "
+                "raise buffer_size, add workers, or choose when_full='block'"
+            )
+        if not wait:
+            return False
+        with worker.space:
+            worker.space_waiters += 1
+            try:
+                while len(worker.q) >= worker.capacity and not worker.stopping:
+                    worker.space.wait(0.05)
+            finally:
+                worker.space_waiters -= 1
+        if worker.stopping:
+            raise BusClosed("the bus closed while waiting for queue space")
+        return True
+
+    # --- attempts, failures and retries ---------------------------------------------------
+
+    def _bridge(self, sub: Subscription) -> Callable[[Event], Any]:
+        """A plain callable for a coroutine handler, used by ``publish`` and by workers."""
+        acall = sub.acall
+        assert acall is not None
+
+        def call(event: Event) -> Any:
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is not None:
+                # Called from inside an event loop: blocking it would deadlock, so the handler
+                # runs as a task of that loop and handles its own failure.
+                task = running.create_task(self._task_attempt(sub, event))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                return None
+            home = self._loop
+            if home is not None and home.is_running():
+                future = asyncio.run_coroutine_threadsafe(_with_current(acall, event), home)
+                return future.result()
+            return _private_loop().run_until_complete(_with_current(acall, event))
+
+        return call
+
+    async def _task_attempt(self, sub: Subscription, event: Event) -> None:
+        assert sub.acall is not None
+        try:
+            await sub.acall(event)
+        except Exception as exc:
+            delivery, delay = self._failed(sub, event, exc)
+            if delay is not None:
+                self._schedule_retry(delivery, delay, None)
+
+    def _new_deliveries(self, event: Event, subs: tuple[Subscription, ...]) -> list[Delivery]:
+        now = self._clock.time()
+        out = [Delivery(event, sub, sub.name, now) for sub in subs]
+        for delivery in out:
+            self._record(delivery)
+        return out
+
+    def _start(self, delivery: Delivery) -> None:
+        delivery.attempts += 1
+        delivery.status = DeliveryStatus.PROCESSING
+        if delivery.started_at is None:
+            delivery.started_at = self._clock.time()
+
+    def _completed(self, delivery: Delivery) -> None:
+        delivery.status = DeliveryStatus.COMPLETED
+        delivery.finished_at = self._clock.time()
+        delivery.next_attempt_at = None
+        self._record(delivery)
+
+    def _attempt(self, delivery: Delivery) -> float | None:
+        """Run one attempt; return the delay before the next one, or None when finished."""
+        sub: Subscription = delivery.subscription
+        event = delivery.event
+        self._start(delivery)
+        if delivery.attempts > 1:
+            with self._lock:
+                self.stats.retried += 1
+        token = _current.set(event)
+        try:
+            sub.call(event)
+        except Exception as exc:
+            return self._failed(sub, event, exc, delivery)[1]
+        finally:
+            _current.reset(token)
+        self._completed(delivery)
+        return None
+
+    def _run_inline(self, delivery: Delivery) -> None:
+        delay = self._attempt(delivery)
+        if delay is not None:
+            self._schedule_retry(delivery, delay, None)
+
+    def _failed(
+        self,
+        sub: Subscription,
+        event: Event,
+        exc: BaseException,
+        delivery: Delivery | None = None,
+    ) -> tuple[Delivery, float | None]:
+        """Record a failed attempt; return the delivery and the retry delay (None = dead)."""
+        now = self._clock.time()
+        if delivery is None:
+            delivery = Delivery(event, sub, sub.name, now)
+            delivery.attempts = 1
+            delivery.started_at = now
+        delivery.error = str(exc) or type(exc).__name__
+        delivery.error_type = type(exc).__qualname__
+        with self._lock:
+            self.stats.failed += 1
+        delay = self._retrier.next_delay(delivery, exc)
+        if delay is None:
+            delivery.finished_at = now
+            delivery.next_attempt_at = None
+            self._dead.dead(delivery, exc, now)
+            with self._lock:
+                self.stats.dead += 1
+            log.error(
+                "handler %s failed for event %s (%s) after %d attempt(s), dead-lettered: %s",
+                sub.name,
+                event.id,
+                event.type,
+                delivery.attempts,
+                delivery.error,
+                exc_info=exc,
+            )
+        else:
+            delivery.status = DeliveryStatus.FAILED
+            delivery.next_attempt_at = now + delay
+            log.warning(
+                "handler %s failed for event %s (%s), attempt %d; retry in %.3fs: %s",
+                sub.name,
+                event.id,
+                event.type,
+                delivery.attempts,
+                delay,
+                delivery.error,
+            )
+        self._record(delivery)
+        return delivery, delay
+
+    def _schedule_retry(self, delivery: Delivery, delay: float, worker: _Worker | None) -> None:
+        def fire() -> None:
+            try:
+                if worker is not None:
+                    worker.push((None, delivery, None), front=True)
+                else:
+                    self._run_inline(delivery)
+            finally:
+                with self._lock:
+                    self._timers.pop(delivery, None)
+
+        with self._lock:
+            self._timers[delivery] = None
+        timer = self._clock.call_later(delay, fire)
+        with self._lock:
+            if delivery in self._timers:
+                self._timers[delivery] = timer
+
+    def _record(self, delivery: Delivery) -> None:
+        key = (delivery.event.id, id(delivery.subscription))
+        with self._lock:
+            history = self._history
+            history[key] = delivery
+            history.move_to_end(key)
+            while len(history) > self._history_size:
+                history.popitem(last=False)
+
+    # --- inspection -------------------------------------------------------------------------
+
+    def deliveries(
+        self, event_id: str | None = None, status: DeliveryStatus | str | None = None
+    ) -> list[Delivery]:
+        """Recorded deliveries, oldest first.
+
+        Failed, retried and dead deliveries are always recorded; successful ones only with
+        ``track_deliveries=True`` (recording them costs time on the success path).
+        """
+        with self._lock:
+            items = list(self._history.values())
+        return [
+            d
+            for d in items
+            if (event_id is None or d.event.id == event_id)
+            and (status is None or d.status == status)
+        ]
+
+    def replay_dead_letters(self, where: Callable[[DeadLetter], bool] | None = None) -> int:
+        """Deliver dead letters again to their handlers, with fresh retries; returns the count.
+
+        Letters whose subscription has been removed stay in the queue.
+        """
+        letters = self.dead_letters.take(
+            lambda d: (where is None or where(d)) and getattr(d.subscription, "active", False)
+        )
+        for letter in letters:
+            sub: Subscription = letter.subscription
+            delivery = Delivery(letter.event, sub, sub.name, self._clock.time())
+            self._record(delivery)
+            if self._workers:
+                key = letter.event.key
+                workers = self._workers
+                worker = workers[(hash(key) if key is not None else next(self._rr)) % len(workers)]
+                worker.push((None, delivery, None))
+            else:
+                self._run_inline(delivery)
+        return len(letters)
+
+    # --- draining and closing -------------------------------------------------------------
+
+    def _idle(self) -> bool:
+        if not all(w.is_drained() for w in self._workers):
+            return False
+        with self._lock:
+            return not self._timers
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until queued events and scheduled retries are done; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._idle():
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+        return True
+
+    def close(self, timeout: float | None = None) -> CloseReport:
+        """Stop taking events, finish queued work within ``timeout`` and report what is left."""
+        if self._report is not None:
+            return self._report
+        self._closing = True
+        limit = self.close_timeout if timeout is None else timeout
+        drained = self.drain(limit)
+        report = CloseReport(drained=drained)
+        with self._lock:
+            timers = dict(self._timers)
+            self._timers.clear()
+        for delivery, timer in timers.items():
+            if timer is not None:
+                timer.cancel()
+            report.pending_retries.append(delivery)
+        for w in self._workers:
+            w.stopping = True
+            with w.cond:
+                w.cond.notify()
+            with w.space:
+                w.space.notify_all()
+        for w in self._workers:
+            w.thread.join(max(limit, 0.1))
+            for event, _payload, _ in list(w.q):
+                if event is not None:
+                    report.unfinished_events.append(event)
+            for parked in w.parked.values():
+                report.unfinished_events.extend(e for e, _, _ in parked if e is not None)
+        report.running_tasks = sum(1 for t in self._tasks if not t.done())
+        report.drained = (
+            drained
+            and not report.unfinished_events
+            and not report.pending_retries
+            and not report.running_tasks
+        )
+        self._timeout_mw.close()
+        if not report.drained:
+            log.warning("bus closed: %s", report.summary())
+        self._report = report
+        return report
+
+    async def aclose(self, timeout: float | None = None) -> CloseReport:
+        """``close`` for asyncio code: also waits for handler tasks started on this loop."""
+        limit = self.close_timeout if timeout is None else timeout
+        tasks = [t for t in self._tasks if not t.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=limit)
+        return await asyncio.get_running_loop().run_in_executor(None, self.close, limit)
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    def __enter__(self) -> Bus:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Bus:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
