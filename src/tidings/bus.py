@@ -206,14 +206,12 @@ class _Worker:
 
     def run(self) -> None:
         q = self.q
-        while True:
+        while not self.stopping:
             self.busy = True
             try:
                 event, payload, deliveries = q.popleft()
             except IndexError:
                 self.busy = False
-                if self.stopping:
-                    return
                 with self.cond:
                     self.idle = True
                     while not q and not self.stopping:
@@ -342,6 +340,7 @@ class Bus:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop = loop
         self._closing = False
+        self._closed = False
         self._report: CloseReport | None = None
         self._workers: list[_Worker] = []
         self._rr = itertools.count()
@@ -431,7 +430,7 @@ class Bus:
     def publish(self, event: Event) -> None:
         """Deliver ``event`` to every matching handler (inline) or queue it (async mode)."""
         if self._closing:
-            raise BusClosed("the bus is closed; publish before close() or use a new Bus")
+            self._check_open()
         try:
             subs = self._routes[event.type]
         except KeyError:
@@ -447,7 +446,7 @@ class Bus:
         # The token's old value is the event being handled while this one is published.
         parent = token.old_value
         if parent is not _MISSING and parent is not None and event.causation_id is None:
-            event.caused_by(parent)
+            event.inherit(parent)
         try:
             for sub in subs:
                 try:
@@ -462,7 +461,7 @@ class Bus:
     def _publish_queued_or_tracked(self, event: Event, subs: tuple[Subscription, ...]) -> None:
         parent = _current.get()
         if parent is not None and event.causation_id is None:
-            event.caused_by(parent)
+            event.inherit(parent)
         if not subs:
             return
         if self._workers:
@@ -474,7 +473,7 @@ class Bus:
     async def apublish(self, event: Event) -> None:
         """Like ``publish``, awaiting coroutine handlers in this task (inline mode)."""
         if self._closing:
-            raise BusClosed("the bus is closed; publish before close() or use a new Bus")
+            self._check_open()
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         try:
@@ -487,7 +486,7 @@ class Bus:
             ) from None
         parent = _current.get()
         if parent is not None and event.causation_id is None:
-            event.caused_by(parent)
+            event.inherit(parent)
         if not subs:
             return
         if self._workers:
@@ -517,6 +516,12 @@ class Bus:
                         self._completed(delivery)
         finally:
             _current.reset(token)
+
+    def _check_open(self) -> None:
+        # While close() drains, handlers may still publish (their follow-up events are part of
+        # the work being drained); everyone else is turned away.
+        if self._closed or _current.get() is None:
+            raise BusClosed("the bus is closed; publish before close() or use a new Bus")
 
     def publish_many(self, events: Iterable[Event]) -> None:
         for event in events:
@@ -784,6 +789,7 @@ class Bus:
         self._closing = True
         limit = self.close_timeout if timeout is None else timeout
         drained = self.drain(limit)
+        self._closed = True
         report = CloseReport(drained=drained)
         with self._lock:
             timers = dict(self._timers)

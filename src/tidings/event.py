@@ -75,6 +75,8 @@ _OPTIONAL_ATTRS: tuple[tuple[str, str], ...] = (
     ("trace_id", "traceid"),
 )
 
+_WIRE_NAMES = {attr: wire for attr, wire in _OPTIONAL_ATTRS if attr != wire}
+
 _registry: dict[str, type[Event]] = {}
 
 
@@ -168,6 +170,15 @@ class Event(msgspec.Struct, metaclass=_EventMeta, kw_only=True):
         self.causation_id = parent.id
         return self
 
+    def inherit(self, parent: Event) -> None:
+        """What the bus does for an event published inside ``parent``'s handler.
+
+        Like ``caused_by``, but a correlation id the publisher set explicitly is kept.
+        """
+        self.causation_id = parent.id
+        if self.correlation_id is None:
+            self.correlation_id = parent.correlation_id or parent.id
+
     def to_json(self) -> bytes:
         return encode(self)
 
@@ -192,7 +203,10 @@ def _finish_subclass(cls: type[Event], type_name: str | None) -> None:
     if type_name is None:
         return
     known = _registry.get(type_name)
-    if known is not None and known.__qualname__ != cls.__qualname__:
+    if known is not None and (known.__module__, known.__qualname__) != (
+        cls.__module__,
+        cls.__qualname__,
+    ):
         raise EventError(
             "type",
             f"{type_name!r} is already the type of {known.__module__}.{known.__qualname__}",
@@ -295,7 +309,7 @@ def to_dict(event: Event) -> dict[str, Any]:
         value = getattr(event, attr)
         if value is not None:
             out[wire] = value
-    if event.metadata:
+    if event.metadata is not None:
         out["metadata"] = event.metadata
     payload = event.payload()
     if isinstance(payload, bytes | bytearray | memoryview):
@@ -353,7 +367,8 @@ def _from_wire(wire: _Wire, data: Any, data_path: str) -> Event:
         fields = {name: getattr(typed, name) for name in cls.__data_fields__}
         payload = None
     else:
-        cls = Event
+        # An unknown type, or a typed class without fields of its own: ``data`` as parsed.
+        cls = cls or Event
         payload = _any_decoder.decode(data) if isinstance(data, msgspec.Raw) else data
     if wire.data_base64 is not None:
         try:
@@ -363,7 +378,7 @@ def _from_wire(wire: _Wire, data: Any, data_path: str) -> Event:
     time = wire.time
     if time is None:
         time = _utcnow()
-    elif time.utcoffset():
+    elif time.tzinfo is not UTC:
         time = time.astimezone(UTC)
     return cls(
         type=wire.type,
@@ -432,7 +447,7 @@ def from_dict(obj: Mapping[str, Any]) -> Event:
     """Validate a CloudEvents-shaped mapping (e.g. a parsed request body) into an event."""
     if not isinstance(obj, Mapping):
         raise EventError("$", f"expected an object, got {type(obj).__name__}")
-    body = dict(obj)
+    body = {_WIRE_NAMES.get(k, k): v for k, v in obj.items()}
     data = body.pop("data", None)
     body.setdefault("specversion", SPECVERSION)
     body.setdefault("source", DEFAULT_SOURCE)
