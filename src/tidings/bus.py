@@ -1,4 +1,4 @@
-"""Bus: publish events to subscribed handlers, inline or through a pool of workers.
+"""Bus: publish events to subscribed handlers, inline, through a pool of workers, or a broker.
 
 Inline mode (the default) calls handlers in the publisher's thread, in subscription order.
 Async mode hands events to ``workers`` threads through bounded queues; an event goes to the
@@ -6,19 +6,26 @@ worker chosen by its key (aggregate id, else subject), so events of one key are 
 publish order while different keys run in parallel. A failing handler never reaches the
 publisher: the failure is logged, recorded, retried by policy on the clock (never by sleeping in
 a worker) and finally dead-lettered.
+
+With ``transport=`` (a URL or a Transport) the same ``publish``/``subscribe`` go through a broker
+instead: the bus runs the transport on a private event-loop thread, and the transport's shared
+Dispatcher gives handlers at-least-once delivery, order per key, retries and a dead-letter queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import contextvars
+import dataclasses
 import inspect
 import itertools
 import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, overload
 
@@ -32,6 +39,8 @@ from tidings.middleware.retry import RetryMiddleware
 from tidings.middleware.timeout import TimeoutMiddleware
 from tidings.retry import RetryPolicy
 from tidings.topics import Pattern, PatternError, SubscriptionIndex, compile_pattern
+from tidings.transport import SubscribeOptions, Transport, TransportError, TransportSubscription
+from tidings.transports import open_transport, redact_url
 
 __all__ = ["Bus", "BusClosed", "BusStats", "CloseReport", "QueueFull", "Subscription"]
 
@@ -41,6 +50,7 @@ Mode = Literal["inline", "sync", "async"]
 WhenFull = Literal["block", "drop", "raise"]
 Handler = Callable[[Any], Any]
 H = TypeVar("H", bound=Handler)
+R = TypeVar("R")
 
 
 class BusClosed(RuntimeError):
@@ -100,6 +110,7 @@ class Subscription:
         "is_async",
         "name",
         "pattern",
+        "remote",
         "retry",
         "timeout",
     )
@@ -123,6 +134,8 @@ class Subscription:
         self.active = True
         self.call: Callable[[Event], Any] = handler
         self.acall: Callable[[Event], Awaitable[Any]] | None = None
+        # With Bus(transport=...): the broker-side subscription (its ``name`` keys the DLQ).
+        self.remote: TransportSubscription | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.handler(*args, **kwargs)
@@ -197,6 +210,8 @@ class _Worker:
             self.q.append(item)
         if self.idle:
             with self.cond:
+                # Clear the flag here so only the first push wakes a sleeping worker.
+                self.idle = False
                 self.cond.notify()
 
     def is_drained(self) -> bool:
@@ -213,8 +228,8 @@ class _Worker:
             except IndexError:
                 self.busy = False
                 with self.cond:
-                    self.idle = True
                     while not q and not self.stopping:
+                        self.idle = True
                         self.cond.wait(0.5)
                     self.idle = False
                 continue
@@ -280,6 +295,274 @@ class _Worker:
             self.q.extendleft(reversed(parked))
 
 
+class _TransportLink:
+    """Runs a Transport for a Bus on a private event-loop thread.
+
+    Sync code cannot await, and a broker client is bound to one event loop, so the transport
+    lives on its own loop thread: ``publish`` hands the coroutine over and blocks until the
+    server accepted the event; ``apublish`` awaits it directly when already on that loop.
+    Handlers are wrapped with the bus middleware; plain functions run on worker threads so a
+    slow one never stalls the consumer loop, and may themselves call ``publish``.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        transport: str | Transport,
+        group: str | None,
+        options: dict[str, Any],
+        timeout: float,
+    ) -> None:
+        if isinstance(transport, str):
+            transport = open_transport(transport, **options)
+        elif options:
+            raise ValueError("transport_options apply to a transport URL, not a Transport object")
+        self.bus = bus
+        self.transport: Transport = transport
+        self.group = group
+        self.timeout = timeout
+        self._remote: dict[Subscription, TransportSubscription] = {}
+        self._running: dict[int, Event] = {}  # handler calls in progress, by call id
+        self._calls = itertools.count()
+        self._pending: set[asyncio.Task[None]] = set()  # publishes started on the loop thread
+        self._closed = False
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.call_soon(ready.set)
+            self.loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="tidings-transport", daemon=True)
+        self._thread.start()
+        ready.wait()
+        try:
+            self.call(self.transport.start(), timeout)
+        except BaseException:
+            self._stop_loop(1.0)
+            raise
+
+    # --- running coroutines on the transport loop -----------------------------------------
+
+    def _on_loop(self) -> bool:
+        return threading.get_ident() == self._thread.ident
+
+    def call(self, coro: Coroutine[Any, Any, R], timeout: float | None = None) -> R:
+        """Run ``coro`` on the transport loop and wait for its result (from any other thread)."""
+        if self._on_loop():
+            coro.close()
+            raise RuntimeError(
+                "this Bus call blocks until the transport answers, so it cannot run inside a "
+                "coroutine handler (on the transport's loop); publish there with "
+                "`await bus.apublish(...)` and subscribe or close from outside handlers"
+            )
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(self.timeout if timeout is None else timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TransportError(
+                f"transport {redact_url(self.transport.url)} did not answer within "
+                f"{self.timeout if timeout is None else timeout}s"
+            ) from None
+
+    def _check(self, event: Any) -> None:
+        # While close() drains, handlers may still publish their follow-up events.
+        if self._closed or (self.bus._closing and _current.get() is None):
+            raise BusClosed("the bus is closed; publish before close() or use a new Bus")
+        if not isinstance(event, Event):
+            raise TypeError(f"publish expects a tidings Event, got {type(event).__name__}")
+        parent = _current.get()
+        if parent is not None and event.causation_id is None:
+            event.inherit(parent)
+
+    # --- publishing ---------------------------------------------------------------------------
+
+    def publish(self, event: Event) -> None:
+        """Send ``event``; returns once the transport's server accepted it."""
+        self._check(event)
+        if self._on_loop():
+            # Called from a coroutine handler on the transport loop: blocking would deadlock,
+            # so the send runs as a task; close() waits for it and errors are logged.
+            task = self.loop.create_task(self.transport.publish(event))
+            self._pending.add(task)
+            task.add_done_callback(self._publish_done)
+            return
+        self.call(self.transport.publish(event))
+
+    def publish_many(self, events: Iterable[Event]) -> None:
+        batch = list(events)
+        for event in batch:
+            self._check(event)
+        if self._on_loop():
+            for event in batch:
+                self.publish(event)
+            return
+        self.call(self.transport.publish_many(batch))
+
+    async def apublish(self, event: Event) -> None:
+        self._check(event)
+        if asyncio.get_running_loop() is self.loop:
+            await self.transport.publish(event)
+            return
+        future = asyncio.run_coroutine_threadsafe(self.transport.publish(event), self.loop)
+        await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
+
+    def _publish_done(self, task: asyncio.Task[None]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "publish from a handler through %s failed: %s",
+                redact_url(self.transport.url),
+                task.exception(),
+            )
+
+    # --- subscribing --------------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        sub: Subscription,
+        chain: list[Middleware],
+        group: str | None,
+        options: SubscribeOptions | None,
+    ) -> None:
+        opts = options if options is not None else SubscribeOptions()
+        changes: dict[str, Any] = {}
+        if group is not None or (self.group is not None and opts.group is None):
+            changes["group"] = group if group is not None else self.group
+        policy = sub.retry if sub.retry is not None else self.bus._retrier.default
+        if policy is not None:
+            changes["retry"] = policy
+        if changes:
+            opts = dataclasses.replace(opts, **changes)
+        handler = self._wrap(sub, chain)
+        remote = self.call(self.transport.subscribe(sub.pattern.text, handler, opts))
+        self._remote[sub] = remote
+        sub.remote = remote
+
+    def _wrap(self, sub: Subscription, chain: list[Middleware]) -> Callable[[Event], Any]:
+        running = self._running
+        calls = self._calls
+        if sub.is_async:
+            acall = compose(sub.handler, chain, sub, is_async=True)
+
+            async def run_async(event: Event) -> None:
+                n = next(calls)
+                running[n] = event
+                token = _current.set(event)
+                try:
+                    await acall(event)
+                except asyncio.CancelledError:
+                    raise  # stays in `running`: close() reports it unfinished
+                except BaseException:
+                    running.pop(n, None)
+                    raise
+                else:
+                    running.pop(n, None)
+                finally:
+                    _current.reset(token)
+
+            return run_async
+        call = compose(sub.handler, chain, sub, is_async=False)
+
+        def in_thread(event: Event) -> None:
+            token = _current.set(event)
+            try:
+                call(event)
+            finally:
+                _current.reset(token)
+
+        async def run_sync(event: Event) -> None:
+            n = next(calls)
+            running[n] = event
+            try:
+                await asyncio.to_thread(in_thread, event)
+            except asyncio.CancelledError:
+                raise  # the thread may still run; close() reports the event unfinished
+            except BaseException:
+                running.pop(n, None)
+                raise
+            else:
+                running.pop(n, None)
+
+        return run_sync
+
+    def unsubscribe(self, sub: Subscription, timeout: float) -> None:
+        remote = self._remote.pop(sub, None)
+        if remote is None:
+            return
+        if self._on_loop():
+            task = self.loop.create_task(remote.close(timeout))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+            return
+        self.call(remote.close(timeout), timeout + 5.0)
+
+    def idle(self) -> bool:
+        """No handler running, no publish pending, nothing waiting where the transport knows."""
+        if self._running or any(not t.done() for t in self._pending):
+            return False
+        lag = self.transport.health().lag
+        return not lag
+
+    # --- closing ------------------------------------------------------------------------------
+
+    def close(self, timeout: float) -> CloseReport:
+        """Close subscriptions (draining handlers) and the transport; report what was left."""
+        if self._on_loop():
+            raise RuntimeError("Bus.close() cannot run inside one of its own handlers")
+        deadline = time.monotonic() + timeout
+
+        async def shut() -> None:
+            if self._pending:
+                await asyncio.wait(list(self._pending), timeout=timeout)
+            remaining = max(deadline - time.monotonic(), 0.0)
+            subs = list(self._remote.values())
+            self._remote.clear()
+            await asyncio.gather(*(s.close(remaining) for s in subs), return_exceptions=True)
+            await self.transport.close(max(deadline - time.monotonic(), 0.0))
+
+        error: BaseException | None = None
+        try:
+            self.call(shut(), timeout + 10.0)
+            self._closed = True
+        except Exception as exc:  # still stop the loop; report the failure
+            error = exc
+            log.error("closing transport %s failed: %s", redact_url(self.transport.url), exc)
+        self._closed = True
+        report = CloseReport(drained=True)
+        report.unfinished_events = list(self._running.values())
+        report.running_tasks = sum(1 for t in self._pending if not t.done())
+        report.drained = error is None and not report.unfinished_events and not report.running_tasks
+        self._stop_loop(max(deadline - time.monotonic(), 0.5))
+        if not report.drained:
+            log.warning(
+                "bus closed: %s (unfinished events stay unacked: the broker delivers them again)",
+                report.summary(),
+            )
+        return report
+
+    def _stop_loop(self, timeout: float) -> None:
+        loop = self.loop
+        if loop.is_closed():
+            return
+
+        async def cancel_rest() -> None:
+            me = asyncio.current_task()
+            rest = [t for t in asyncio.all_tasks() if t is not me]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(cancel_rest(), loop).result(timeout)
+        loop.call_soon_threadsafe(loop.stop)
+        self._thread.join(timeout)
+        if not self._thread.is_alive():
+            loop.close()
+
+
 class Bus:
     """Publish/subscribe with glob patterns, retries and dead letters; see docs/bus.md.
 
@@ -305,6 +588,10 @@ class Bus:
         clock: Clock | None = None,
         close_timeout: float = 5.0,
         loop: asyncio.AbstractEventLoop | None = None,
+        transport: str | Transport | None = None,
+        group: str | None = None,
+        transport_options: Mapping[str, Any] | None = None,
+        transport_timeout: float = 30.0,
     ) -> None:
         if mode not in ("inline", "sync", "async"):
             raise ValueError(f"Bus mode: expected 'inline', 'sync' or 'async', got {mode!r}")
@@ -344,6 +631,22 @@ class Bus:
         self._report: CloseReport | None = None
         self._workers: list[_Worker] = []
         self._rr = itertools.count()
+        self._link: _TransportLink | None = None
+        if transport is not None:
+            if self.mode == "async":
+                raise ValueError(
+                    "Bus(transport=...) delivers through the transport's own consumers; "
+                    "drop mode='async' (use SubscribeOptions(max_in_flight=...) for parallelism)"
+                )
+            self._link = _TransportLink(
+                self, transport, group, dict(transport_options or {}), transport_timeout
+            )
+            # Instance attributes, so the in-process path keeps its methods untouched.
+            self.publish = self._link.publish  # type: ignore[method-assign]
+            self.apublish = self._link.apublish  # type: ignore[method-assign]
+            self.publish_many = self._link.publish_many  # type: ignore[method-assign]
+        elif group is not None:
+            raise ValueError("Bus(group=...) needs a transport: Bus(transport='redis://...')")
         if self.mode == "async":
             per_worker = -(-buffer_size // workers)
             self._workers = [_Worker(self, i, per_worker) for i in range(workers)]
@@ -361,6 +664,8 @@ class Bus:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         name: str | None = None,
+        group: str | None = None,
+        options: SubscribeOptions | None = None,
     ) -> Callable[[Handler], Subscription]: ...
 
     @overload
@@ -372,6 +677,8 @@ class Bus:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         name: str | None = None,
+        group: str | None = None,
+        options: SubscribeOptions | None = None,
     ) -> Subscription: ...
 
     def subscribe(
@@ -382,13 +689,20 @@ class Bus:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         name: str | None = None,
+        group: str | None = None,
+        options: SubscribeOptions | None = None,
     ) -> Subscription | Callable[[Handler], Subscription]:
         """Subscribe ``handler`` to event types matching ``pattern``.
 
         Used as ``bus.subscribe("a.*", fn)`` or as a decorator ``@bus.subscribe("a.*")``;
-        both return the Subscription handle.
+        both return the Subscription handle. With a transport, ``group`` (default: the bus's
+        ``group``) makes members share the events, and ``options`` tunes the consumer.
         """
         compiled = compile_pattern(pattern)
+        if self._link is None and (group is not None or options is not None):
+            raise ValueError(
+                "subscribe(group=..., options=...) needs a transport: Bus(transport='...')"
+            )
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"subscribe retry: expected a RetryPolicy, got {type(retry).__name__}")
         if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
@@ -399,6 +713,11 @@ class Bus:
                 raise TypeError(f"subscribe handler: expected a callable, got {fn!r}")
             sub = Subscription(self, compiled, fn, name or _handler_name(fn), retry, timeout)
             chain = [*self._middleware, self._timeout_mw]
+            if self._link is not None:
+                self._link.subscribe(sub, chain, group, options)
+                with self._lock:
+                    self._index.add(compiled, sub)
+                return sub
             if sub.is_async:
                 sub.acall = compose(fn, chain, sub, is_async=True)
                 sub.call = self._bridge(sub)
@@ -416,6 +735,8 @@ class Bus:
         with self._lock:
             removed = self._index.remove(sub.pattern, sub)
         sub.active = False
+        if removed and self._link is not None:
+            self._link.unsubscribe(sub, self.close_timeout)
         return removed
 
     def subscriptions(self) -> list[Subscription]:
@@ -768,6 +1089,8 @@ class Bus:
     # --- draining and closing -------------------------------------------------------------
 
     def _idle(self) -> bool:
+        if self._link is not None:
+            return self._link.idle()
         if not all(w.is_drained() for w in self._workers):
             return False
         with self._lock:
@@ -788,6 +1111,10 @@ class Bus:
             return self._report
         self._closing = True
         limit = self.close_timeout if timeout is None else timeout
+        if self._link is not None:
+            self._closed = True
+            self._report = self._link.close(limit)
+            return self._report
         drained = self.drain(limit)
         self._closed = True
         report = CloseReport(drained=drained)
@@ -835,6 +1162,22 @@ class Bus:
     @property
     def closed(self) -> bool:
         return self._closing
+
+    @property
+    def transport(self) -> Transport | None:
+        """The broker this bus publishes through, if any (health(), dead_letters(), ...)."""
+        return self._link.transport if self._link is not None else None
+
+    def run_on_transport(self, coro: Coroutine[Any, Any, R], timeout: float | None = None) -> R:
+        """Run a transport coroutine on the transport's loop from sync code; return its result.
+
+        A broker client belongs to the loop it was started on, so calls such as
+        ``bus.run_on_transport(bus.transport.dead_letters(sub.remote.name))`` go through here.
+        """
+        if self._link is None:
+            coro.close()
+            raise ValueError("run_on_transport needs a transport: Bus(transport='...')")
+        return self._link.call(coro, timeout)
 
     def __enter__(self) -> Bus:
         return self
