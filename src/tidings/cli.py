@@ -1,0 +1,272 @@
+"""The ``tidings`` command.
+
+Adding a command (``serve``, ``publish``, ``tail``, ``replay``, ``dlq``, ``migrate``): decorate a
+function with ``@app.command()``, or build a ``typer.Typer`` group and ``app.add_typer`` it as
+``config`` is; read settings with ``settings_from(ctx)`` and wrap the body in
+``with user_errors():`` so that a user mistake prints one red line and exits 2 instead of a
+traceback. ``main`` catches the same errors again as a last resort.
+"""
+
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import msgspec
+import typer
+from rich.console import Console
+
+import tidings
+from tidings.config import CONFIG_ENV, ConfigError, Duration, Settings, load
+from tidings.event import EventError
+from tidings.topics import PatternError
+
+__all__ = ["EXIT_USER_ERROR", "USER_ERRORS", "app", "fail", "main", "settings_from", "user_errors"]
+
+# Exceptions that mean "the input is wrong", not "tidings is broken": shown without a traceback.
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, EventError, PatternError)
+EXIT_USER_ERROR = 2
+
+app = typer.Typer(
+    name="tidings",
+    help="Emit, keep, move, deliver and react to events.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals may hold secrets from the config
+)
+config_app = typer.Typer(help="Check configuration files.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@dataclass(slots=True)
+class CliState:
+    """Options of the root command, handed to subcommands through ``ctx.obj``."""
+
+    config: Path | None = None
+
+
+def _out() -> Console:
+    # Built per call so the console writes to whatever sys.stdout is now (tests swap it).
+    return Console(soft_wrap=True, highlight=False)
+
+
+def _err() -> Console:
+    return Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def _print_error(message: str) -> None:
+    _err().print(f"error: {message}", style="red", markup=False)
+
+
+def fail(message: str, code: int = EXIT_USER_ERROR) -> NoReturn:
+    """Print ``message`` in red on stderr and exit with ``code``."""
+    _print_error(message)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn ``USER_ERRORS`` raised in the block into ``fail``."""
+    try:
+        yield
+    except USER_ERRORS as exc:
+        fail(str(exc))
+
+
+def settings_from(ctx: typer.Context, path: Path | None = None) -> Settings:
+    """Settings from ``path``, else ``--config``, else ``$TIDINGS_CONFIG``, plus env vars."""
+    state = ctx.find_object(CliState)
+    with user_errors():
+        return load(path if path is not None else state.config if state else None)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tidings {tidings.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help=f"Configuration file (default: ${CONFIG_ENV}).",
+            show_default=False,
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Emit, keep, move, deliver and react to events."""
+    ctx.obj = CliState(config=config)
+
+
+# --- tidings config ---------------------------------------------------------------------
+
+
+def _seconds(value: float) -> str:
+    return f"{value * 1000:g}ms" if 0 < value < 1 else f"{value:g}s"
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Duration):
+        return _seconds(value)
+    if isinstance(value, dict):
+        return msgspec.json.encode(value).decode()
+    return str(value)
+
+
+def _rows(section: msgspec.Struct, prefix: str = "") -> Iterator[tuple[str, str]]:
+    for name in section.__struct_fields__:
+        value = getattr(section, name)
+        if isinstance(value, msgspec.Struct):
+            yield from _rows(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", _show(value)
+
+
+def _summary(settings: Settings) -> list[tuple[str, str]]:
+    rows = [
+        row
+        for row in _rows(msgspec.structs.replace(settings, event_broker=None))
+        if row[0] != "event_broker"
+    ]
+    broker = settings.event_broker
+    if broker is not None:
+        rows.append(("event_broker", "seed-002 section, mapped onto bus and instance_id"))
+        rows.append(("event_broker.enabled", _show(broker.enabled)))
+        rows.append(("event_broker.provider", broker.provider))
+        for name in ("redis", "nats", "database"):
+            if getattr(broker, name) is not None:
+                rows.append((f"event_broker.{name}", _show(getattr(broker, name))))
+    return rows
+
+
+@config_app.command("check")
+def config_check(
+    ctx: typer.Context,
+    file: Annotated[
+        Path | None,
+        typer.Argument(
+            help=f"YAML file to check (default: --config, else ${CONFIG_ENV}).",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the effective settings as JSON.")
+    ] = False,
+) -> None:
+    """Load and validate settings (file plus TIDINGS_* variables) and show the result."""
+    settings = settings_from(ctx, file)
+    if as_json:
+        encoded = msgspec.json.encode(settings.to_builtins())
+        typer.echo(msgspec.json.format(encoded, indent=2).decode())
+        return
+    state = ctx.find_object(CliState)
+    path = file or (state.config if state else None)
+    out = _out()
+    out.print(f"{path or 'settings (no config file)'}: OK", style="green", markup=False)
+    rows = _summary(settings)
+    width = max(len(key) for key, _ in rows)
+    for key, value in rows:
+        out.print(f"  {key:<{width}}  {value}", markup=False)
+
+
+# --- tidings migrate --------------------------------------------------------------------
+
+
+@app.command("migrate")
+def migrate_command(
+    url: Annotated[
+        str,
+        typer.Argument(
+            help="Store URL: postgresql://user@host:5432/db or sqlite:///events.db.",
+            show_default=False,
+        ),
+    ],
+    partition: Annotated[
+        str | None,
+        typer.Option(
+            "--partition",
+            help="PostgreSQL: create events partitioned by recorded_at (day, week or month); "
+            "only when the table is created.",
+            show_default=False,
+        ),
+    ] = None,
+    seed_notify: Annotated[
+        bool | None,
+        typer.Option(
+            "--seed-notify/--no-seed-notify",
+            help="PostgreSQL: switch seed 001's per-row new_event trigger on or off "
+            "(default: leave it; a fresh schema ships it on).",
+            show_default=False,
+        ),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for the database.")
+    ] = 5.0,
+) -> None:
+    """Create or update the event store schema (idempotent: a second run applies nothing)."""
+    from tidings.store import redact_url  # noqa: PLC0415 - keep `tidings --help` fast
+    from tidings.store.base import StoreError  # noqa: PLC0415
+
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    try:
+        if scheme in ("postgresql", "postgres"):
+            try:
+                from tidings.store.migrate import migrate as pg_migrate  # noqa: PLC0415
+            except ImportError as exc:
+                fail(
+                    f"PostgreSQL needs a client library that is not installed ({exc.name}); "
+                    "run: pip install 'tidings[postgres]'"
+                )
+            applied = pg_migrate(
+                url, partition=partition, seed_notify=seed_notify, connect_timeout=timeout
+            )
+        elif scheme == "sqlite":
+            if partition is not None or seed_notify is not None:
+                fail("--partition and --seed-notify apply to PostgreSQL only")
+            from tidings.store.sqlite import migrate as sqlite_migrate  # noqa: PLC0415
+
+            applied = sqlite_migrate(url)
+        else:
+            fail(
+                f"tidings migrate: expected a postgresql:// or sqlite:/// URL, got "
+                f"{redact_url(url)!r}"
+            )
+    except StoreError as exc:
+        fail(str(exc))
+    out = _out()
+    where = redact_url(url)
+    if not applied:
+        out.print(f"{where}: up to date, nothing to apply", markup=False)
+    for version in applied:
+        out.print(f"applied {version}", style="green", markup=False)
+    if applied:
+        out.print(f"{where}: {len(applied)} migration(s) applied", markup=False)
+    if seed_notify is not None:
+        state = "on" if seed_notify else "off"
+        out.print(f"seed 001 trigger notify_new_event: {state}", markup=False)
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Console entry point: user errors end as one red line and exit status 2."""
+    try:
+        app(args=None if args is None else list(args), prog_name="tidings")
+    except USER_ERRORS as exc:
+        _print_error(str(exc))
+        sys.exit(EXIT_USER_ERROR)
