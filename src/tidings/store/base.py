@@ -1,0 +1,212 @@
+"""The EventStore protocol and the records, criteria and errors every backend shares.
+
+Backends (memory, sqlite, postgres) each implement ``EventStore`` in one file. The store never
+imports the bus: "publish after commit" takes any callable, so a Bus, a transport or a test
+list all fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+import msgspec
+
+from tidings.event import Event
+from tidings.topics import compile_pattern
+
+__all__ = [
+    "ANY",
+    "NO_STREAM",
+    "ConcurrencyError",
+    "Criteria",
+    "EventStore",
+    "Recorded",
+    "SchemaMissing",
+    "StoreError",
+    "StoreSubscription",
+    "StoreUnavailable",
+]
+
+ANY: int | None = None  # expected_version: no check
+NO_STREAM = 0  # expected_version: the stream must not exist yet
+
+
+class StoreError(Exception):
+    """A store operation failed; the message says what to do."""
+
+
+class StoreUnavailable(StoreError):
+    """The database could not be reached."""
+
+
+class SchemaMissing(StoreError):
+    """The database has no tidings schema: run ``tidings migrate URL``."""
+
+
+class ConcurrencyError(StoreError):
+    """Optimistic concurrency: the stream moved on since the caller read it."""
+
+    def __init__(self, stream: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"stream {stream!r}: expected version {expected}, but it is at version {actual}; "
+            "reload the stream and decide again"
+        )
+        self.stream = stream
+        self.expected = expected
+        self.actual = actual
+
+
+class Recorded(msgspec.Struct, frozen=True):
+    """An event as stored: its global position, and its stream and version within the stream.
+
+    A msgspec Struct rather than a frozen dataclass: reads build one per event, and the
+    dataclass's frozen ``__init__`` cost ten times as much (0.74 µs against 0.08 µs).
+    """
+
+    position: int
+    event: Event
+    stream: str | None = None
+    version: int | None = None
+    recorded_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Criteria:
+    """What to read. Every field narrows; ``types`` holds type names or glob patterns."""
+
+    types: tuple[str, ...] = ()
+    after_position: int = 0
+    since: datetime | None = None
+    until: datetime | None = None
+    correlation_id: str | None = None
+    aggregate_id: str | None = None
+    stream: str | None = None
+    limit: int | None = None
+    _matchers: tuple[Any, ...] = field(default=(), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        types: Any = self.types
+        if isinstance(types, str):  # Criteria(types="order.*") is a common slip
+            object.__setattr__(self, "types", (types,))
+        object.__setattr__(self, "_matchers", tuple(compile_pattern(t) for t in self.types))
+        if self.after_position < 0:
+            raise ValueError(f"Criteria.after_position: expected >= 0, got {self.after_position}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"Criteria.limit: expected >= 1 or None, got {self.limit}")
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:
+                raise ValueError(f"Criteria.{name}: expected a timezone-aware datetime")
+
+    @property
+    def exact_types(self) -> tuple[str, ...] | None:
+        """The type names when no pattern is used (a backend can push them into SQL)."""
+        if all(m.is_exact for m in self._matchers):
+            return self.types
+        return None
+
+    def matches(self, rec: Recorded) -> bool:
+        """The reference filter: backends push what they can into SQL and use this for the rest."""
+        e = rec.event
+        if rec.position <= self.after_position:
+            return False
+        if self._matchers and not any(m.matches(e.type) for m in self._matchers):
+            return False
+        if self.since is not None and e.time < self.since:
+            return False
+        if self.until is not None and e.time >= self.until:
+            return False
+        if self.correlation_id is not None and e.correlation_id != self.correlation_id:
+            return False
+        if self.aggregate_id is not None and e.aggregate_id != self.aggregate_id:
+            return False
+        return self.stream is None or rec.stream == self.stream
+
+
+Handler = Callable[[Recorded], Any]
+
+
+def check_page(after_position: int, limit: int) -> None:
+    """The argument check every backend's ``read_all`` shares."""
+    if after_position < 0 or limit < 1:
+        raise ValueError(
+            f"read_all: expected after_position >= 0 and limit >= 1, got {after_position}, {limit}"
+        )
+
+
+def check_criteria(criteria: object, what: str = "load()") -> None:
+    """Reject anything but a Criteria before a query is built from it."""
+    if not isinstance(criteria, Criteria):
+        raise TypeError(f"{what}: expected a Criteria, got {type(criteria).__name__}")
+
+
+@runtime_checkable
+class StoreSubscription(Protocol):
+    name: str
+
+    @property
+    def position(self) -> int:
+        """The last position the handler finished (the durable checkpoint)."""
+        ...
+
+    def stop(self, timeout: float = 5.0) -> None: ...
+
+
+@runtime_checkable
+class EventStore(Protocol):
+    """Append-only, globally ordered event storage. Sync methods; ``a``-prefixed for asyncio."""
+
+    url: str
+
+    def append(
+        self,
+        events: Event | Sequence[Event],
+        *,
+        stream: str | None = None,
+        expected_version: int | None = None,
+    ) -> list[Recorded]:
+        """Store ``events`` in one transaction; raises ConcurrencyError on a version clash."""
+        ...
+
+    async def aappend(
+        self,
+        events: Event | Sequence[Event],
+        *,
+        stream: str | None = None,
+        expected_version: int | None = None,
+    ) -> list[Recorded]: ...
+
+    def read_all(self, after_position: int = 0, limit: int = 1000) -> list[Recorded]: ...
+
+    async def aread_all(self, after_position: int = 0, limit: int = 1000) -> list[Recorded]: ...
+
+    def load(self, criteria: Criteria) -> list[Recorded]: ...
+
+    async def aload(self, criteria: Criteria) -> list[Recorded]: ...
+
+    def load_stream(self, stream: str, from_version: int = 1) -> list[Recorded]: ...
+
+    async def aload_stream(self, stream: str, from_version: int = 1) -> list[Recorded]: ...
+
+    def stream_version(self, stream: str) -> int:
+        """The stream's current version (0 when it does not exist)."""
+        ...
+
+    def subscribe(
+        self,
+        criteria: Criteria,
+        handler: Handler,
+        *,
+        name: str,
+    ) -> StoreSubscription:
+        """Catch up from the checkpoint of ``name``, then follow live; runs in the background."""
+        ...
+
+    def checkpoint(self, name: str) -> int: ...
+
+    def reset_subscription(self, name: str, position: int = 0) -> None: ...
+
+    def close(self) -> None: ...

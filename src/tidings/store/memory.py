@@ -1,0 +1,259 @@
+"""The in-process event store: the full store semantics without a database, for tests and demos.
+
+``memory://`` is a fresh store per ``open_store`` call; ``memory://name`` is shared by every
+opener in the process (as a second process would share a database file), and lives as long as
+the process. Events are stored as their decoded JSON round trip, so what a test reads back is
+exactly what a database backend would return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from tidings.event import Event, decode, encode
+from tidings.retry import RetryPolicy
+from tidings.store import AfterCommit, as_events
+from tidings.store.base import (
+    ConcurrencyError,
+    Criteria,
+    Recorded,
+    StoreError,
+    check_criteria,
+    check_page,
+)
+from tidings.store.subscription import (
+    DEFAULT_PAGE_SIZE,
+    ErrorCallback,
+    PollingSubscription,
+    TxHandler,
+    Wakeup,
+)
+
+__all__ = ["MemoryStore"]
+
+
+class _Data:
+    """One store's state; shared by every MemoryStore opened on the same ``memory://name``."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.records: list[Recorded] = []  # position == index + 1
+        self.streams: dict[str, list[Recorded]] = {}
+        self.ids: set[str] = set()
+        self.checkpoints: dict[str, int] = {}
+        self.wakeup = Wakeup()
+
+
+_named: dict[str, _Data] = {}
+_named_lock = threading.Lock()
+
+
+class MemoryStore:
+    """Thread-safe, in-process EventStore. See the module docstring for ``memory://name``."""
+
+    def __init__(
+        self,
+        url: str = "memory://",
+        *,
+        publish: Callable[[Event], Any] | Any | None = None,
+        poll_interval: float = 0.1,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "memory":
+            raise StoreError(f"MemoryStore: expected a memory:// URL, got {url!r}")
+        self.url = url
+        name = (parts.netloc + parts.path).strip("/")
+        if name:
+            with _named_lock:
+                self._data = _named.setdefault(name, _Data())
+        else:
+            self._data = _Data()
+        self._publisher = AfterCommit(publish)
+        self._poll_interval = poll_interval
+        self._subscriptions: list[PollingSubscription] = []
+        self._closed = False
+
+    # ------------------------------------------------------------------ writes
+
+    def append(
+        self,
+        events: Event | Sequence[Event],
+        *,
+        stream: str | None = None,
+        expected_version: int | None = None,
+    ) -> list[Recorded]:
+        """Store ``events`` atomically: all or none, versions and positions without gaps."""
+        batch = as_events(events)
+        self._check_open()
+        copies = [decode(encode(e)) for e in batch]  # validates and isolates before any write
+        data = self._data
+        with data.lock:
+            if stream is not None:
+                current = len(data.streams.get(stream, ()))
+                if expected_version is not None and expected_version != current:
+                    raise ConcurrencyError(stream, expected_version, current)
+            elif expected_version is not None:
+                raise ValueError("append(expected_version=...) needs a stream=")
+            if not batch:
+                return []
+            seen: set[str] = set()
+            for e in batch:
+                if e.id in data.ids or e.id in seen:
+                    raise StoreError(
+                        f"event id {e.id} is already stored; every event needs a unique id "
+                        "(leave id unset to get a fresh one)"
+                    )
+                seen.add(e.id)
+            now = datetime.now(UTC)
+            base = len(data.records)
+            version0 = len(data.streams.get(stream, ())) if stream is not None else 0
+            out: list[Recorded] = []
+            for i, (original, copy) in enumerate(zip(batch, copies, strict=True)):
+                version = version0 + i + 1 if stream is not None else None
+                stored = Recorded(base + i + 1, copy, stream, version, now)
+                data.records.append(stored)
+                if stream is not None:
+                    data.streams.setdefault(stream, []).append(stored)
+                data.ids.add(original.id)
+                out.append(Recorded(base + i + 1, original, stream, version, now))
+            self._publisher.enqueue(batch)
+        data.wakeup.notify()
+        self._publisher.drain()
+        return out
+
+    async def aappend(
+        self,
+        events: Event | Sequence[Event],
+        *,
+        stream: str | None = None,
+        expected_version: int | None = None,
+    ) -> list[Recorded]:
+        return await asyncio.to_thread(
+            self.append, events, stream=stream, expected_version=expected_version
+        )
+
+    # ------------------------------------------------------------------ reads
+
+    def read_all(self, after_position: int = 0, limit: int = 1000) -> list[Recorded]:
+        check_page(after_position, limit)
+        with self._data.lock:
+            return self._data.records[after_position : after_position + limit]
+
+    async def aread_all(self, after_position: int = 0, limit: int = 1000) -> list[Recorded]:
+        return self.read_all(after_position, limit)
+
+    def load(self, criteria: Criteria) -> list[Recorded]:
+        check_criteria(criteria)
+        with self._data.lock:
+            if criteria.stream is not None:
+                candidates = self._data.streams.get(criteria.stream, [])
+            else:
+                candidates = self._data.records[criteria.after_position :]
+            out: list[Recorded] = []
+            for rec in candidates:
+                if criteria.matches(rec):
+                    out.append(rec)
+                    if criteria.limit is not None and len(out) >= criteria.limit:
+                        break
+            return out
+
+    async def aload(self, criteria: Criteria) -> list[Recorded]:
+        return self.load(criteria)
+
+    def load_stream(self, stream: str, from_version: int = 1) -> list[Recorded]:
+        with self._data.lock:
+            return list(self._data.streams.get(stream, [])[max(from_version, 1) - 1 :])
+
+    async def aload_stream(self, stream: str, from_version: int = 1) -> list[Recorded]:
+        return self.load_stream(stream, from_version)
+
+    def stream_version(self, stream: str) -> int:
+        with self._data.lock:
+            return len(self._data.streams.get(stream, ()))
+
+    def count(self, criteria: Criteria | None = None) -> int:
+        """How many events ``criteria`` matches (limit ignored); replay uses it for progress."""
+        criteria = criteria or Criteria()
+        with self._data.lock:
+            return sum(1 for rec in self._data.records if criteria.matches(rec))
+
+    # ------------------------------------------------------------------ subscriptions
+
+    def subscribe(
+        self,
+        criteria: Criteria,
+        handler: Callable[..., Any],
+        *,
+        name: str,
+        retry: RetryPolicy | None = None,
+        on_error: ErrorCallback | None = None,
+        transactional: bool = False,
+        poll_interval: float | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+    ) -> PollingSubscription:
+        """Catch up from ``name``'s checkpoint, then follow live (see tidings.store.subscription).
+
+        With ``transactional=True`` the handler gets ``(recorded, None)``: there is no database
+        connection, but the checkpoint still only moves when the handler returns.
+        """
+        self._check_open()
+        self._subscriptions = [s for s in self._subscriptions if s.running]
+        if any(s.name == name for s in self._subscriptions):
+            raise StoreError(
+                f"subscription {name!r} is already running on this store; stop it first "
+                "(two consumers of one checkpoint would overwrite each other)"
+            )
+        sub = PollingSubscription(
+            self,
+            criteria,
+            handler,
+            name=name,
+            wakeup=self._data.wakeup,
+            retry=retry,
+            on_error=on_error,
+            transactional=transactional,
+            poll_interval=self._poll_interval if poll_interval is None else poll_interval,
+            page_size=page_size,
+        )
+        self._subscriptions.append(sub)
+        return sub
+
+    def checkpoint(self, name: str) -> int:
+        with self._data.lock:
+            return self._data.checkpoints.get(name, 0)
+
+    def save_checkpoint(self, name: str, position: int) -> None:
+        with self._data.lock:
+            self._data.checkpoints[name] = position
+
+    def reset_subscription(self, name: str, position: int = 0) -> None:
+        """Move ``name``'s checkpoint (stop the subscription first; it re-reads on start)."""
+        if position < 0:
+            raise ValueError(f"reset_subscription: position must be >= 0, got {position}")
+        self.save_checkpoint(name, position)
+
+    def handle_in_transaction(self, name: str, rec: Recorded, handler: TxHandler) -> None:
+        with self._data.lock:
+            handler(rec, None)
+            self._data.checkpoints[name] = rec.position
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Stop this store's subscriptions. Named data stays for other openers."""
+        self._closed = True
+        for sub in self._subscriptions:
+            sub.stop()
+        self._subscriptions.clear()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"store {self.url!r} is closed; open_store() it again")
+
+    def __repr__(self) -> str:
+        return f"<MemoryStore {self.url!r} events={len(self._data.records)}>"

@@ -1,0 +1,569 @@
+"""The SQLite event store: the embedded default, zero configuration, safe across processes.
+
+``sqlite:///events.db`` is relative to the working directory, ``sqlite:////var/lib/app/events.db``
+is absolute (as in SQLAlchemy). The database runs in WAL mode so readers never block the writer;
+``synchronous=FULL`` by default, because an acknowledged append must survive a power cut, not only
+a crash (``synchronous="NORMAL"`` trades the last commits on power loss for speed). One writer
+connection behind a lock serializes appends in this process; ``BEGIN IMMEDIATE`` plus the busy
+timeout serializes them across processes. Positions are therefore committed in order: a reader
+paging by position can never miss an event that commits later with a lower number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib.resources
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from tidings.event import Event, decode, encode
+from tidings.retry import RetryPolicy
+from tidings.store import AfterCommit, as_events
+from tidings.store.base import (
+    ConcurrencyError,
+    Criteria,
+    Recorded,
+    SchemaMissing,
+    StoreError,
+    StoreUnavailable,
+    check_criteria,
+    check_page,
+)
+from tidings.store.subscription import (
+    DEFAULT_PAGE_SIZE,
+    ErrorCallback,
+    PollingSubscription,
+    TxHandler,
+    Wakeup,
+)
+from tidings.topics import compile_pattern
+
+__all__ = ["SqliteStore", "migrate", "path_of"]
+
+log = logging.getLogger("tidings.store.sqlite")
+
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+_COLUMNS = "position, stream, version, recorded_at, body"
+_INSERT = (
+    "INSERT INTO tidings_events (id, type, stream, version, time, correlation_id, aggregate_id, "
+    "recorded_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_CHECKPOINT = (
+    "INSERT INTO tidings_checkpoints (name, position, updated_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET position = excluded.position, "
+    "updated_at = excluded.updated_at"
+)
+
+# Subscriptions of every SqliteStore on one file in this process wake each other at once.
+_wakeups: dict[str, Wakeup] = {}
+_wakeups_lock = threading.Lock()
+
+
+def path_of(url: str) -> str:
+    """The file path in a ``sqlite:///relative`` or ``sqlite:////absolute`` URL."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        raise StoreError(f"expected a sqlite:/// URL, got {url!r}")
+    if parts.netloc:
+        raise StoreError(
+            f"SQLite URL {url!r} has a host part {parts.netloc!r}; use sqlite:///relative.db "
+            "or sqlite:////absolute/path.db (three or four slashes)"
+        )
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if not path or path == ":memory:" or path.startswith("file:"):
+        raise StoreError(
+            f"SQLite URL {url!r} names no database file; the store needs a file so every "
+            "connection and process shares it: sqlite:///events.db (use memory:// for an "
+            "in-process store)"
+        )
+    return path
+
+
+def _fmt(t: datetime) -> str:
+    """Fixed-width UTC text: sorts as time sorts, so range queries are plain comparisons."""
+    if t.tzinfo is not UTC:
+        t = t.astimezone(UTC)
+    return t.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+@functools.lru_cache(maxsize=256)
+def _type_filter(patterns: str) -> Callable[[str], bool]:
+    compiled = [compile_pattern(p) for p in patterns.split("\n")]
+    return lambda name: any(p.matches(name) for p in compiled)
+
+
+def _types_match(patterns: str, name: str) -> bool:
+    """SQL function tidings_types(patterns, type): the pattern filter, pushed under LIMIT."""
+    return _type_filter(patterns)(name)
+
+
+def _row(row: tuple[Any, ...]) -> Recorded:
+    position, stream, version, recorded_at, body = row
+    return Recorded(position, decode(body), stream, version, datetime.fromisoformat(recorded_at))
+
+
+def _migrations() -> list[tuple[str, str]]:
+    folder = importlib.resources.files("tidings.store").joinpath("sql", "sqlite")
+    files = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
+    return [(name.removesuffix(".sql"), folder.joinpath(name).read_text("utf-8")) for name in files]
+
+
+def _applied(conn: sqlite3.Connection) -> set[str]:
+    has = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tidings_migrations'"
+    ).fetchone()
+    if not has:
+        return set()
+    return {row[0] for row in conn.execute("SELECT version FROM tidings_migrations")}
+
+
+def _apply(conn: sqlite3.Connection) -> list[str]:
+    """Apply the shipped migrations that are missing; each in its own transaction."""
+    done: list[str] = []
+    for version, sql in _migrations():
+        if version in _applied(conn):
+            continue
+        now = _fmt(datetime.now(UTC))
+        conn.executescript(
+            "BEGIN IMMEDIATE;\n"
+            "CREATE TABLE IF NOT EXISTS tidings_migrations "
+            "(version TEXT PRIMARY KEY, applied_at TEXT NOT NULL);\n"
+            f"{sql}\n"
+            f"INSERT OR IGNORE INTO tidings_migrations VALUES ('{version}', '{now}');\n"
+            "COMMIT;"
+        )
+        done.append(version)
+    return done
+
+
+def _connect(path: str, busy_timeout: float, synchronous: str) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.create_function("tidings_types", 2, _types_match, deterministic=True)
+        return conn
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(
+            f"cannot open SQLite database {path!r}: {exc}; check that its directory exists "
+            "and is writable, and that the file is a SQLite database"
+        ) from exc
+
+
+def migrate(url: str, *, busy_timeout: float = 5.0) -> list[str]:
+    """Apply missing migrations to the database at ``url``; return their names (idempotent)."""
+    path = path_of(url)
+    conn = _connect(path, busy_timeout, "FULL")
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        return _apply(conn)
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"cannot migrate SQLite database {path!r}: {exc}") from exc
+    finally:
+        conn.close()
+
+
+class SqliteStore:
+    """EventStore on one SQLite file. See the module docstring for durability and concurrency."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        publish: Callable[[Event], Any] | Any | None = None,
+        synchronous: str = "FULL",
+        busy_timeout: float = 5.0,
+        poll_interval: float = 0.05,
+        migrate: bool = True,
+    ) -> None:
+        self.url = url
+        self.path = path_of(url)
+        query = dict(parse_qsl(urlsplit(url).query))
+        synchronous = str(query.pop("synchronous", synchronous)).upper()
+        busy_timeout = float(query.pop("busy_timeout", busy_timeout))
+        if query:
+            raise StoreError(
+                f"SQLite URL {url!r}: unknown option(s) {', '.join(sorted(query))}; "
+                "known: synchronous, busy_timeout"
+            )
+        if synchronous not in _SYNCHRONOUS:
+            raise ValueError(
+                f"SqliteStore(synchronous=): expected one of {_SYNCHRONOUS}, got {synchronous!r}"
+            )
+        self._synchronous = synchronous
+        self._busy_timeout = busy_timeout
+        self._poll_interval = poll_interval
+        self._publisher = AfterCommit(publish)
+        self._write_lock = threading.Lock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._subscriptions: list[PollingSubscription] = []
+        self._closed = False
+        self._writer = _connect(self.path, busy_timeout, synchronous)
+        try:
+            mode = self._writer.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                log.warning("SQLite %r: WAL mode unavailable (journal_mode=%s)", self.path, mode)
+            if migrate:
+                applied = _apply(self._writer)
+                if applied:
+                    log.info("SQLite %r: applied migrations %s", self.path, ", ".join(applied))
+            elif {v for v, _ in _migrations()} - _applied(self._writer):
+                raise SchemaMissing(
+                    f"SQLite database {self.path!r} has no (or an old) tidings schema; run "
+                    f"`tidings migrate {url}` or open it with migrate=True"
+                )
+        except sqlite3.Error as exc:
+            self._writer.close()
+            raise StoreUnavailable(
+                f"cannot use SQLite database {self.path!r}: {exc}; check that it is a SQLite "
+                "database and writable"
+            ) from exc
+        except BaseException:
+            self._writer.close()
+            raise
+        key = os.path.realpath(self.path)
+        with _wakeups_lock:
+            self._wakeup = _wakeups.setdefault(key, Wakeup())
+
+    # ------------------------------------------------------------------ connections
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            self._check_open()
+            conn = _connect(self.path, self._busy_timeout, self._synchronous)
+            conn.execute("PRAGMA query_only = ON")
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Recorded]:
+        try:
+            rows = self._reader().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise self._error("read", exc) from exc
+        return [_row(r) for r in rows]
+
+    def _error(self, what: str, exc: sqlite3.Error) -> StoreError:
+        if self._closed:
+            return StoreError(f"store {self.url!r} is closed; open_store() it again")
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            return StoreUnavailable(
+                f"SQLite {self.path!r}: {what} timed out waiting for another writer "
+                f"({self._busy_timeout}s busy_timeout): {exc}; raise busy_timeout or shorten "
+                "the other process's transactions"
+            )
+        if isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc):
+            return SchemaMissing(
+                f"SQLite {self.path!r} lost its tidings schema ({exc}); run `tidings migrate "
+                f"{self.url}`"
+            )
+        return StoreError(f"SQLite {self.path!r}: {what} failed: {exc}")
+
+    # ------------------------------------------------------------------ writes
+
+    def append(
+        self,
+        events: Event | Sequence[Event],
+        *,
+        stream: str | None = None,
+        expected_version: int | None = None,
+    ) -> list[Recorded]:
+        """Store ``events`` in one transaction (one executemany); all or nothing."""
+        batch = as_events(events)
+        if stream is None and expected_version is not None:
+            raise ValueError("append(expected_version=...) needs a stream=")
+        bodies = [encode(e).decode() for e in batch]  # validates before anything is written
+        self._check_open()
+        now = datetime.now(UTC)
+        stamp = _fmt(now)
+        conn = self._writer
+        with self._write_lock:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self._error("append", exc) from exc
+            try:
+                current = 0
+                if stream is not None:
+                    current = conn.execute(
+                        "SELECT COALESCE(MAX(version), 0) FROM tidings_events WHERE stream = ?",
+                        (stream,),
+                    ).fetchone()[0]
+                    if expected_version is not None and expected_version != current:
+                        raise ConcurrencyError(stream, expected_version, current)
+                if not batch:
+                    conn.execute("COMMIT")
+                    return []
+                rows = [
+                    (
+                        e.id,
+                        e.type,
+                        stream,
+                        None if stream is None else current + i + 1,
+                        _fmt(e.time),
+                        e.correlation_id,
+                        e.aggregate_id,
+                        stamp,
+                        body,
+                    )
+                    for i, (e, body) in enumerate(zip(batch, bodies, strict=True))
+                ]
+                conn.executemany(_INSERT, rows)
+                last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.IntegrityError):
+                    raise self._duplicate(batch, exc) from exc
+                if isinstance(exc, sqlite3.Error):
+                    raise self._error("append", exc) from exc
+                raise
+            self._publisher.enqueue(batch)
+        self._wakeup.notify()
+        self._publisher.drain()
+        first = last - len(batch) + 1
+        return [
+            Recorded(first + i, e, stream, None if stream is None else current + i + 1, now)
+            for i, e in enumerate(batch)
+        ]
+
+    def _duplicate(self, batch: list[Event], exc: sqlite3.IntegrityError) -> StoreError:
+        ids = [e.id for e in batch]
+        seen: set[str] = set()
+        dupes = [i for i in ids if i in seen or seen.add(i)]  # type: ignore[func-returns-value]
+        if not dupes:
+            marks = ",".join("?" * len(ids[:500]))
+            dupes = [
+                r[0]
+                for r in self._writer.execute(
+                    f"SELECT id FROM tidings_events WHERE id IN ({marks})", ids[:500]
+                )
+            ]
+        if dupes:
+            return StoreError(
+                f"event id {dupes[0]} is already stored; every event needs a unique id "
+                "(leave id unset to get a fresh one); nothing was written"
+            )
+        return StoreError(f"SQLite {self.path!r}: append rejected: {exc}; nothing was written")
+
+    async def aappend(
+        self,
+        events: Event | Sequence[Event],
+        *,
+        stream: str | None = None,
+        expected_version: int | None = None,
+    ) -> list[Recorded]:
+        return await asyncio.to_thread(
+            self.append, events, stream=stream, expected_version=expected_version
+        )
+
+    # ------------------------------------------------------------------ reads
+
+    def read_all(self, after_position: int = 0, limit: int = 1000) -> list[Recorded]:
+        check_page(after_position, limit)
+        return self._query(
+            f"SELECT {_COLUMNS} FROM tidings_events WHERE position > ? ORDER BY position LIMIT ?",
+            (after_position, limit),
+        )
+
+    async def aread_all(self, after_position: int = 0, limit: int = 1000) -> list[Recorded]:
+        return await asyncio.to_thread(self.read_all, after_position, limit)
+
+    @staticmethod
+    def _where(criteria: Criteria) -> tuple[str, list[Any]]:
+        where = ["position > ?"]
+        params: list[Any] = [criteria.after_position]
+        if criteria.types:
+            if criteria.exact_types is not None:
+                where.append(f"type IN ({','.join('?' * len(criteria.types))})")
+                params += criteria.types
+            else:
+                where.append("tidings_types(?, type)")
+                params.append("\n".join(criteria.types))
+        if criteria.since is not None:
+            where.append("time >= ?")
+            params.append(_fmt(criteria.since))
+        if criteria.until is not None:
+            where.append("time < ?")
+            params.append(_fmt(criteria.until))
+        for column in ("correlation_id", "aggregate_id", "stream"):
+            value = getattr(criteria, column)
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        return " AND ".join(where), params
+
+    def load(self, criteria: Criteria) -> list[Recorded]:
+        """Events matching ``criteria`` in global order; every criterion is filtered in SQL."""
+        check_criteria(criteria)
+        where, params = self._where(criteria)
+        sql = f"SELECT {_COLUMNS} FROM tidings_events WHERE {where} ORDER BY position"
+        if criteria.limit is not None:
+            sql += " LIMIT ?"
+            params.append(criteria.limit)
+        return self._query(sql, params)
+
+    async def aload(self, criteria: Criteria) -> list[Recorded]:
+        return await asyncio.to_thread(self.load, criteria)
+
+    def count(self, criteria: Criteria | None = None) -> int:
+        """How many events ``criteria`` matches (limit ignored); replay uses it for progress."""
+        where, params = self._where(criteria or Criteria())
+        try:
+            row = (
+                self._reader()
+                .execute(f"SELECT COUNT(*) FROM tidings_events WHERE {where}", params)
+                .fetchone()
+            )
+        except sqlite3.Error as exc:
+            raise self._error("count", exc) from exc
+        return int(row[0])
+
+    def load_stream(self, stream: str, from_version: int = 1) -> list[Recorded]:
+        return self._query(
+            f"SELECT {_COLUMNS} FROM tidings_events WHERE stream = ? AND version >= ? "
+            "ORDER BY version",
+            (stream, from_version),
+        )
+
+    async def aload_stream(self, stream: str, from_version: int = 1) -> list[Recorded]:
+        return await asyncio.to_thread(self.load_stream, stream, from_version)
+
+    def stream_version(self, stream: str) -> int:
+        try:
+            row = (
+                self._reader()
+                .execute(
+                    "SELECT COALESCE(MAX(version), 0) FROM tidings_events WHERE stream = ?",
+                    (stream,),
+                )
+                .fetchone()
+            )
+        except sqlite3.Error as exc:
+            raise self._error("stream_version", exc) from exc
+        return int(row[0])
+
+    # ------------------------------------------------------------------ subscriptions
+
+    def subscribe(
+        self,
+        criteria: Criteria,
+        handler: Callable[..., Any],
+        *,
+        name: str,
+        retry: RetryPolicy | None = None,
+        on_error: ErrorCallback | None = None,
+        transactional: bool = False,
+        poll_interval: float | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+    ) -> PollingSubscription:
+        """Catch up from ``name``'s checkpoint, then follow live (see tidings.store.subscription).
+
+        With ``transactional=True`` the handler gets ``(recorded, connection)``: a
+        ``sqlite3.Connection`` inside an open transaction that also saves the checkpoint. Write
+        your effects through it and do not commit; they commit together, or roll back together
+        if the handler raises. Appends wait while the handler runs, so keep it short.
+        """
+        self._check_open()
+        self._subscriptions = [s for s in self._subscriptions if s.running]
+        if any(s.name == name for s in self._subscriptions):
+            raise StoreError(
+                f"subscription {name!r} is already running on this store; stop it first "
+                "(two consumers of one checkpoint would overwrite each other)"
+            )
+        sub = PollingSubscription(
+            self,
+            criteria,
+            handler,
+            name=name,
+            wakeup=self._wakeup,
+            retry=retry,
+            on_error=on_error,
+            transactional=transactional,
+            poll_interval=self._poll_interval if poll_interval is None else poll_interval,
+            page_size=page_size,
+        )
+        self._subscriptions.append(sub)
+        return sub
+
+    def checkpoint(self, name: str) -> int:
+        try:
+            row = (
+                self._reader()
+                .execute("SELECT position FROM tidings_checkpoints WHERE name = ?", (name,))
+                .fetchone()
+            )
+        except sqlite3.Error as exc:
+            raise self._error("checkpoint", exc) from exc
+        return 0 if row is None else int(row[0])
+
+    def save_checkpoint(self, name: str, position: int) -> None:
+        self._check_open()
+        with self._write_lock:
+            try:
+                self._writer.execute(_UPSERT_CHECKPOINT, (name, position, _fmt(datetime.now(UTC))))
+            except sqlite3.Error as exc:
+                raise self._error("checkpoint", exc) from exc
+
+    def reset_subscription(self, name: str, position: int = 0) -> None:
+        """Move ``name``'s checkpoint; a running subscription of that name overwrites it, so
+        stop it first."""
+        if position < 0:
+            raise ValueError(f"reset_subscription: position must be >= 0, got {position}")
+        self.save_checkpoint(name, position)
+
+    def handle_in_transaction(self, name: str, rec: Recorded, handler: TxHandler) -> None:
+        self._check_open()
+        conn = self._writer
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                handler(rec, conn)
+                if not conn.in_transaction:
+                    raise StoreError(
+                        f"subscription {name!r}: the transactional handler ended the transaction "
+                        "itself (COMMIT/ROLLBACK); let tidings commit its writes with the "
+                        "checkpoint"
+                    )
+                conn.execute(_UPSERT_CHECKPOINT, (name, rec.position, _fmt(datetime.now(UTC))))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Stop subscriptions (saving their checkpoints), then close every connection."""
+        if self._closed:
+            return
+        for sub in self._subscriptions:
+            sub.stop()
+        self._subscriptions.clear()
+        self._closed = True
+        with self._write_lock:
+            self._writer.close()
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"store {self.url!r} is closed; open_store() it again")
+
+    def __repr__(self) -> str:
+        return f"<SqliteStore {self.path!r}>"

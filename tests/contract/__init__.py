@@ -1,0 +1,1 @@
+"""Contract suites every backend must pass; subclass them with your backend's fixtures."""
