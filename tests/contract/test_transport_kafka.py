@@ -1,0 +1,341 @@
+"""The transport contract against a private Tansu broker, plus Kafka-specific behaviour.
+
+One Tansu process (in memory) serves the whole module; every test gets its own topic prefix.
+The restart test gets its own durable Tansu (S3 storage on a private moto server) that it kills
+with SIGKILL and starts again on the same port and storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
+
+from tests.conftest import require_service
+from tests.contract.tansu import TansuBroker, TansuUnavailable, free_port
+from tests.contract.transport_contract import Collector, TransportContract, make_event
+from tidings.event import Event
+from tidings.topics import compile_pattern
+from tidings.transport import SubscribeOptions, TransportError
+from tidings.transports import open_transport
+from tidings.transports.kafka import KafkaTransport, _Partition, topic_regex
+
+
+def _unavailable(exc: Exception) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"CI requires Tansu: {exc}", pytrace=False)
+    pytest.skip(f"SKIPPED LOUDLY: {exc}")
+
+
+def _start(durable: bool) -> TansuBroker:
+    try:
+        broker = TansuBroker(durable=durable)
+        broker.start()
+    except TansuUnavailable as exc:
+        _unavailable(exc)
+        raise
+    return broker
+
+
+@pytest.fixture(scope="module")
+def tansu() -> Iterator[TansuBroker]:
+    broker = _start(durable=False)
+    yield broker
+    broker.stop()
+
+
+def _prefix() -> str:
+    return f"tc-{uuid.uuid4().hex[:10]}."
+
+
+class _Restartable:
+    def __init__(self, broker: TansuBroker, url: str) -> None:
+        self.broker = broker
+        self.url = url
+
+    async def restart(self) -> None:
+        await self.broker.restart()
+
+
+async def _raw_producer(bootstrap: str) -> Any:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    return producer
+
+
+class TestKafkaTransport(TransportContract):
+    @pytest.fixture
+    def transport_url(self, tansu: TansuBroker) -> str:
+        require_service("tansu", tansu.host, tansu.port)
+        # Tansu holds a new group's first join for half the session timeout: keep it short.
+        return f"{tansu.url}?prefix={_prefix()}&session_timeout=2"
+
+    @pytest.fixture
+    async def publish_raw(
+        self, tansu: TansuBroker, transport_url: str
+    ) -> AsyncIterator[Callable[[bytes, str], Awaitable[None]]]:
+        producer = await _raw_producer(tansu.bootstrap)
+        transport = KafkaTransport(transport_url)
+
+        async def publish(body: bytes, type_hint: str) -> None:
+            headers = [("tidings-type", type_hint.encode())]
+            await producer.send_and_wait(
+                transport.topic_for(type_hint), body, key=b"raw", headers=headers
+            )
+
+        yield publish
+        await producer.stop()
+
+    @pytest.fixture
+    def unreachable_url(self) -> str:
+        return f"kafka://127.0.0.1:{free_port()}"
+
+    @pytest.fixture
+    def restart_server(self) -> Iterator[_Restartable]:
+        broker = _start(durable=True)
+        # S3 (moto) makes this broker slow, above all fetches after the restart (Tansu lists a
+        # partition's objects per fetch): fetch_min_bytes lets one fetch carry many records; a
+        # longer session rides out slow heartbeats; fewer commits mean fewer S3 writes.
+        url = (
+            f"{broker.url}?prefix={_prefix()}&session_timeout=6&commit_interval=0.5"
+            "&fetch_min_bytes=65536&fetch_max_wait=0.2"
+        )
+        yield _Restartable(broker, url)
+        broker.stop()
+
+
+class TestKafkaTransportTopicPerType(TestKafkaTransport):
+    """The same contract with one topic per event type (``<prefix><type>``, seed 004's layout).
+
+    The restart test runs once, in the class above (the broker, not the layout, is under test).
+    """
+
+    @pytest.fixture
+    def transport_url(self, tansu: TansuBroker) -> str:
+        require_service("tansu", tansu.host, tansu.port)
+        # Short metadata age: regex subscriptions see new per-type topics within 0.5 s.
+        return (
+            f"{tansu.url}?prefix={_prefix()}&topic_per_type=true"
+            "&session_timeout=2&metadata_max_age=0.5"
+        )
+
+    @pytest.fixture
+    def restart_server(self) -> None:
+        return None
+
+
+# ---- Kafka-specific behaviour ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "yes", "no"),
+    [
+        ("a.b", ["a.b"], ["a.bc", "a.b.c", "xa.b"]),
+        ("a.*", ["a.b", "a.c"], ["a", "a.b.c"]),
+        ("a.**", ["a", "a.b", "a.b.c"], ["ab", "b.a"]),
+        ("a.**.z", ["a.z", "a.b.z", "a.b.c.z"], ["a.zz", "a.b", "az"]),
+        ("**.z", ["z", "a.z", "a.b.z"], ["az", "a.z.b"]),
+        ("**", ["a", "a.b"], ["dlq.x", "dlq.x.y"]),
+        ("*.**.*", ["a.b", "a.b.c"], ["a"]),
+    ],
+)
+def test_topic_regex_is_the_glob(pattern: str, yes: list[str], no: list[str]) -> None:
+    regex = re.compile(topic_regex("p.", compile_pattern(pattern), exclude="dlq."))
+    for name in yes:
+        assert regex.match("p." + name), f"{pattern} should match {name}"
+    for name in no:
+        assert not regex.match("p." + name), f"{pattern} should not match {name}"
+    assert not regex.match("q." + yes[0]), "another prefix must not match"
+
+
+def test_commits_stop_at_the_first_unacked_offset() -> None:
+    """The Dispatcher finishes keys out of order; the commit must never pass an unfinished one."""
+    part = _Partition(committed=10)
+    assert part.watermark() is None  # nothing taken: nothing to commit
+    for offset in range(10, 15):
+        part.take(offset)
+    part.ack(11)
+    part.ack(12)
+    assert part.watermark() == 10
+    part.ack(10)
+    assert part.watermark() == 13
+    part.ack(14)
+    assert part.watermark() == 13
+    part.ack(13)
+    assert part.watermark() == 15
+    assert not part.pending and not part.done
+
+
+def test_url_errors_are_clear() -> None:
+    with pytest.raises(TransportError, match="not host:port"):
+        open_transport("kafka://localhost:notaport")
+    with pytest.raises(TransportError, match="unknown option"):
+        open_transport("kafka://localhost:9092?partitons=3")
+    with pytest.raises(TransportError, match="Kafka refuses"):
+        open_transport("kafka://localhost:9092?prefix=bad prefix/")
+    t = open_transport("kafka://user:secret@localhost:9092?prefix=a.")
+    assert "secret" not in t.url and "user" not in t.url
+
+
+async def test_topic_per_type_uses_the_prefix_like_seed_004(tansu: TansuBroker) -> None:
+    """``prefix=wedi.events.&topic_per_type=true``: one topic per event type, patterns work."""
+    require_service("tansu", tansu.host, tansu.port)
+    prefix = f"{_prefix()}wedi.events."
+    transport = open_transport(f"{tansu.url}?prefix={prefix}&topic_per_type=true")
+    await transport.start()
+    try:
+        links, everything = Collector(), Collector()
+        await transport.subscribe("payment_link.*", links)
+        await transport.subscribe("**", everything)
+        events = [
+            make_event("payment_link.updated", key="p1"),
+            make_event("payment_link.archived", key="p1"),
+            make_event("user.created", key="u1"),
+        ]
+        await transport.publish_many(events)
+
+        async def seen() -> bool:
+            return links.count() >= 2 and everything.count() >= 3
+
+        for _ in range(250):  # new topics reach a regex subscription on a metadata refresh
+            if await seen():
+                break
+            await asyncio.sleep(0.04)
+        assert sorted(e.type for e in links.events) == [
+            "payment_link.archived",
+            "payment_link.updated",
+        ]
+        assert sorted(e.id for e in everything.events) == sorted(e.id for e in events)
+        admin_topics = await transport._producer.client.fetch_all_metadata()  # type: ignore[attr-defined]
+        mine = sorted(t for t in admin_topics.topics() if t.startswith(prefix))
+        assert mine == [
+            f"{prefix}payment_link.archived",
+            f"{prefix}payment_link.updated",
+            f"{prefix}user.created",
+        ]
+    finally:
+        await transport.close()
+
+
+async def test_concurrent_single_publishes_share_a_batch_and_all_arrive(
+    tansu: TansuBroker,
+) -> None:
+    """Many ``publish()`` calls at once on one partition (one key) all succeed and arrive.
+
+    Each single publish joins the producer's open batch; sending a batch per call queued
+    them behind each other until they timed out.
+    """
+    require_service("tansu", tansu.host, tansu.port)
+    transport = open_transport(f"{tansu.url}?prefix={_prefix()}&session_timeout=2")
+    await transport.start()
+    try:
+        got = Collector()
+        await transport.subscribe("burst.x", got, SubscribeOptions(group="burst"))
+        events = [make_event("burst.x", key="one-key") for _ in range(300)]
+        await asyncio.gather(*(transport.publish(e) for e in events))
+        await TransportContract.wait_for(lambda: got.count() >= 300, 20, "300 events")
+        assert sorted(got.ids) == sorted(e.id for e in events)
+    finally:
+        await transport.close()
+
+
+async def test_health_reports_lag_of_a_slow_group(tansu: TansuBroker) -> None:
+    require_service("tansu", tansu.host, tansu.port)
+    transport = open_transport(f"{tansu.url}?prefix={_prefix()}&session_timeout=2")
+    await transport.start()
+    try:
+        gate = asyncio.Event()
+
+        async def stuck(_event: Any) -> None:
+            await gate.wait()
+
+        await transport.subscribe("lag.x", stuck, SubscribeOptions(group="slow", max_in_flight=1))
+        await transport.publish_many([make_event("lag.x", key="k") for _ in range(30)])
+        lag = 0
+        for _ in range(100):
+            lag = transport.health().lag or 0
+            if lag >= 30:
+                break
+            await asyncio.sleep(0.05)
+        assert lag == 30, f"30 unhandled events, health says lag {lag}"
+        gate.set()
+        for _ in range(200):
+            if transport.health().lag == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert transport.health().lag == 0
+    finally:
+        await transport.close()
+
+
+_CRASHY_MEMBER = """
+import asyncio, sys
+from tidings.transport import SubscribeOptions
+from tidings.transports import open_transport
+
+async def main():
+    t = open_transport(sys.argv[1], session_timeout=2.0)
+    await t.start()
+
+    async def hang(event):
+        print("taken", event.id, flush=True)
+        await asyncio.Event().wait()
+
+    await t.subscribe("crash.x", hang, SubscribeOptions(group="crashy"))
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.timeout(60)
+async def test_a_killed_member_s_message_goes_to_the_group_after_the_session_timeout(
+    tansu: TansuBroker,
+) -> None:
+    """kill -9 (no LeaveGroup, no commit): the group gets the message after the session ends."""
+    require_service("tansu", tansu.host, tansu.port)
+    url = f"{tansu.url}?prefix={_prefix()}"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CRASHY_MEMBER, url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    transport = open_transport(url, session_timeout=2.0)
+    try:
+        assert child.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), 30)
+        assert line.strip() == "ready", f"the crashy member did not start: {line!r}"
+        await transport.start()
+        sent = make_event("crash.x", key="k")
+        await transport.publish(sent)
+        line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), 15)
+        assert line.split() == ["taken", sent.id]
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        killed_at = time.monotonic()
+        got: list[Event] = []
+        await transport.subscribe("crash.x", got.append, SubscribeOptions(group="crashy"))
+        for _ in range(400):
+            if got:
+                break
+            await asyncio.sleep(0.05)
+        took = time.monotonic() - killed_at
+        assert [e.id for e in got] == [sent.id], "the killed member's message was not redelivered"
+        assert took < 15, f"redelivery took {took:.1f}s with a 2 s session timeout"
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+        await transport.close()
