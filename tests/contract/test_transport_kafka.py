@@ -249,6 +249,73 @@ async def test_concurrent_single_publishes_share_a_batch_and_all_arrive(
         await transport.close()
 
 
+class _WithholdOffset:
+    """Wraps a consumer's ``getmany`` to leave one offset out of the fetched records.
+
+    ``times`` fetches lose it (a broker serving a later batch before a concurrent earlier one
+    is readable, as Tansu did under concurrent producers); ``times=None`` loses it for good
+    (a real gap: compaction or another producer's transaction markers).
+    """
+
+    def __init__(self, consumer: Any, offset: int, times: int | None) -> None:
+        self.offset = offset
+        self.left = times
+        self.withheld = 0
+        self._getmany = consumer.getmany
+        consumer.getmany = self.getmany
+
+    async def getmany(self, *args: Any, **kwargs: Any) -> dict[Any, list[Any]]:
+        batches: dict[Any, list[Any]] = await self._getmany(*args, **kwargs)
+        for tp, records in batches.items():
+            if any(r.offset == self.offset for r in records) and self.left != 0:
+                batches[tp] = [r for r in records if r.offset != self.offset]
+                self.withheld += 1
+                if self.left is not None:
+                    self.left -= 1
+        return batches
+
+
+async def _one_partition_round(
+    tansu: TansuBroker, gap_wait: float, times: int | None
+) -> tuple[Collector, list[Event], _WithholdOffset, float]:
+    transport = open_transport(f"{tansu.url}?prefix={_prefix()}&partitions=1&gap_wait={gap_wait}")
+    await transport.start()
+    try:
+        got = Collector()
+        sub: Any = await transport.subscribe("gap.x", got)
+        hold = _WithholdOffset(sub._consumer, offset=3, times=times)
+        events = [make_event("gap.x", key="k", n=i) for i in range(10)]
+        started = time.monotonic()
+        await transport.publish_many(events[:5])
+        await transport.publish_many(events[5:])
+        want = 10 if times is not None else 9
+        await TransportContract.wait_for(lambda: got.count() >= want, 20, f"{want} events")
+        elapsed = time.monotonic() - started
+        await asyncio.sleep(0.2)
+        return got, events, hold, elapsed
+    finally:
+        await transport.close()
+
+
+async def test_a_record_missing_from_a_fetch_is_fetched_again_not_skipped(
+    tansu: TansuBroker,
+) -> None:
+    """Offsets 0-2 then 4-9 in one fetch: the subscription refetches from 3 instead of losing it."""
+    require_service("tansu", tansu.host, tansu.port)
+    got, events, hold, _ = await _one_partition_round(tansu, gap_wait=5.0, times=2)
+    assert hold.withheld == 2
+    assert got.ids == [e.id for e in events], "every event, once, in order"
+
+
+async def test_a_real_gap_is_passed_over_after_gap_wait(tansu: TansuBroker) -> None:
+    """An offset that never appears (compaction, transaction markers) stalls only ``gap_wait``."""
+    require_service("tansu", tansu.host, tansu.port)
+    got, events, hold, elapsed = await _one_partition_round(tansu, gap_wait=0.5, times=None)
+    assert hold.withheld >= 2, "the missing offset was fetched again before giving up"
+    assert got.ids == [e.id for i, e in enumerate(events) if i != 3]
+    assert 0.5 <= elapsed < 10
+
+
 async def test_health_reports_lag_of_a_slow_group(tansu: TansuBroker) -> None:
     require_service("tansu", tansu.host, tansu.port)
     transport = open_transport(f"{tansu.url}?prefix={_prefix()}&session_timeout=2")

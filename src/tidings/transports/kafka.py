@@ -27,7 +27,9 @@ A member that dies therefore leaves its unfinished records uncommitted, and the 
 gives them to the remaining members (after ``LeaveGroup`` at once; after a crash when the
 session times out: ``session_timeout``, by default ``ack_wait`` kept within 6-10 s). Kafka has
 no per-message redelivery for a live but stuck consumer: ``ack_wait`` only bounds crash
-recovery. ``start="new"`` begins at the end offsets seen when ``subscribe`` ran (topics that
+recovery. A hole in a partition's offsets is fetched again for ``gap_wait`` seconds before it
+is passed over (a broker may expose a later batch before an earlier concurrent one).
+``start="new"`` begins at the end offsets seen when ``subscribe`` ran (topics that
 appear later from their start); ``"earliest"`` from the oldest retained record. A durable
 group resumes from its commits.
 
@@ -196,7 +198,7 @@ class _Out:
 class _Partition:
     """Offsets handed to the dispatcher from one partition; commits stop at the first unacked."""
 
-    __slots__ = ("committed", "done", "next", "pending", "revoked", "start")
+    __slots__ = ("committed", "done", "gap", "next", "pending", "revoked", "start")
 
     def __init__(self, committed: int | None) -> None:
         self.start: int | None = committed
@@ -205,6 +207,12 @@ class _Partition:
         self.next: int | None = None
         self.committed = committed
         self.revoked = False
+        # (offset expected, monotonic time it was first found missing) while a gap is held
+        self.gap: tuple[int, float] | None = None
+
+    def expected(self) -> int | None:
+        """The offset the next record should have, if known."""
+        return self.next if self.next is not None else self.start
 
     def take(self, offset: int) -> None:
         self.pending.append(offset)
@@ -245,7 +253,7 @@ class KafkaTransport:
             "connect_timeout", "publish_timeout", "linger_ms", "max_batch_size", "client_id",
             "heartbeat_interval", "session_timeout", "metadata_max_age", "fetch_max_wait",
             "fetch_min_bytes",
-            "commit_interval", "revoke_drain", "on_error",
+            "commit_interval", "revoke_drain", "gap_wait", "on_error",
         }  # fmt: skip
         unknown = sorted((set(query) | set(options)) - known)
         if unknown:
@@ -279,6 +287,7 @@ class KafkaTransport:
         self.fetch_max_wait = _number("fetch_max_wait", opt.get("fetch_max_wait", 0.1), 0.01)
         self.fetch_min_bytes = int(_number("fetch_min_bytes", opt.get("fetch_min_bytes", 1), 1))
         self.commit_interval = _number("commit_interval", opt.get("commit_interval", 0.1), 0.0)
+        self.gap_wait = _number("gap_wait", opt.get("gap_wait", 1.0), 0.0)
         drain = opt.get("revoke_drain")
         self.revoke_drain = None if drain is None else _number("revoke_drain", drain, 0)
         on_error = opt.get("on_error")
@@ -1017,9 +1026,39 @@ class _Subscription:
                     part = self._parts.get(tp)
                     if part is None or part.revoked or self._closing:
                         break
-                    if part.next is not None and rec.offset < part.next:
-                        continue  # fetched again after a re-assignment: already taken
+                    expected = part.expected()
+                    if expected is not None:
+                        if part.next is not None and rec.offset < part.next:
+                            continue  # fetched again after a re-assignment: already taken
+                        if rec.offset > expected and self._hold_gap(tp, part, expected, rec.offset):
+                            break  # fetch this partition again from the missing offset
                     await self._take(tp, part, rec)
+
+    def _hold_gap(self, tp: Any, part: _Partition, expected: int, found: int) -> bool:
+        """Whether to refetch from ``expected`` rather than skip the offsets before this record.
+
+        Tidings writes no transaction markers and its topics are not compacted, so offsets
+        should be contiguous. Yet a broker may serve a later batch before a concurrent earlier
+        one is readable (seen with Tansu under concurrent producers: the skipped record was in
+        the log when read again). Skipping would lose it, so the partition is fetched again from
+        the missing offset until it appears; a gap still there after ``gap_wait`` is a real one
+        (compaction, aborted transactions from another producer) and is passed over.
+        """
+        wait = self.transport.gap_wait
+        if wait <= 0:
+            return False
+        now = time.monotonic()
+        if part.gap is None or part.gap[0] != expected:
+            part.gap = (expected, now)
+        elif now - part.gap[1] >= wait:
+            log.info(
+                "subscription %s: offsets %d-%d of %s-%d still missing after %gs; going on",
+                self.name, expected, found - 1, tp.topic, tp.partition, wait,
+            )  # fmt: skip
+            part.gap = None
+            return False
+        self._consumer.seek(tp, expected)
+        return True
 
     def _wanted(self, type_: str) -> bool:
         """``pattern.matches`` memoized: a namespace has few types and this runs per record."""
