@@ -576,6 +576,32 @@ class StoreContract:
             sub.stop()
         assert self.tx_rows(store_url) == [r.event.id for r in recs]
 
+    def test_append_also_writes_in_the_same_transaction(
+        self, store: EventStore, store_url: str
+    ) -> None:
+        """``append(also=...)``: rows written beside the events commit, or roll back, with them."""
+        self.tx_prepare(store_url)
+        seen: list[list[int]] = []
+
+        def also(conn: Any, recorded: list[Recorded]) -> None:
+            seen.append([r.position for r in recorded])
+            for rec in recorded:
+                self.tx_write(conn, rec)
+
+        recs = store.append(placed(3), also=also)  # type: ignore[call-arg]
+        assert seen == [[r.position for r in recs]], "called once with the recorded events"
+        single = store.append(placed(1), also=also)  # type: ignore[call-arg]
+
+        def also_fails(conn: Any, recorded: list[Recorded]) -> None:
+            also(conn, recorded)
+            raise RuntimeError("after writing: the events and the rows must both roll back")
+
+        before = store.read_all()
+        with pytest.raises(RuntimeError):
+            store.append(placed(2), also=also_fails)  # type: ignore[call-arg]
+        assert store.read_all() == before
+        assert self.tx_rows(store_url) == [r.event.id for r in [*recs, *single]]
+
     # ----------------------------------------------------------------- replay
 
     def test_replay_with_progress_into_a_callable_and_a_bus(self, store: EventStore) -> None:

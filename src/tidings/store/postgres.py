@@ -59,6 +59,7 @@ from tidings.store.migrate import connect, describe, migrations
 from tidings.store.migrate import migrate as run_migrations
 from tidings.store.subscription import (
     DEFAULT_PAGE_SIZE,
+    AlsoWrite,
     ErrorCallback,
     PollingSubscription,
     TxHandler,
@@ -357,8 +358,11 @@ class PostgresStore:
         *,
         stream: str | None = None,
         expected_version: int | None = None,
+        also: AlsoWrite | None = None,
     ) -> list[Recorded]:
-        """Store ``events`` in one transaction: all or nothing; ConcurrencyError on a clash."""
+        """Store ``events`` in one transaction: all or nothing; ConcurrencyError on a clash.
+
+        ``also(conn, recorded)`` runs inside that transaction before the commit."""
         batch = as_events(events)
         self._check_args(stream, expected_version)
         rows = self._rows(batch, stream)
@@ -371,10 +375,10 @@ class PostgresStore:
             return []
         if self._publisher.active:
             with self._publish_lock:
-                out = self._append(batch, rows, stream, expected_version)
+                out = self._append(batch, rows, stream, expected_version, also)
                 self._publisher.enqueue(batch)
         else:
-            out = self._append(batch, rows, stream, expected_version)
+            out = self._append(batch, rows, stream, expected_version, also)
         self._wakeup.notify()
         self._publisher.drain()
         return out
@@ -385,10 +389,11 @@ class PostgresStore:
         rows: list[list[Any]],
         stream: str | None,
         expected: int | None,
+        also: AlsoWrite | None = None,
     ) -> list[Recorded]:
         with self._conn("append") as conn:
             try:
-                if len(rows) == 1:
+                if len(rows) == 1 and also is None:
                     # one statement is one transaction in autocommit mode: no BEGIN/COMMIT trips;
                     # when the version does not match, tidings_reserve changes nothing
                     with conn.cursor() as cur:
@@ -413,9 +418,12 @@ class PostgresStore:
                         cp.set_types(_COPY_TYPES)
                         for row in rows:
                             cp.write_row(row)
+                    recorded = self._recorded(batch, rows, stream, recorded_at)
+                    if also is not None:
+                        also(conn, recorded)
             except psycopg.IntegrityError as exc:
                 raise self._duplicate(exc, batch) from exc
-        return self._recorded(batch, rows, stream, recorded_at)
+        return recorded
 
     @staticmethod
     def _single(

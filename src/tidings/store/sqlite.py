@@ -38,6 +38,7 @@ from tidings.store.base import (
 )
 from tidings.store.subscription import (
     DEFAULT_PAGE_SIZE,
+    AlsoWrite,
     ErrorCallback,
     PollingSubscription,
     TxHandler,
@@ -279,8 +280,13 @@ class SqliteStore:
         *,
         stream: str | None = None,
         expected_version: int | None = None,
+        also: AlsoWrite | None = None,
     ) -> list[Recorded]:
-        """Store ``events`` in one transaction (one executemany); all or nothing."""
+        """Store ``events`` in one transaction (one executemany); all or nothing.
+
+        ``also(conn, recorded)`` runs inside that transaction before the commit, so rows that
+        belong with the events (webhook deliveries, an outbox) commit or vanish with them.
+        """
         batch = as_events(events)
         if stream is None and expected_version is not None:
             raise ValueError("append(expected_version=...) needs a stream=")
@@ -322,6 +328,13 @@ class SqliteStore:
                 ]
                 conn.executemany(_INSERT, rows)
                 last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+                first = last - len(batch) + 1
+                recorded = [
+                    Recorded(first + i, e, stream, None if stream is None else current + i + 1, now)
+                    for i, e in enumerate(batch)
+                ]
+                if also is not None:
+                    also(conn, recorded)
                 conn.execute("COMMIT")
             except BaseException as exc:
                 conn.execute("ROLLBACK")
@@ -333,11 +346,7 @@ class SqliteStore:
             self._publisher.enqueue(batch)
         self._wakeup.notify()
         self._publisher.drain()
-        first = last - len(batch) + 1
-        return [
-            Recorded(first + i, e, stream, None if stream is None else current + i + 1, now)
-            for i, e in enumerate(batch)
-        ]
+        return recorded
 
     def _duplicate(self, batch: list[Event], exc: sqlite3.IntegrityError) -> StoreError:
         ids = [e.id for e in batch]

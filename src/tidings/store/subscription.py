@@ -42,6 +42,8 @@ DEFAULT_RETRY = RetryPolicy(max_retries=3, initial_delay=0.05, max_delay=1.0)
 
 ErrorCallback = Callable[[Recorded, BaseException], Any]
 TxHandler = Callable[[Recorded, Any], Any]
+# append(also=...): called with (connection, recorded events) inside the append transaction
+AlsoWrite = Callable[[Any, list[Recorded]], None]
 
 
 class Wakeup:
