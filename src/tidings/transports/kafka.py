@@ -1057,7 +1057,10 @@ class _Subscription:
             )  # fmt: skip
             part.gap = None
             return False
-        self._consumer.seek(tp, expected)
+        try:
+            self._consumer.seek(tp, expected)
+        except Exception:  # revoked meanwhile: the next owner starts from the commit
+            return False
         return True
 
     def _wanted(self, type_: str) -> bool:
