@@ -1,0 +1,99 @@
+"""A webhook endpoint: where matching events go, how they are signed, paced and retried.
+
+One frozen value shared by the config loader (endpoints an operator writes in YAML), the HTTP API
+(endpoints registered at run time), the delivery queue (which stores them) and the workers.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Literal
+
+import msgspec
+
+from tidings.retry import RetryPolicy
+from tidings.topics import Pattern, compile_pattern
+
+__all__ = ["Auth", "Endpoint", "PayloadFormat", "endpoint_id_for_url"]
+
+# "seed": seed 000's body {"event_type", "timestamp", "data"}; "cloudevents": structured mode
+# (the whole envelope as application/cloudevents+json); "cloudevents-binary": data as the body,
+# attributes as ce-* headers.
+PayloadFormat = Literal["seed", "cloudevents", "cloudevents-binary"]
+
+
+class Auth(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One optional authentication header per endpoint (on top of the signature)."""
+
+    bearer: str | None = None
+    username: str | None = None  # basic auth, with password
+    password: str | None = None
+    header: str | None = None  # an API-key header name, with value
+    value: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        """The header(s) this auth adds to every request."""
+        out: dict[str, str] = {}
+        if self.bearer is not None:
+            out["Authorization"] = f"Bearer {self.bearer}"
+        elif self.username is not None:
+            token = base64.b64encode(f"{self.username}:{self.password or ''}".encode()).decode()
+            out["Authorization"] = f"Basic {token}"
+        if self.header is not None and self.value is not None:
+            out[self.header] = self.value
+        return out
+
+
+class Endpoint(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A delivery target. ``secrets`` all sign each request (rotation: old and new verify)."""
+
+    id: str
+    url: str
+    events: tuple[str, ...] = ("**",)  # glob patterns (tidings.topics)
+    secrets: tuple[str, ...] = ()  # "whsec_<base64>"; empty: requests are not signed
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    auth: Auth | None = None
+    timeout: float = 10.0  # seconds per request
+    rate_limit: float | None = None  # requests per second (token bucket), None: unlimited
+    burst: int | None = None  # bucket size, default max(1, rate_limit)
+    max_in_flight: int = 10
+    enabled: bool = True
+    format: PayloadFormat = "seed"
+    max_retries: int = 3  # attempts after the first
+    retry_delay: float = 5.0  # first retry delay; doubles per attempt
+    max_delay: float = 3600.0
+    jitter: float = 0.2  # fraction of each delay drawn at random
+    failure_window: float = 86400.0  # auto-disable after failing this long without a success
+    source: Literal["config", "api"] = "config"
+    disabled_reason: str | None = None
+
+    def pattern_list(self) -> list[Pattern]:
+        return [compile_pattern(p) for p in self.events]
+
+    def matches(self, event_type: str) -> bool:
+        return any(p.matches(event_type) for p in self.pattern_list())
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            max_retries=self.max_retries,
+            initial_delay=self.retry_delay,
+            max_delay=self.max_delay,
+            backoff_factor=2.0,
+            jitter=self.jitter,
+        )
+
+    def public(self) -> dict[str, object]:
+        """What the API and logs may show: secrets and auth values never leave."""
+        data: dict[str, object] = msgspec.to_builtins(self)
+        data.pop("secrets", None)
+        data["signed"] = bool(self.secrets)
+        data["auth"] = None if self.auth is None else "***"
+        data["headers"] = dict.fromkeys(self.headers, "***")
+        return data
+
+
+def endpoint_id_for_url(url: str) -> str:
+    """A stable id for an endpoint known only by its URL (seed 000's lists): same URL, same id,
+    so its deliveries survive restarts and config reloads."""
+    return "url-" + hashlib.sha256(url.encode()).hexdigest()[:16]
