@@ -1,10 +1,14 @@
-"""tidings.config: YAML + TIDINGS_* settings, interpolation, durations, seed-002 files, errors."""
+"""tidings.config: YAML + TIDINGS_* settings, interpolation, durations, seed files, errors."""
 
 from __future__ import annotations
 
 import ast
+import json
 import socket
+import subprocess
+import sys
 import textwrap
+import typing
 from pathlib import Path
 
 import pytest
@@ -13,12 +17,19 @@ import tidings
 from tidings.config import (
     ConfigError,
     Duration,
+    EndpointSettings,
+    PayloadFormat,
     RetrySettings,
+    ServerSettings,
     Settings,
+    StoreSettings,
+    WebhookSettings,
     load,
     parse_duration,
 )
 from tidings.retry import RetryPolicy
+from tidings.webhooks.endpoint import Auth, Endpoint, endpoint_id_for_url
+from tidings.webhooks.endpoint import PayloadFormat as EndpointPayloadFormat
 
 
 def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
@@ -127,7 +138,16 @@ def test_config_module_stays_on_the_ground_floor() -> None:
             imported.add(node.module)
         elif isinstance(node, ast.Import):
             imported.update(alias.name for alias in node.names)
-    assert {m for m in imported if m.startswith("tidings")} == {"tidings.retry"}
+    # tidings.webhooks.endpoint only inside endpoints_list, so webhooks may import config.
+    assert {m for m in imported if m.startswith("tidings")} == {
+        "tidings.retry",
+        "tidings.topics",
+        "tidings.urls",
+        "tidings.webhooks.endpoint",
+    }
+    code = "import sys, tidings.config; print('tidings.webhooks' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "False"
 
 
 # --- interpolation ----------------------------------------------------------------------
@@ -565,3 +585,632 @@ def test_directory_and_binary_files(tmp_path: Path) -> None:
     path = tmp_path / "bin.yaml"
     path.write_bytes(b"\xff\xfe\x00bus")
     assert error(path).startswith(f"{path}: not UTF-8 text")
+
+
+# --- seed 000: the events section -------------------------------------------------------
+
+# Verbatim blocks from seed 000's README ("Basic", "Advanced", "Audit Logging").
+SEED_000_BASIC = """\
+events:
+  enabled: true
+  max_retries: 3
+  retry_delay: 5  # seconds
+  queue_size: 1000
+  endpoints:
+    component_registered:
+      - "http://localhost:3000/webhooks/component-registered"
+    energy_transfer:
+      - "http://sql-audit-service:8080/events"
+"""
+SEED_000_ADVANCED = """\
+events:
+  enabled: true
+  max_retries: 5
+  retry_delay: 2
+  queue_size: 5000
+  endpoints:
+    component_registered:
+      - "http://audit-service:8080/events"
+      - "http://monitoring-service:8080/webhooks"
+      - "http://sql-database:8080/api/events"
+    component_verified:
+      - "http://audit-service:8080/events"
+    pairing_initiated:
+      - "http://audit-service:8080/events"
+      - "http://real-time-dashboard:8080/events"
+    pairing_completed:
+      - "http://audit-service:8080/events"
+      - "http://analytics-service:8080/events"
+    lct_created:
+      - "http://audit-service:8080/events"
+    trust_tensor_created:
+      - "http://audit-service:8080/events"
+    energy_transfer:
+      - "http://audit-service:8080/events"
+      - "http://energy-monitoring:8080/events"
+      - "http://billing-service:8080/events"
+"""
+SEED_000_AUDIT = """\
+# config.yaml
+events:
+  enabled: true
+  max_retries: 3
+  retry_delay: 5
+  queue_size: 1000
+  endpoints:
+    component_registered:
+      - "http://audit-service:8080/events"
+    component_verified:
+      - "http://audit-service:8080/events"
+    pairing_initiated:
+      - "http://audit-service:8080/events"
+    pairing_completed:
+      - "http://audit-service:8080/events"
+    lct_created:
+      - "http://audit-service:8080/events"
+    trust_tensor_created:
+      - "http://audit-service:8080/events"
+    energy_transfer:
+      - "http://audit-service:8080/events"
+"""
+SEED_000_TYPES = (
+    "component_registered",
+    "component_verified",
+    "pairing_initiated",
+    "pairing_completed",
+    "lct_created",
+    "trust_tensor_created",
+    "energy_transfer",
+)
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+OLD_SECRET = "whsec_dGhlIG9sZCBzZWNyZXQgc3RpbGwgdmVyaWZpZXM="
+
+
+def seed_endpoint(url: str, events: tuple[str, ...], retries: int, delay: float) -> Endpoint:
+    return Endpoint(
+        id=endpoint_id_for_url(url),
+        url=url,
+        events=events,
+        max_retries=retries,
+        retry_delay=delay,
+        source="config",
+    )
+
+
+def test_events_section_defaults_send_nothing() -> None:
+    settings = load(env={})
+    events = settings.events
+    assert events == WebhookSettings()
+    assert events.enabled is False
+    assert (events.max_retries, events.retry_delay, events.queue_size) == (3, 5.0, 1000)
+    assert (events.max_delay, events.jitter, events.timeout) == (3600.0, 0.2, 10.0)
+    assert (events.failure_window, events.format) == (86400.0, "seed")
+    assert events.guard_config_endpoints is False
+    assert events.allow_networks == []
+    assert events.endpoints_list() == []
+
+
+def test_store_and_server_defaults() -> None:
+    settings = load(env={})
+    assert settings.store == StoreSettings(url="sqlite:///tidings.db")
+    assert settings.server == ServerSettings()
+    server = settings.server
+    assert (server.host, server.port, server.api_key) == ("127.0.0.1", 8000, None)
+    assert (server.max_body_bytes, server.max_batch, server.workers) == (1024 * 1024, 1000, 50)
+    assert server.lease == 60.0
+    assert isinstance(server.lease, Duration)
+
+
+def test_seed_000_basic_loads_as_written(tmp_path: Path) -> None:
+    events = load(write(tmp_path, SEED_000_BASIC), env={}).events
+    assert events.enabled is True
+    assert (events.max_retries, events.retry_delay, events.queue_size) == (3, 5.0, 1000)
+    assert events.endpoints_list() == [
+        seed_endpoint(
+            "http://localhost:3000/webhooks/component-registered",
+            ("component_registered",),
+            3,
+            5.0,
+        ),
+        seed_endpoint("http://sql-audit-service:8080/events", ("energy_transfer",), 3, 5.0),
+    ]
+
+
+def test_seed_000_advanced_gives_one_endpoint_per_url(tmp_path: Path) -> None:
+    events = load(write(tmp_path, SEED_000_ADVANCED), env={}).events
+    assert (events.max_retries, events.retry_delay, events.queue_size) == (5, 2.0, 5000)
+
+    def ep(url: str, *types: str) -> Endpoint:
+        return seed_endpoint(url, types, 5, 2.0)
+
+    assert events.endpoints_list() == [
+        ep("http://audit-service:8080/events", *SEED_000_TYPES),
+        ep("http://monitoring-service:8080/webhooks", "component_registered"),
+        ep("http://sql-database:8080/api/events", "component_registered"),
+        ep("http://real-time-dashboard:8080/events", "pairing_initiated"),
+        ep("http://analytics-service:8080/events", "pairing_completed"),
+        ep("http://energy-monitoring:8080/events", "energy_transfer"),
+        ep("http://billing-service:8080/events", "energy_transfer"),
+    ]
+    audit = events.endpoints_list()[0]
+    assert audit.matches("lct_created") and not audit.matches("lct_revoked")
+    assert audit.retry_policy().schedule()[:3] == [2.0, 4.0, 8.0]
+
+
+def test_seed_000_audit_logging_block(tmp_path: Path) -> None:
+    (audit,) = load(write(tmp_path, SEED_000_AUDIT), env={}).events.endpoints_list()
+    assert audit == seed_endpoint("http://audit-service:8080/events", SEED_000_TYPES, 3, 5.0)
+
+
+def test_endpoint_ids_are_stable_across_loads(tmp_path: Path) -> None:
+    first = load(write(tmp_path, SEED_000_ADVANCED), env={}).events.endpoints_list()
+    again = load(write(tmp_path, SEED_000_ADVANCED), env={}).events.endpoints_list()
+    assert [e.id for e in first] == [e.id for e in again]
+    assert len({e.id for e in first}) == 7
+
+
+def test_extended_endpoint_settings(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        events:
+          enabled: true
+          format: cloudevents
+          timeout: 5s
+          max_delay: 10m
+          jitter: 0.1
+          failure_window: 12h
+          endpoints:
+            order.*:
+              - url: https://billing.example.com/hooks
+                secret: [{SECRET}, {OLD_SECRET}]
+                events: [refund.created]
+                headers: {{X-Team: billing}}
+                auth: {{bearer: tok-123}}
+                timeout: 2500ms
+                rate_limit: 20
+                burst: 40
+                max_in_flight: 4
+                format: cloudevents-binary
+                max_retries: 8
+                retry_delay: 1s
+                max_delay: 1m
+            order.paid:
+              - https://billing.example.com/hooks
+              - http://plain:9000/in
+          webhooks:
+            audit:
+              url: http://audit:8080/events
+              events: ["**"]
+              secret: {SECRET}
+              auth: {{username: svc, password: pw}}
+              enabled: false
+            keyed:
+              url: https://keyed.example.com/
+              auth: {{header: X-Api-Key, value: k-1}}
+        """,
+    )
+    billing, plain, audit, keyed = load(path, env={}).events.endpoints_list()
+    assert billing == Endpoint(
+        id=endpoint_id_for_url("https://billing.example.com/hooks"),
+        url="https://billing.example.com/hooks",
+        events=("order.*", "refund.created", "order.paid"),
+        secrets=(SECRET, OLD_SECRET),
+        headers={"X-Team": "billing"},
+        auth=Auth(bearer="tok-123"),
+        timeout=2.5,
+        rate_limit=20.0,
+        burst=40,
+        max_in_flight=4,
+        format="cloudevents-binary",
+        max_retries=8,
+        retry_delay=1.0,
+        max_delay=60.0,
+        jitter=0.1,
+        failure_window=43200.0,
+        source="config",
+    )
+    # A bare URL takes the section's defaults.
+    assert plain == Endpoint(
+        id=endpoint_id_for_url("http://plain:9000/in"),
+        url="http://plain:9000/in",
+        events=("order.paid",),
+        timeout=5.0,
+        format="cloudevents",
+        max_delay=600.0,
+        jitter=0.1,
+        failure_window=43200.0,
+        source="config",
+    )
+    assert (audit.id, audit.events, audit.secrets, audit.enabled) == (
+        "audit",
+        ("**",),
+        (SECRET,),
+        False,
+    )
+    assert audit.auth is not None
+    assert audit.auth.headers() == {"Authorization": "Basic c3ZjOnB3"}
+    assert (keyed.id, keyed.events, keyed.secrets) == ("keyed", ("**",), ())
+    assert keyed.auth == Auth(header="X-Api-Key", value="k-1")
+    assert (keyed.format, keyed.timeout, keyed.max_retries) == ("cloudevents", 5.0, 3)
+
+
+def test_same_url_with_the_same_settings_is_one_endpoint(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        events:
+          endpoints:
+            a: [{{url: "http://x/", secret: {SECRET}}}]
+            b: [{{url: "http://x/", secret: {SECRET}}}]
+            c: ["http://x/"]
+        """,
+    )
+    (endpoint,) = load(path, env={}).events.endpoints_list()
+    assert endpoint.events == ("a", "b", "c")
+    assert endpoint.secrets == (SECRET,)
+
+
+def test_interpolated_secret(tmp_path: Path) -> None:
+    path = write(tmp_path, "events:\n  webhooks:\n    w: {url: 'http://x', secret: '${HOOK}'}\n")
+    (endpoint,) = load(path, env={"HOOK": SECRET}).events.endpoints_list()
+    assert endpoint.secrets == (SECRET,)
+
+
+def test_payload_format_matches_the_endpoint_type() -> None:
+    assert typing.get_args(PayloadFormat) == typing.get_args(EndpointPayloadFormat)
+
+
+# --- env overrides for events and server ------------------------------------------------
+
+
+def test_env_enables_events_and_sets_the_api_key(tmp_path: Path) -> None:
+    path = write(tmp_path, SEED_000_BASIC.replace("enabled: true", "enabled: false"))
+    settings = load(
+        path,
+        env={
+            "TIDINGS_EVENTS__ENABLED": "true",
+            "TIDINGS_EVENTS__RETRY_DELAY": "1m",
+            "TIDINGS_SERVER__HOST": "0.0.0.0",
+            "TIDINGS_SERVER__API_KEY": "123456",
+            "TIDINGS_SERVER__PORT": "9000",
+            "TIDINGS_STORE__URL": "postgresql://u@db:5432/events",
+        },
+    )
+    assert settings.events.enabled is True
+    assert settings.events.retry_delay == 60.0
+    assert settings.server.api_key == "123456"  # text stays text
+    assert (settings.server.host, settings.server.port) == ("0.0.0.0", 9000)
+    assert settings.store.url == "postgresql://u@db:5432/events"
+    assert {e.retry_delay for e in settings.events.endpoints_list()} == {60.0}
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"])
+def test_loopback_hosts_need_no_api_key(tmp_path: Path, host: str) -> None:
+    path = write(tmp_path, f"server:\n  host: '{host}'\n")
+    assert load(path, env={}).server.api_key is None
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "example.com", ""])
+def test_api_key_required_off_loopback(tmp_path: Path, host: str) -> None:
+    path = write(tmp_path, f"server:\n  host: '{host}'\n")
+    message = error(path)
+    assert message.startswith(f"{path}: server.api_key: required because server.host {host!r}")
+    assert "TIDINGS_SERVER__API_KEY" in message
+    assert load(path, env={"TIDINGS_SERVER__API_KEY": "k"}).server.api_key == "k"
+
+
+# --- redaction --------------------------------------------------------------------------
+
+
+def test_secrets_are_masked_when_printed(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        store: {{url: "postgresql://app:db-pass@db/events"}}
+        server: {{host: 0.0.0.0, api_key: the-api-key}}
+        events:
+          endpoints:
+            a:
+              - "http://u:url-pass@x/"
+              - {{url: "http://y/", secret: {SECRET}, headers: {{X-Token: hdr-value}}}}
+          webhooks:
+            w:
+              url: http://z/
+              secret: [{SECRET}, {OLD_SECRET}]
+              auth: {{username: svc, password: basic-pass}}
+        """,
+    )
+    settings = load(path, env={})
+    data = settings.to_builtins()
+    text = json.dumps(data) + repr(settings.redacted())
+    for secret in (SECRET, OLD_SECRET, "the-api-key", "db-pass", "url-pass", "hdr-value"):
+        assert secret not in text
+    assert "basic-pass" not in text
+    assert data["server"]["api_key"] == "***"
+    assert data["store"]["url"] == "postgresql://app:***@db/events"
+    assert data["events"]["endpoints"]["a"][0] == "http://u:***@x/"
+    assert data["events"]["endpoints"]["a"][1]["secret"] == "***"
+    assert data["events"]["endpoints"]["a"][1]["headers"] == {"X-Token": "***"}
+    webhook = data["events"]["webhooks"]["w"]
+    assert webhook["secret"] == ["***", "***"]
+    assert webhook["auth"]["username"] == "svc"
+    assert webhook["auth"]["password"] == "***"
+    # The settings themselves keep the real values.
+    assert settings.server.api_key == "the-api-key"
+    assert settings.events.endpoints_list()[1].secrets == (SECRET,)
+
+
+def test_no_secrets_means_nothing_masked() -> None:
+    data = load(env={}).to_builtins()
+    assert data["server"]["api_key"] is None
+    assert data["store"]["url"] == "sqlite:///tidings.db"
+
+
+# --- events, store and server errors ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "events:\n  endpoints:\n    order.created: ['ftp://x/in']\n",
+            "events.endpoints['order.created'][0]: expected an http:// or https:// URL with a "
+            "host, got 'ftp://x/in'",
+        ),
+        (
+            "events:\n  endpoints:\n    a: ['http://u:pw@:80']\n",
+            "events.endpoints.a[0]: expected an http:// or https:// URL with a host, "
+            "got 'http://u:***@:80'",
+        ),
+        (
+            "events:\n  endpoints:\n    a: ['http://x:port/']\n",
+            "events.endpoints.a[0]: expected an http:// or https:// URL",
+        ),
+        (
+            "events:\n  webhooks:\n    w: {url: 'localhost:3000/hooks'}\n",
+            "events.webhooks.w.url: expected an http:// or https:// URL",
+        ),
+        (
+            "events:\n  endpoints:\n    'order..paid': ['http://x']\n",
+            "events.endpoints['order..paid']: pattern 'order..paid' has an empty segment",
+        ),
+        (
+            "events:\n  webhooks:\n    w: {url: 'http://x', events: [ok, 'a.b*']}\n",
+            "events.webhooks.w.events[1]: pattern 'a.b*': segment 'b*' mixes '*' with text",
+        ),
+        (
+            "events:\n  webhooks:\n    w: {url: 'http://x', events: []}\n",
+            "events.webhooks.w.events: expected at least one pattern",
+        ),
+        (
+            "events:\n  endpoints:\n    a: [{url: 'http://x', secrte: s}]\n",
+            "events.endpoints.a[0].secrte: unknown key (did you mean 'secret'?); expected one "
+            "of: url, secret, events,",
+        ),
+        (
+            "events:\n  endpionts: {}\n",
+            "events.endpionts: unknown key (did you mean 'endpoints'?)",
+        ),
+        (
+            "events:\n  webhooks:\n    w: {url: 'http://x', auth: {token: t}}\n",
+            "events.webhooks.w.auth.token: unknown key",
+        ),
+        (
+            "events:\n  endpoints:\n    a: [{secret: s}]\n",
+            "events.endpoints.a[0].url: required but missing: expected a string",
+        ),
+        ("events:\n  endpoints:\n    a: 'http://x'\n", "events.endpoints.a: expected a list"),
+        (
+            "events:\n  endpoints:\n    a: [5]\n",
+            "events.endpoints.a[0]: expected a string or a mapping, got 5",
+        ),
+        (
+            "events:\n  webhooks:\n    w: {url: 'http://x', rate_limit: 0}\n",
+            "events.webhooks.w.rate_limit: expected a number > 0, got 0",
+        ),
+        (
+            "events:\n  webhooks:\n    w: {url: 'http://x', rate_limit: .inf}\n",
+            "events.webhooks.w.rate_limit: expected a finite number",
+        ),
+        (
+            "events:\n  webhooks:\n    w: {url: 'http://x', max_in_flight: 0}\n",
+            "events.webhooks.w.max_in_flight: expected an integer >= 1, got 0",
+        ),
+        (
+            "events:\n  webhooks:\n    w: {url: 'http://x', format: xml}\n",
+            "events.webhooks.w.format: expected one of 'cloudevents', 'cloudevents-binary', "
+            "'seed', got 'xml'",
+        ),
+        (
+            "events:\n  webhooks:\n    w: {url: 'http://x', timeout: 0}\n",
+            "events.webhooks.w.timeout: expected a duration > 0, got 0s",
+        ),
+        (
+            "events:\n  webhooks:\n    w: {url: 'http://x', max_delay: 1s}\n",
+            "events.webhooks.w.max_delay: expected max_delay (1s) >= retry_delay (5s)",
+        ),
+        (
+            "events:\n  retry_delay: 10s\n  max_delay: 2s\n",
+            "events.max_delay: expected a duration >= retry_delay (10s), got '2s'",
+        ),
+        ("events:\n  timeout: 0\n", "events.timeout: expected a duration > 0, got 0"),
+        ("events:\n  jitter: 2\n", "events.jitter: expected a number from 0 to 1, got 2"),
+        ("events:\n  queue_size: 0\n", "events.queue_size: expected an integer >= 1, got 0"),
+        ("events:\n  retry_delay: soon\n", "events.retry_delay: expected a duration"),
+        (
+            "events:\n  allow_networks: [10.0.0.0/8, intranet]\n",
+            "events.allow_networks[1]: expected a network in CIDR notation",
+        ),
+        (
+            "events:\n  webhooks:\n    w: {url: 'http://x', auth: {bearer: t, username: u}}\n",
+            "events.webhooks.w.auth: expected exactly one of {bearer}, {username, password} or "
+            "{header, value}, got bearer, username",
+        ),
+        (
+            "events:\n  webhooks:\n    w: {url: 'http://x', auth: {header: X-Key}}\n",
+            "events.webhooks.w.auth: expected exactly one of",
+        ),
+        (
+            "events:\n  webhooks:\n    w: {url: 'http://x', auth: {}}\n",
+            "events.webhooks.w.auth: expected exactly one of {bearer}, {username, password} or "
+            "{header, value}, got no keys",
+        ),
+        (
+            "events:\n  webhooks:\n    w: {url: 'http://x', headers: {'Bad Name': v}}\n",
+            "events.webhooks.w.headers['Bad Name']: expected an HTTP header name",
+        ),
+        (
+            "events:\n  webhooks:\n    w: {url: 'http://x', headers: {X-A: \"a\\r\\nB: c\"}}\n",
+            "events.webhooks.w.headers.X-A: a header value cannot hold line breaks",
+        ),
+        (
+            "events:\n  webhooks:\n    'bad name': {url: 'http://x'}\n",
+            "events.webhooks['bad name']: expected a name of letters, digits",
+        ),
+        ("server:\n  port: 70000\n", "server.port: expected an integer from 0 to 65535"),
+        ("server:\n  workers: 0\n", "server.workers: expected an integer >= 1, got 0"),
+        ("server:\n  max_batch: 0\n", "server.max_batch: expected an integer >= 1, got 0"),
+        ("server:\n  max_body_bytes: 0\n", "server.max_body_bytes: expected an integer >= 1"),
+        ("server:\n  lease: 0\n", "server.lease: expected a duration > 0, got 0"),
+        ("server:\n  api_key: ''\n", "server.api_key: expected a non-empty string"),
+        ("server:\n  hots: 0.0.0.0\n", "server.hots: unknown key (did you mean 'host'?)"),
+        ("store:\n  url: tidings.db\n", "store.url: expected a store URL such as"),
+        ("store:\n  uri: x\n", "store.uri: unknown key (did you mean 'url'?)"),
+    ],
+)
+def test_events_store_server_errors(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    message = error(path)
+    assert message.startswith(f"{path}: {expected}"), message
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "not-prefixed-c2VjcmV0",
+        "whsec_not base64!",
+        "whsec_",
+        "whsec_c2VjcmV",  # 7 base64 characters: truncated
+    ],
+)
+def test_bad_secret_is_named_but_never_shown(tmp_path: Path, secret: str) -> None:
+    path = write(
+        tmp_path, f"events:\n  endpoints:\n    a: [{{url: 'http://x', secret: '{secret}'}}]\n"
+    )
+    message = error(path)
+    assert message.startswith(
+        f"{path}: events.endpoints.a[0].secret: expected a signing secret 'whsec_' followed by "
+        "base64 (the value is not shown)"
+    )
+    shown = message.replace("'whsec_'", "")
+    assert secret not in shown
+    assert not secret.removeprefix("whsec_") or secret.removeprefix("whsec_") not in shown
+    assert "os.urandom" in message
+
+
+def test_bad_secret_in_a_rotation_list_names_its_index(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, f"events:\n  webhooks:\n    w: {{url: 'http://x', secret: [{SECRET}, oops]}}\n"
+    )
+    message = error(path)
+    assert message.startswith(f"{path}: events.webhooks.w.secret[1]: expected a signing secret")
+    assert "oops" not in message
+    path = write(tmp_path, "events:\n  webhooks:\n    w: {url: 'http://x', secret: []}\n")
+    assert "events.webhooks.w.secret: expected at least one secret" in error(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("events:\n  webhooks:\n    w: {url: 'http://x', secret: 8675309}\n", "secret"),
+        (
+            "events:\n  webhooks:\n    w: {url: 'http://x', auth: {bearer: 8675309}}\n",
+            "auth.bearer",
+        ),
+        (
+            "events:\n  webhooks:\n    w: {url: 'http://x', headers: {X-Key: 8675309}}\n",
+            "headers.X-Key",
+        ),
+    ],
+)
+def test_type_errors_under_secret_keys_hide_the_value(tmp_path: Path, text: str, key: str) -> None:
+    path = write(tmp_path, text)
+    message = error(path)
+    assert message.startswith(f"{path}: events.webhooks.w.{key}: expected ")
+    assert message.endswith("got a number (value not shown)")
+    assert "8675309" not in message
+
+
+def test_same_url_with_different_settings_names_both_keys(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        events:
+          endpoints:
+            order.created: [{{url: "http://x/", secret: {SECRET}, timeout: 2s}}]
+            order.paid: ["http://y/", {{url: "http://x/", timeout: 3s}}]
+        """,
+    )
+    message = error(path)
+    assert message.startswith(
+        f"{path}: events.endpoints['order.paid'][1]: same URL as "
+        "events.endpoints['order.created'][0] with a different secret, timeout; "
+    )
+    assert SECRET not in message
+
+
+def test_webhook_name_cannot_take_a_url_endpoint_id(tmp_path: Path) -> None:
+    taken = endpoint_id_for_url("http://x/")
+    path = write(
+        tmp_path,
+        f"events:\n  endpoints:\n    a: ['http://x/']\n  webhooks:\n    {taken}: {{url: 'http://y'}}\n",
+    )
+    assert error(path) == (
+        f"{path}: events.webhooks.{taken}: this name is the id of the endpoint at "
+        "events.endpoints.a[0]"
+    )
+
+
+def test_lease_must_outlast_every_timeout(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        server: {lease: 30s}
+        events:
+          endpoints:
+            a: ["http://fast/"]
+            b: [{url: "http://slow/", timeout: 45s}]
+        """,
+    )
+    message = error(path)
+    assert message.startswith(
+        f"{path}: server.lease: expected a duration longer than every webhook timeout, got "
+        "'30s', not longer than the endpoint at events.endpoints.b[0] (timeout 45s)"
+    )
+    assert "raise server.lease or lower that timeout" in message
+    path = write(tmp_path, "events: {timeout: 2m}\n")
+    assert error(path).startswith(
+        f"{path}: server.lease: expected a duration longer than every webhook timeout, got the "
+        "default 60s, not longer than events.timeout (120s)"
+    )
+    path = write(tmp_path, "server: {lease: 10s}\nevents: {timeout: 10s}\n")
+    assert "not longer than events.timeout (10s)" in error(path)
+    assert load(write(tmp_path, "server: {lease: 11s}\nevents: {timeout: 10s}\n"), env={})
+
+
+def test_errors_from_the_environment_name_the_variable() -> None:
+    message = error(None, {"TIDINGS_EVENTS__ENABLED": "perhaps"})
+    assert message == (
+        "environment variable TIDINGS_EVENTS__ENABLED: events.enabled: expected true or false, "
+        "got 'perhaps'"
+    )
+    message = error(None, {"TIDINGS_SERVER__HOST": "0.0.0.0"})
+    assert message.startswith("settings: server.api_key: required because")
+
+
+def test_endpoints_list_on_unloaded_settings_raises_config_error() -> None:
+    section = WebhookSettings(webhooks={"w": EndpointSettings(url="gopher://x")})
+    with pytest.raises(ConfigError) as info:
+        section.endpoints_list()
+    assert str(info.value).startswith("settings: events.webhooks.w.url: expected an http://")

@@ -1,38 +1,54 @@
 """Settings from a YAML file plus ``TIDINGS_*`` environment variables; see docs/config.md.
 
-Ground floor: this module imports nothing of tidings except ``retry``, so the bus, stores,
-server and CLI can all read settings without import cycles. Every user mistake becomes one
-``ConfigError`` whose message names the file (or environment variable), the key path and what
-was expected, so ``tidings config check`` can print it without a traceback.
+Ground floor: this module imports nothing of tidings but the ground-floor ``retry``, ``topics``
+and ``urls`` (and ``webhooks.endpoint`` only inside ``WebhookSettings.endpoints_list``), so the
+bus, stores, webhooks, server and CLI can all read settings without import cycles. Every user
+mistake becomes one ``ConfigError`` whose message names the file (or environment variable), the
+key path and what was expected, so ``tidings config check`` can print it without a traceback.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
+import ipaddress
 import math
 import os
 import re
 import socket
 from collections.abc import Hashable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypedDict
+from urllib.parse import urlsplit
 
 import msgspec
 import msgspec.inspect as mi
 import yaml
 
 from tidings.retry import RetryPolicy
+from tidings.topics import PatternError, compile_pattern
+from tidings.urls import redact_url
+
+if TYPE_CHECKING:
+    from tidings.webhooks.endpoint import Endpoint
 
 __all__ = [
     "CONFIG_ENV",
     "ENV_PREFIX",
+    "AuthSettings",
     "BusKwargs",
     "BusSettings",
     "ConfigError",
     "Duration",
+    "EndpointSettings",
     "EventBrokerSettings",
+    "PayloadFormat",
     "RetrySettings",
+    "ServerSettings",
     "Settings",
+    "StoreSettings",
+    "WebhookSettings",
     "load",
     "parse_duration",
 ]
@@ -159,6 +175,94 @@ class EventBrokerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=Tru
     database: dict[str, Any] | None = None
 
 
+# --- webhooks, store, server (what ``tidings serve`` reads) ------------------------------
+
+# tidings.webhooks.endpoint.PayloadFormat, repeated so that loading needs no webhooks import.
+PayloadFormat = Literal["seed", "cloudevents", "cloudevents-binary"]
+
+
+class AuthSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """An endpoint's ``auth``: exactly one of bearer, username + password, header + value."""
+
+    bearer: str | None = None
+    username: str | None = None
+    password: str | None = None
+    header: str | None = None
+    value: str | None = None
+
+
+class EndpointSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """One endpoint written as a mapping; keys left out (None) take the ``events`` section's."""
+
+    url: str
+    secret: str | list[str] | None = None  # "whsec_<base64>"; a list while rotating
+    events: list[str] | None = None
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    auth: AuthSettings | None = None
+    timeout: Duration | None = None
+    rate_limit: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    burst: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_in_flight: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    enabled: bool = True
+    format: PayloadFormat | None = None
+    max_retries: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    retry_delay: Duration | None = None
+    max_delay: Duration | None = None
+
+
+class WebhookSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The ``events`` section: seed 000's webhook emitter settings, as written, plus extensions.
+
+    ``endpoints`` maps an event type (or glob) to URLs or endpoint mappings, as seed 000 does;
+    ``webhooks`` holds named endpoints with their own ``events`` patterns. The remaining keys are
+    defaults for every endpoint and the delivery queue.
+    """
+
+    enabled: bool = False  # seed 000: nothing is sent until enabled
+    max_retries: Annotated[int, msgspec.Meta(ge=0)] = 3
+    retry_delay: Duration = Duration(5.0)
+    queue_size: Annotated[int, msgspec.Meta(ge=1)] = 1000  # pending deliveries
+    endpoints: dict[str, list[str | EndpointSettings]] = msgspec.field(default_factory=dict)
+    webhooks: dict[str, EndpointSettings] = msgspec.field(default_factory=dict)
+    format: PayloadFormat = "seed"
+    max_delay: Duration = Duration(3600.0)
+    jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.2
+    timeout: Duration = Duration(10.0)
+    failure_window: Duration = Duration(86400.0)  # auto-disable an endpoint failing this long
+    guard_config_endpoints: bool = False  # YAML endpoints are trusted to reach internal hosts
+    allow_networks: list[str] = msgspec.field(default_factory=list)  # CIDRs the guard lets by
+
+    def endpoints_list(self) -> list[Endpoint]:
+        """Every configured endpoint as a ``tidings.webhooks.Endpoint`` (``source="config"``).
+
+        A URL listed under several event types is one endpoint receiving all of them; named
+        ``webhooks`` keep their name as id. Raises ``ConfigError`` if the section is invalid,
+        which ``load`` has already ruled out.
+        """
+        try:
+            return [endpoint for _, endpoint in _build_endpoints(self)]
+        except _Invalid as exc:
+            raise ConfigError("settings", _dotted(exc.path), exc.problem) from None
+
+
+class StoreSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The ``store`` section: where events and deliveries are kept (``tidings.store`` URL)."""
+
+    url: str = "sqlite:///tidings.db"  # a file in the working directory
+
+
+class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The ``server`` section of ``tidings serve``."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000  # 0: any free port
+    api_key: str | None = None  # required unless host is a loopback address
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 1024 * 1024
+    max_batch: Annotated[int, msgspec.Meta(ge=1)] = 1000  # events per POST
+    workers: Annotated[int, msgspec.Meta(ge=1)] = 50  # deliveries in flight at once
+    lease: Duration = Duration(60.0)  # a claimed delivery's hold; longer than any timeout
+
+
 class BusKwargs(TypedDict):
     """What ``Settings.bus_kwargs`` returns; typed so ``Bus(**kwargs)`` type-checks."""
 
@@ -179,6 +283,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     instance_id: str | None = None
     source: str | None = None
     event_broker: EventBrokerSettings | None = None
+    events: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
+    store: StoreSettings = msgspec.field(default_factory=StoreSettings)
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
 
     def bus_kwargs(self) -> BusKwargs:
         """Keyword arguments for ``tidings.Bus(**settings.bus_kwargs())``."""
@@ -194,10 +301,264 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
             "retry": bus.retry.policy() if bus.retry is not None else None,
         }
 
+    def redacted(self) -> Settings:
+        """A copy safe to print or log: API key, secrets, auth values and header values become
+        ``***``, and URL passwords too."""
+        events = self.events
+        return msgspec.structs.replace(
+            self,
+            events=msgspec.structs.replace(
+                events,
+                endpoints={
+                    key: [
+                        redact_url(item) if isinstance(item, str) else _redact_endpoint(item)
+                        for item in items
+                    ]
+                    for key, items in events.endpoints.items()
+                },
+                webhooks={name: _redact_endpoint(e) for name, e in events.webhooks.items()},
+            ),
+            store=msgspec.structs.replace(self.store, url=redact_url(self.store.url)),
+            server=msgspec.structs.replace(
+                self.server, api_key=None if self.server.api_key is None else _MASK
+            ),
+        )
+
     def to_builtins(self) -> dict[str, Any]:
-        """Plain dicts, lists and scalars (durations as seconds), e.g. for JSON output."""
-        data: dict[str, Any] = msgspec.to_builtins(self, enc_hook=_enc_hook)
+        """Plain dicts, lists and scalars (durations as seconds) of ``redacted()``, e.g. for
+        JSON output: secrets never leave this way."""
+        data: dict[str, Any] = msgspec.to_builtins(self.redacted(), enc_hook=_enc_hook)
         return data
+
+
+# --- endpoints: checks that need more than a type, and the Endpoint values ------------------
+
+_MASK = "***"
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
+_WEBHOOK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_SECRET_PREFIX = "whsec_"
+_NEW_SECRET = (
+    "python -c \"import base64, os; print('whsec_' + base64.b64encode(os.urandom(32)).decode())\""
+)
+_AUTH_FORMS = (("bearer",), ("username", "password"), ("header", "value"))
+
+
+def _mask(value: str | None) -> str | None:
+    return None if value is None else _MASK
+
+
+def _redact_endpoint(spec: EndpointSettings) -> EndpointSettings:
+    secret, auth = spec.secret, spec.auth
+    return msgspec.structs.replace(
+        spec,
+        url=redact_url(spec.url),
+        secret=_mask(secret) if not isinstance(secret, list) else [_MASK] * len(secret),
+        headers=dict.fromkeys(spec.headers, _MASK),
+        auth=None
+        if auth is None
+        else msgspec.structs.replace(
+            auth, bearer=_mask(auth.bearer), password=_mask(auth.password), value=_mask(auth.value)
+        ),
+    )
+
+
+class _Invalid(Exception):
+    """A rule beyond the schema is broken at ``path``; the loader adds the file name."""
+
+    def __init__(self, path: tuple[Any, ...], problem: str) -> None:
+        super().__init__(problem)
+        self.path = path
+        self.problem = problem
+
+
+def _check_url(url: str, path: tuple[Any, ...]) -> None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise _Invalid(
+            path, f"expected an http:// or https:// URL with a host, got {redact_url(url)!r}"
+        )
+
+
+def _check_secret(secret: str, path: tuple[Any, ...]) -> None:
+    """Never puts the secret in the message: errors end up in logs and terminals."""
+    body = secret.removeprefix(_SECRET_PREFIX)
+    try:
+        valid = body != secret and bool(base64.b64decode(body, validate=True))
+    except (binascii.Error, ValueError):
+        valid = False
+    if not valid:
+        raise _Invalid(
+            path,
+            "expected a signing secret 'whsec_' followed by base64 (the value is not shown); "
+            f"make one with: {_NEW_SECRET}",
+        )
+
+
+def _check_spec(spec: EndpointSettings, path: tuple[Any, ...]) -> None:
+    """What the types cannot say about one endpoint mapping."""
+    _check_url(spec.url, (*path, "url"))
+    if isinstance(spec.secret, str):
+        _check_secret(spec.secret, (*path, "secret"))
+    elif spec.secret is not None:
+        if not spec.secret:
+            raise _Invalid(
+                (*path, "secret"),
+                "expected at least one secret; leave secret out to send unsigned requests",
+            )
+        for i, secret in enumerate(spec.secret):
+            _check_secret(secret, (*path, "secret", i))
+    if spec.events is not None:
+        if not spec.events:
+            raise _Invalid(
+                (*path, "events"), "expected at least one pattern ('**' matches every event type)"
+            )
+        for i, pattern in enumerate(spec.events):
+            try:
+                compile_pattern(pattern)
+            except PatternError as exc:
+                raise _Invalid((*path, "events", i), str(exc)) from None
+    for name, value in spec.headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise _Invalid((*path, "headers", name), "expected an HTTP header name")
+        if any(ch in value for ch in "\r\n\0"):
+            raise _Invalid(
+                (*path, "headers", name), "a header value cannot hold line breaks or NUL"
+            )
+    if spec.auth is not None:
+        auth = spec.auth
+        chosen = [f for f in _AUTH_FORMS if any(getattr(auth, k) is not None for k in f)]
+        if len(chosen) != 1 or any(getattr(auth, k) is None for k in chosen[0]):
+            given = [k for k in AuthSettings.__struct_fields__ if getattr(auth, k) is not None]
+            raise _Invalid(
+                (*path, "auth"),
+                "expected exactly one of {bearer}, {username, password} or {header, value}, "
+                f"got {', '.join(given) or 'no keys'}",
+            )
+        if auth.header is not None and not _HEADER_NAME.fullmatch(auth.header):
+            raise _Invalid((*path, "auth", "header"), "expected an HTTP header name")
+    if spec.timeout is not None and spec.timeout <= 0:
+        raise _Invalid((*path, "timeout"), f"expected a duration > 0, got {spec.timeout:g}s")
+    if spec.rate_limit is not None and not math.isfinite(spec.rate_limit):
+        raise _Invalid((*path, "rate_limit"), "expected a finite number of requests per second")
+
+
+def _endpoint(
+    endpoint_id: str,
+    url: str,
+    events: tuple[str, ...],
+    spec: EndpointSettings | None,
+    section: WebhookSettings,
+    path: tuple[Any, ...],
+) -> Endpoint:
+    # Imported here, not at the top: tidings.webhooks may come to import this module.
+    from tidings.webhooks.endpoint import Auth, Endpoint  # noqa: PLC0415
+
+    spec = spec if spec is not None else EndpointSettings(url=url)
+    retry_delay = spec.retry_delay if spec.retry_delay is not None else section.retry_delay
+    max_delay = spec.max_delay if spec.max_delay is not None else section.max_delay
+    if max_delay < retry_delay:
+        key = "max_delay" if spec.max_delay is not None else "retry_delay"
+        raise _Invalid(
+            (*path, key),
+            f"expected max_delay ({max_delay:g}s) >= retry_delay ({retry_delay:g}s) for this "
+            "endpoint (keys it leaves out come from the events section)",
+        )
+    secret = spec.secret
+    extra: dict[str, Any] = {}
+    if spec.max_in_flight is not None:
+        extra["max_in_flight"] = spec.max_in_flight
+    return Endpoint(
+        id=endpoint_id,
+        url=url,
+        events=events,
+        secrets=() if secret is None else (secret,) if isinstance(secret, str) else tuple(secret),
+        headers=dict(spec.headers),
+        auth=None if spec.auth is None else Auth(**msgspec.structs.asdict(spec.auth)),
+        timeout=float(spec.timeout if spec.timeout is not None else section.timeout),
+        rate_limit=spec.rate_limit,
+        burst=spec.burst,
+        enabled=spec.enabled,
+        format=spec.format or section.format,
+        max_retries=spec.max_retries if spec.max_retries is not None else section.max_retries,
+        retry_delay=float(retry_delay),
+        max_delay=float(max_delay),
+        jitter=float(section.jitter),
+        failure_window=float(section.failure_window),
+        source="config",
+        **extra,
+    )
+
+
+def _build_endpoints(section: WebhookSettings) -> list[tuple[tuple[Any, ...], Endpoint]]:
+    """Each endpoint with the key path it was written at (its mapping, else its first URL).
+
+    In the per-type form every mention of a URL is one endpoint: bare URLs add their event type
+    and take the settings of the mapping(s) for that URL, which must agree.
+    """
+    from tidings.webhooks.endpoint import endpoint_id_for_url  # noqa: PLC0415 - see _endpoint
+
+    first: dict[str, tuple[Any, ...]] = {}
+    types: dict[str, list[str]] = {}
+    specs: dict[str, tuple[tuple[Any, ...], EndpointSettings]] = {}
+    for event_type, items in section.endpoints.items():
+        type_path: tuple[Any, ...] = ("events", "endpoints", event_type)
+        try:
+            compile_pattern(event_type)
+        except PatternError as exc:
+            raise _Invalid(type_path, str(exc)) from None
+        for i, item in enumerate(items):
+            path = (*type_path, i)
+            if isinstance(item, str):
+                _check_url(item, path)
+                url = item
+            else:
+                _check_spec(item, path)
+                url = item.url
+                if url in specs:
+                    other_path, other = specs[url]
+                    differ = [
+                        k
+                        for k in EndpointSettings.__struct_fields__
+                        if k not in ("url", "events") and getattr(item, k) != getattr(other, k)
+                    ]
+                    if differ:
+                        raise _Invalid(
+                            path,
+                            f"same URL as {_dotted(other_path)} with a different "
+                            f"{', '.join(differ)}; one URL is one endpoint, so give every "
+                            "mapping for it the same settings (or name it under events.webhooks)",
+                        )
+                else:
+                    specs[url] = (path, item)
+            first.setdefault(url, path)
+            types.setdefault(url, []).append(event_type)
+            if not isinstance(item, str) and item.events:
+                types[url].extend(item.events)
+    built: list[tuple[tuple[Any, ...], Endpoint]] = []
+    for url, first_path in first.items():
+        path, spec = specs.get(url, (first_path, None))
+        events = tuple(dict.fromkeys(types[url]))
+        built.append((path, _endpoint(endpoint_id_for_url(url), url, events, spec, section, path)))
+    taken = {endpoint.id: path for path, endpoint in built}
+    for name, spec in section.webhooks.items():
+        path = ("events", "webhooks", name)
+        if not _WEBHOOK_NAME.fullmatch(name):
+            raise _Invalid(
+                path,
+                "expected a name of letters, digits, '_', '.' and '-' (at most 64, starting "
+                "with a letter or digit): it becomes the endpoint id in the API",
+            )
+        if name in taken:
+            raise _Invalid(path, f"this name is the id of the endpoint at {_dotted(taken[name])}")
+        _check_spec(spec, path)
+        events = tuple(spec.events) if spec.events is not None else ("**",)
+        built.append((path, _endpoint(name, spec.url, events, spec, section, path)))
+    return built
 
 
 # --- loading ----------------------------------------------------------------------------
@@ -271,16 +632,27 @@ _LEGACY: list[tuple[KeyPath, KeyPath]] = [
 
 _SETTINGS_TYPE = mi.type_info(Settings)
 _MISSING = object()
+_HIDDEN = frozenset({"api_key", "secret", "auth", "headers"})  # errors never show these values
 
 
 def _dotted(path: tuple[Any, ...]) -> str:
+    """``events.endpoints['order.*'][0].url``: keys that are not plain names are quoted."""
     text = ""
     for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif not _PLAIN_KEY.fullmatch(str(part)):
+            text += f"[{str(part)!r}]"
+        else:
+            text += f".{part}" if text else str(part)
     return text
 
 
-def _show(value: Any) -> str:
+def _show(value: Any, path: tuple[Any, ...] = ()) -> str:
+    """``value`` for an error message; under a secret-bearing key only its kind."""
+    if any(part in _HIDDEN for part in path) and value is not None:
+        kinds = {bool: "true or false", int: "a number", float: "a number", str: "a string"}
+        return kinds.get(type(value), _show(value)) + " (value not shown)"
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -374,6 +746,20 @@ def _get(data: Any, path: tuple[Any, ...]) -> Any:
 _PATH_TOKEN = re.compile(r"\.([^.\[]+)|\[(\d+)\]|\[(.*?)\]")
 _VALIDATION = re.compile(r"^(?P<message>.*?)(?: - at `(?:key` in `)?\$(?P<path>[^`]*)`)?$", re.S)
 _UNKNOWN = re.compile(r"Object contains unknown field `(?P<name>[^`]*)`")
+_REQUIRED = re.compile(r"Object missing required field `(?P<name>[^`]*)`")
+_ANY_KEY = "..."  # how msgspec writes a mapping key in an error path
+
+
+def _replaced(data: Any, path: tuple[Any, ...], new: Any) -> Any:
+    """A copy of ``data`` with the value at ``path`` replaced; nothing else is copied."""
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    if isinstance(data, dict):
+        return {**data, head: _replaced(data[head], rest, new)}
+    items = list(data)
+    items[head] = _replaced(items[head], rest, new)
+    return items
 
 
 def _parse_path(text: str) -> tuple[Any, ...]:
@@ -558,10 +944,36 @@ class _Loader:
         shown = self.moved.get(path, path)
         return ConfigError(self._source(path), _dotted(shown), problem)
 
+    def _locate(self, path: tuple[Any, ...], exc: msgspec.ValidationError) -> tuple[Any, ...]:
+        """msgspec writes a mapping key as ``[...]``; find which key by converting the mapping
+        one entry at a time, until the same error comes back."""
+        while _ANY_KEY in path:
+            i = path.index(_ANY_KEY)
+            mapping = _get(self.raw, path[:i])
+            if not isinstance(mapping, dict):
+                break
+            for key, value in mapping.items():
+                try:
+                    trial = _replaced(self.raw, path[:i], {key: value})
+                    msgspec.convert(trial, Settings, strict=False, dec_hook=_dec_hook)
+                except msgspec.ValidationError as again:
+                    if str(again) == str(exc):
+                        path = (*path[:i], key, *path[i + 1 :])
+                        break
+            else:
+                break
+        return path
+
     def _from_validation(self, exc: msgspec.ValidationError) -> ConfigError:
         found = _VALIDATION.match(str(exc))
         message = found.group("message") if found else str(exc)
-        path = _parse_path(found.group("path") or "") if found else ()
+        path = self._locate(_parse_path(found.group("path") or ""), exc) if found else ()
+        required = _REQUIRED.fullmatch(message)
+        if required:
+            key = (*path, required.group("name"))
+            return self._error(
+                key, f"required but missing: expected {_describe(_type_at(key) or mi.AnyType())}"
+            )
         unknown = _UNKNOWN.fullmatch(message)
         if unknown:
             name = unknown.group("name")
@@ -581,22 +993,109 @@ class _Loader:
         tp, value = _type_at(path), _get(self.raw, path)
         if tp is None or value is _MISSING:
             return self._error(path, message[:1].lower() + message[1:])
-        return self._error(path, f"expected {_describe(tp)}, got {_show(value)}")
+        return self._error(path, f"expected {_describe(tp)}, got {_show(value, path)}")
 
     def _check(self, settings: Settings) -> None:
         """Rules across keys, which the per-key schema cannot express."""
-        retry = settings.bus.retry
+        self._check_bus(settings.bus)
+        endpoints = self._check_events(settings.events)
+        self._check_server(settings, endpoints)
+        scheme, sep, _ = settings.store.url.partition("://")
+        if not (sep and scheme):
+            raise self._error(
+                ("store", "url"),
+                "expected a store URL such as sqlite:///tidings.db, memory:// or "
+                f"postgresql://user@host:5432/db, got {redact_url(settings.store.url)!r}",
+            )
+
+    def _written(self, path: tuple[Any, ...], seconds: float) -> str:
+        raw = _get(self.raw, path)
+        return _show(raw) if raw is not _MISSING else f"the default {seconds:g}s"
+
+    def _check_bus(self, bus: BusSettings) -> None:
+        retry = bus.retry
         if retry is None:
             return
         if retry.max_delay < retry.initial_delay:
             path = ("bus", "retry", "max_delay")
-            raw = _get(self.raw, path)
-            shown = _show(raw) if raw is not _MISSING else f"the default {retry.max_delay:g}"
             raise self._error(
                 path,
-                f"expected a duration >= initial_delay ({retry.initial_delay:g}s), got {shown}",
+                f"expected a duration >= initial_delay ({retry.initial_delay:g}s), "
+                f"got {self._written(path, retry.max_delay)}",
             )
         try:
             retry.policy()
         except ValueError as exc:
             raise self._error(("bus", "retry"), str(exc)) from None
+
+    def _check_events(self, events: WebhookSettings) -> list[tuple[tuple[Any, ...], Endpoint]]:
+        if events.max_delay < events.retry_delay:
+            path = ("events", "max_delay")
+            raise self._error(
+                path,
+                f"expected a duration >= retry_delay ({events.retry_delay:g}s), "
+                f"got {self._written(path, events.max_delay)}",
+            )
+        for name in ("timeout", "failure_window"):
+            if getattr(events, name) <= 0:
+                path = ("events", name)
+                raise self._error(path, f"expected a duration > 0, got {self._written(path, 0)}")
+        for i, network in enumerate(events.allow_networks):
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise self._error(
+                    ("events", "allow_networks", i),
+                    "expected a network in CIDR notation such as 10.0.0.0/8, 192.168.1.7/32 or "
+                    f"fd00::/8, got {network!r}",
+                ) from None
+        try:
+            return _build_endpoints(events)
+        except _Invalid as exc:
+            raise self._error(exc.path, exc.problem) from None
+
+    def _check_server(
+        self, settings: Settings, endpoints: list[tuple[tuple[Any, ...], Endpoint]]
+    ) -> None:
+        server = settings.server
+        if server.api_key == "":
+            raise self._error(
+                ("server", "api_key"),
+                "expected a non-empty string (leave api_key out for none, on a loopback host)",
+            )
+        if server.api_key is None and not _is_loopback(server.host):
+            raise self._error(
+                ("server", "api_key"),
+                f"required because server.host {server.host!r} is not a loopback address, so "
+                "anyone who can reach the port could publish and read events: set api_key "
+                "under server in the config file, or the environment variable "
+                "TIDINGS_SERVER__API_KEY (or bind host to 127.0.0.1)",
+            )
+        lease = ("server", "lease")
+        if server.lease <= 0:
+            raise self._error(lease, f"expected a duration > 0, got {self._written(lease, 0)}")
+        limits: list[tuple[str, float]] = [
+            (f"events.timeout ({settings.events.timeout:g}s)", settings.events.timeout)
+        ]
+        limits += [
+            (f"the endpoint at {_dotted(path)} (timeout {ep.timeout:g}s)", ep.timeout)
+            for path, ep in endpoints
+        ]
+        for what, timeout in limits:
+            if timeout >= server.lease:
+                raise self._error(
+                    lease,
+                    f"expected a duration longer than every webhook timeout, got "
+                    f"{self._written(lease, server.lease)}, not longer than {what}: a delivery "
+                    "would be handed to a second worker while the first still waits; raise "
+                    "server.lease or lower that timeout",
+                )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
