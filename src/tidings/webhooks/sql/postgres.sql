@@ -1,0 +1,60 @@
+-- tidings webhook delivery queue, PostgreSQL. Applied by DeliveryQueue on open, in one
+-- transaction under a pg_advisory_xact_lock keyed on the schema, so two processes opening at once
+-- do not clash; every statement is idempotent. Times are epoch seconds (double precision).
+
+-- body: the Endpoint as msgspec JSON (the source of truth); enabled and source mirror it for SQL.
+CREATE TABLE IF NOT EXISTS tidings_webhook_endpoints (
+    id         text    PRIMARY KEY,
+    body       jsonb   NOT NULL,
+    enabled    boolean NOT NULL,
+    source     text    NOT NULL CHECK (source IN ('config', 'api')),
+    updated_at double precision NOT NULL
+);
+
+-- One row per (event, endpoint). id is the Standard Webhooks message id (UUIDv7 text, so it sorts
+-- by creation time), kept across retries so receivers can deduplicate.
+CREATE TABLE IF NOT EXISTS tidings_webhook_deliveries (
+    id              text    PRIMARY KEY,
+    event_id        text    NOT NULL,
+    position        bigint  NOT NULL,  -- the event's store position (events.position)
+    endpoint_id     text    NOT NULL,
+    state           text    NOT NULL
+        CHECK (state IN ('pending', 'delivering', 'delivered', 'dead', 'cancelled')),
+    attempts        integer NOT NULL DEFAULT 0,
+    next_attempt_at double precision,
+    lease_until     double precision,
+    lease_token     text,
+    last_status     integer,
+    last_error      text,
+    created_at      double precision NOT NULL,
+    updated_at      double precision NOT NULL,
+    delivered_at    double precision
+);
+
+-- Claiming walks each endpoint's due rows in next_attempt_at order. Partial: delivered, dead and
+-- cancelled rows (millions, eventually) are not in it, so claims cost the same on a big table.
+CREATE INDEX IF NOT EXISTS tidings_webhook_deliveries_due
+    ON tidings_webhook_deliveries (endpoint_id, next_attempt_at) WHERE state = 'pending';
+-- Listing, newest first: per endpoint, per state (the dead-letter view; and the few rows in
+-- flight, for expired leases), per event.
+CREATE INDEX IF NOT EXISTS tidings_webhook_deliveries_endpoint
+    ON tidings_webhook_deliveries (endpoint_id, id);
+CREATE INDEX IF NOT EXISTS tidings_webhook_deliveries_state
+    ON tidings_webhook_deliveries (state, id);
+CREATE INDEX IF NOT EXISTS tidings_webhook_deliveries_event
+    ON tidings_webhook_deliveries (event_id);
+
+-- The attempts log. No unique (delivery_id, number): a worker whose lease was taken over still
+-- made its request, and its attempt is recorded next to the new holder's attempt of that number.
+CREATE TABLE IF NOT EXISTS tidings_webhook_attempts (
+    seq           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    delivery_id   text    NOT NULL,
+    number        integer NOT NULL,
+    started_at    double precision NOT NULL,
+    duration      double precision NOT NULL,
+    status_code   integer,
+    response_body text,  -- at most 2 KB
+    error         text
+);
+CREATE INDEX IF NOT EXISTS tidings_webhook_attempts_delivery
+    ON tidings_webhook_attempts (delivery_id, number);
