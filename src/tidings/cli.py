@@ -7,6 +7,7 @@ function with ``@app.command()``, or build a ``typer.Typer`` group and ``app.add
 traceback. ``main`` catches the same errors again as a last resort.
 """
 
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ import tidings
 from tidings.config import CONFIG_ENV, ConfigError, Duration, Settings, load
 from tidings.event import EventError
 from tidings.topics import PatternError
+from tidings.urls import redact_url as redact
 
 __all__ = ["EXIT_USER_ERROR", "USER_ERRORS", "app", "fail", "main", "settings_from", "user_errors"]
 
@@ -180,7 +182,7 @@ def config_check(
     path = file or (state.config if state else None)
     out = _out()
     out.print(f"{path or 'settings (no config file)'}: OK", style="green", markup=False)
-    rows = _summary(settings)
+    rows = _summary(settings.redacted())
     width = max(len(key) for key, _ in rows)
     for key, value in rows:
         out.print(f"  {key:<{width}}  {value}", markup=False)
@@ -261,6 +263,226 @@ def migrate_command(
     if seed_notify is not None:
         state = "on" if seed_notify else "off"
         out.print(f"seed 001 trigger notify_new_event: {state}", markup=False)
+
+
+# --- tidings serve, dlq, replay ---------------------------------------------------------
+
+
+def _config_path(ctx: typer.Context) -> Path | None:
+    state = ctx.find_object(CliState)
+    if state is not None and state.config is not None:
+        return state.config
+    env = os.environ.get(CONFIG_ENV)
+    return Path(env) if env else None
+
+
+@contextmanager
+def _queue(ctx: typer.Context) -> Iterator[Any]:
+    """The delivery queue of the configured store, for commands that work without a server."""
+    from tidings.store import open_store  # noqa: PLC0415
+    from tidings.store.base import StoreError  # noqa: PLC0415
+    from tidings.webhooks.queue import DeliveryQueue  # noqa: PLC0415
+
+    settings = settings_from(ctx)
+    try:
+        store = open_store(settings.store.url)
+    except StoreError as exc:
+        fail(str(exc))
+    try:
+        try:
+            queue = DeliveryQueue(store)  # type: ignore[arg-type]
+        except (StoreError, TypeError) as exc:
+            fail(str(exc))
+        try:
+            yield queue
+        finally:
+            queue.close()
+    finally:
+        store.close()
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress  # noqa: PLC0415
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command("serve")
+def serve_command(
+    ctx: typer.Context,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Listen address (default: server.host).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", help="Listen port (default: server.port).")
+    ] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="Log level.")] = "info",
+) -> None:
+    """Run ingestion, the event store and webhook delivery in one process (SIGHUP reloads)."""
+    import logging  # noqa: PLC0415
+
+    import uvicorn  # noqa: PLC0415
+
+    from tidings.server.app import create_app  # noqa: PLC0415
+    from tidings.server.service import Service  # noqa: PLC0415
+    from tidings.store.base import StoreError  # noqa: PLC0415
+
+    settings = settings_from(ctx)
+    server = settings.server
+    if host is not None or port is not None:
+        server = msgspec.structs.replace(
+            server, host=host or server.host, port=port if port is not None else server.port
+        )
+        settings = msgspec.structs.replace(settings, server=server)
+    if not _is_loopback(server.host) and not server.api_key:
+        fail(
+            f"serve: listening on {server.host} (beyond loopback) needs an API key; set "
+            "server.api_key in the config or TIDINGS_SERVER__API_KEY"
+        )
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        service = Service(settings, _config_path(ctx))
+    except (StoreError, TypeError) as exc:
+        fail(str(exc))
+    endpoints = len(service.queue.endpoints())
+    _out().print(
+        f"tidings serve: http://{server.host}:{server.port} · store "
+        f"{redact(settings.store.url)} · {endpoints} endpoint(s) · "
+        f"webhooks from config {'on' if settings.events.enabled else 'off (events.enabled)'}",
+        markup=False,
+    )
+    config = uvicorn.Config(
+        create_app(service),
+        host=server.host,
+        port=server.port,
+        log_level=log_level.lower(),
+        access_log=False,
+    )
+    uvicorn.Server(config).run()
+
+
+dlq_app = typer.Typer(help="Dead webhook deliveries: list and retry.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+
+
+@dlq_app.command("list")
+def dlq_list(
+    ctx: typer.Context,
+    endpoint: Annotated[
+        str | None, typer.Option("--endpoint", help="Only this endpoint id.")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """List dead deliveries, newest first."""
+    from rich.table import Table  # noqa: PLC0415
+
+    with _queue(ctx) as queue:
+        rows = queue.deliveries(endpoint_id=endpoint, state="dead", limit=limit)
+    out = _out()
+    if as_json:
+        for d in rows:
+            out.print(
+                msgspec.json.encode(
+                    {
+                        "id": d.id,
+                        "endpoint_id": d.endpoint_id,
+                        "event_id": d.event_id,
+                        "attempts": d.attempts,
+                        "last_status": d.last_status,
+                        "last_error": d.last_error,
+                        "updated_at": d.updated_at,
+                    }
+                ).decode(),
+                markup=False,
+            )
+        return
+    if not rows:
+        out.print("no dead deliveries", markup=False)
+        return
+    table = Table("delivery", "endpoint", "event", "attempts", "last error")
+    for d in rows:
+        table.add_row(d.id, d.endpoint_id, d.event_id, str(d.attempts), (d.last_error or "")[:80])
+    out.print(table)
+
+
+@dlq_app.command("retry")
+def dlq_retry(
+    ctx: typer.Context,
+    ids: Annotated[list[str] | None, typer.Argument(help="Delivery ids to retry.")] = None,
+    endpoint: Annotated[
+        str | None, typer.Option("--endpoint", help="Retry every dead delivery of this endpoint.")
+    ] = None,
+    all_dead: Annotated[
+        bool, typer.Option("--all", help="Retry every dead delivery of every endpoint.")
+    ] = False,
+) -> None:
+    """Send dead deliveries again (same message id, a fresh retry budget)."""
+    if not ids and endpoint is None and not all_dead:
+        fail("dlq retry: name delivery ids, or --endpoint ID, or --all")
+    with _queue(ctx) as queue:
+        count = 0
+        missing = []
+        for delivery_id in ids or []:
+            if queue.retry(delivery_id):
+                count += 1
+            else:
+                missing.append(delivery_id)
+        if endpoint is not None or all_dead:
+            count += queue.retry_dead(endpoint)
+    _out().print(f"{count} deliveries queued again", markup=False)
+    if missing:
+        fail(f"no such delivery: {', '.join(missing)}")
+
+
+@app.command("replay")
+def replay_command(
+    ctx: typer.Context,
+    since: Annotated[
+        str, typer.Option("--since", help="Replay events recorded from this time (ISO 8601).")
+    ],
+    until: Annotated[str | None, typer.Option("--until", help="Up to this time.")] = None,
+    types: Annotated[
+        list[str] | None, typer.Option("--type", help="Event type or pattern (repeatable).")
+    ] = None,
+) -> None:
+    """Deliver stored events again to every endpoint they match (new deliveries)."""
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    from rich.progress import Progress  # noqa: PLC0415
+
+    from tidings.store.base import Criteria  # noqa: PLC0415
+    from tidings.webhooks.worker import Router  # noqa: PLC0415
+
+    def when(text: str | None, name: str) -> datetime | None:
+        if text is None:
+            return None
+        try:
+            value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            fail(f"{name}: expected an ISO 8601 time like 2026-01-15T10:30:00Z, got {text!r}")
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+    with user_errors():
+        criteria = Criteria(
+            types=tuple(types or ()), since=when(since, "--since"), until=when(until, "--until")
+        )
+    with _queue(ctx) as queue:
+        router = Router(queue.endpoints())
+        total = queue.store.count(criteria) if hasattr(queue.store, "count") else None
+        with Progress(console=_err(), transient=True) as progress:
+            task = progress.add_task("replaying", total=total)
+            count = queue.redeliver(
+                criteria, router, progress=lambda n: progress.update(task, completed=n)
+            )
+    _out().print(f"{count} deliveries created", markup=False)
 
 
 def main(args: Sequence[str] | None = None) -> None:

@@ -1,0 +1,561 @@
+"""The HTTP API of `tidings serve` (Starlette): events in, endpoints, deliveries, health, metrics.
+
+Bodies are decoded with msgspec and validated by tidings' own rules; every rejection is a JSON
+``{"error": ..., "field": ...}`` with a 4xx status, never a traceback. When an API key is set,
+every route but ``/health`` needs it (``Authorization: Bearer <key>`` or ``X-API-Key``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import uuid_utils
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tidings.event import Event, EventError, decode, new_id
+from tidings.server.metrics import render_metrics
+from tidings.server.service import Service
+from tidings.store.base import Criteria, StoreError
+from tidings.topics import PatternError, compile_pattern
+from tidings.webhooks.endpoint import Auth, Endpoint, PayloadFormat
+from tidings.webhooks.guard import UnsafeURL, check_url, resolve_checked
+from tidings.webhooks.queue import Delivery, QueueFull
+from tidings.webhooks.signing import SigningError, generate_secret, parse_secret
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("tidings.server")
+
+_json = msgspec.json.Encoder()
+_any = msgspec.json.Decoder()
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+
+
+def _reply(data: Any, status: int = 200) -> Response:
+    return Response(_json.encode(data), status, media_type="application/json")
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes (checked while reading)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body of {declared} bytes is over the {limit}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body is over the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _json_object(request: Request, limit: int) -> dict[str, Any]:
+    raw = await _body(request, limit)
+    try:
+        data = _any.decode(raw) if raw else {}
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "body: expected a JSON object")
+    return data
+
+
+def _from_seed(item: dict[str, Any]) -> dict[str, Any]:
+    """Seed 000's ``{"event_type", "timestamp", "data"}`` becomes a CloudEvent."""
+    if "type" in item or "event_type" not in item:
+        return item
+    out: dict[str, Any] = {"specversion": "1.0", "type": item["event_type"], "source": "tidings"}
+    if "timestamp" in item:
+        out["time"] = item["timestamp"]
+    if "data" in item:
+        out["data"] = item["data"]
+    if "id" in item:
+        out["id"] = item["id"]
+    return out
+
+
+def _events(raw: bytes, max_batch: int) -> list[Event]:
+    try:
+        data = _any.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"body is not valid JSON: {exc}") from None
+    items = data if isinstance(data, list) else [data]
+    if not items:
+        raise ApiError(400, "body: expected an event or a non-empty list of events")
+    if len(items) > max_batch:
+        raise ApiError(413, f"{len(items)} events in one request; the limit is {max_batch}")
+    events: list[Event] = []
+    for i, item in enumerate(items):
+        where = f"[{i}]." if isinstance(data, list) else ""
+        if not isinstance(item, dict):
+            raise ApiError(400, f"{where or 'body'}: expected a JSON object", where or None)
+        # A producer posting plain JSON need not know CloudEvents' required attributes.
+        wire = {"specversion": "1.0", "source": "tidings", **_from_seed(item)}
+        wire.setdefault("id", new_id())
+        wire.setdefault("time", datetime.now(UTC).isoformat())
+        try:
+            events.append(decode(_json.encode(wire)))
+        except EventError as exc:
+            raise ApiError(400, f"{where}{exc}", f"{where}{exc.field}") from None
+    return events
+
+
+def _time(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(
+            400, f"{name}: expected an ISO 8601 time like 2026-01-15T10:30:00Z", name
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _int(value: str | None, name: str, default: int, lo: int = 0, hi: int = 10_000) -> int:
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ApiError(400, f"{name}: expected a whole number, got {value!r}", name) from None
+    if not lo <= number <= hi:
+        raise ApiError(400, f"{name}: expected {lo}..{hi}, got {number}", name)
+    return number
+
+
+def _delivery(d: Delivery) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "event_id": d.event_id,
+        "position": d.position,
+        "endpoint_id": d.endpoint_id,
+        "state": d.state,
+        "attempts": d.attempts,
+        "next_attempt_at": d.next_attempt_at,
+        "created_at": d.created_at,
+        "updated_at": d.updated_at,
+        "last_status": d.last_status,
+        "last_error": d.last_error,
+        "delivered_at": d.delivered_at,
+    }
+
+
+_ENDPOINT_FIELDS = {
+    "url", "events", "secret", "headers", "auth", "timeout", "rate_limit", "burst",
+    "max_in_flight", "enabled", "format", "max_retries", "retry_delay", "max_delay",
+}  # fmt: skip
+_FORMATS: tuple[PayloadFormat, ...] = ("seed", "cloudevents", "cloudevents-binary")
+
+
+def _number(data: dict[str, Any], name: str, lo: float, integer: bool = False) -> Any:
+    value = data[name]
+    ok = isinstance(value, int) if integer else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok or value < lo:
+        kind = "a whole number" if integer else "a number"
+        raise ApiError(422, f"{name}: expected {kind} >= {lo:g}, got {value!r}", name)
+    return value
+
+
+def _patterns(events: Any) -> tuple[str, ...]:
+    if isinstance(events, str):
+        events = [events]
+    if not isinstance(events, list) or not events or not all(isinstance(e, str) for e in events):
+        raise ApiError(422, "events: expected a non-empty list of event type patterns", "events")
+    try:
+        for pattern in events:
+            compile_pattern(pattern)
+    except PatternError as exc:
+        raise ApiError(422, f"events: {exc}", "events") from None
+    return tuple(events)
+
+
+def _endpoint_changes(data: dict[str, Any], creating: bool) -> dict[str, Any]:
+    """Validate an endpoint body into ``Endpoint`` keyword arguments (secret handled apart)."""
+    unknown = sorted(set(data) - _ENDPOINT_FIELDS)
+    if unknown:
+        known = ", ".join(sorted(_ENDPOINT_FIELDS))
+        raise ApiError(422, f"unknown field(s) {', '.join(unknown)}; expected: {known}", unknown[0])
+    if creating and "url" not in data:
+        raise ApiError(422, "url: required (the http(s) address to deliver to)", "url")
+    out: dict[str, Any] = {}
+    if "url" in data:
+        if not isinstance(data["url"], str):
+            raise ApiError(422, "url: expected a string", "url")
+        try:
+            check_url(data["url"])
+        except UnsafeURL as exc:
+            raise ApiError(422, f"url: {exc}", "url") from None
+        out["url"] = data["url"]
+    if "events" in data:
+        out["events"] = _patterns(data["events"])
+    if "headers" in data:
+        headers = data["headers"]
+        if not isinstance(headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
+            raise ApiError(422, "headers: expected an object of string values", "headers")
+        out["headers"] = headers
+    if "auth" in data:
+        try:
+            out["auth"] = None if data["auth"] is None else msgspec.convert(data["auth"], Auth)
+        except msgspec.ValidationError as exc:
+            forms = "{bearer}, {username, password} or {header, value}"
+            raise ApiError(422, f"auth: {exc}; expected {forms}", "auth") from None
+    for name, lo, integer in (
+        ("timeout", 0.1, False), ("rate_limit", 0.001, False), ("burst", 1, True),
+        ("max_in_flight", 1, True), ("max_retries", 0, True), ("retry_delay", 0, False),
+        ("max_delay", 0, False),
+    ):  # fmt: skip
+        if name in data and data[name] is not None:
+            out[name] = _number(data, name, lo, integer)
+    if "enabled" in data:
+        if not isinstance(data["enabled"], bool):
+            raise ApiError(422, "enabled: expected true or false", "enabled")
+        out["enabled"] = data["enabled"]
+        if data["enabled"]:
+            out["disabled_reason"] = None
+    if "format" in data:
+        if data["format"] not in _FORMATS:
+            raise ApiError(422, f"format: expected one of {', '.join(_FORMATS)}", "format")
+        out["format"] = data["format"]
+    return out
+
+
+def _guarded(
+    service: Service, handler: Callable[[Request], Awaitable[Response]]
+) -> Callable[[Request], Awaitable[Response]]:
+    """API key check and error mapping around one handler."""
+
+    async def wrapper(request: Request) -> Response:
+        key = service.settings.server.api_key
+        if key is not None and request.url.path != "/health":
+            given = request.headers.get("x-api-key") or ""
+            auth = request.headers.get("authorization", "")
+            if auth.lower().startswith("bearer "):
+                given = auth[7:]
+            if not hmac.compare_digest(given.encode(), key.encode()):
+                return _reply(
+                    {"error": "missing or wrong API key: send Authorization: Bearer <key>"},
+                    401,
+                )
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return _reply({"error": exc.message, "field": exc.field}, exc.status)
+        except QueueFull as exc:
+            return _reply({"error": str(exc)}, 503)
+        except StoreError as exc:
+            log.error("store error on %s %s: %s", request.method, request.url.path, exc)
+            return _reply({"error": f"the store is not available: {exc}"}, 503)
+
+    return wrapper
+
+
+class _Api:
+    """The route handlers; one instance per app, holding the service they act on."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.limit = service.settings.server.max_body_bytes
+
+    # ---- events ----------------------------------------------------------------------------
+
+    async def post_events(self, request: Request) -> Response:
+        events = _events(await _body(request, self.limit), self.service.settings.server.max_batch)
+        accepted = await self.service.aaccept(events)
+        return _reply(
+            {"accepted": len(accepted.ids), "ids": accepted.ids, "deliveries": accepted.deliveries},
+            202,
+        )
+
+    async def get_events(self, request: Request) -> Response:
+        q = request.query_params
+        types = tuple(t for t in q.getlist("type") if t)
+        try:
+            criteria = Criteria(
+                types=types,
+                since=_time(q.get("since"), "since"),
+                until=_time(q.get("until"), "until"),
+                correlation_id=q.get("correlation_id"),
+                aggregate_id=q.get("aggregate_id"),
+                after_position=_int(q.get("after"), "after", 0, 0, 2**62),
+                limit=_int(q.get("limit"), "limit", 100, 1, 1000),
+            )
+        except (PatternError, ValueError) as exc:
+            raise ApiError(400, str(exc)) from None
+        records = await self.service.store.aload(criteria)
+        return _reply(
+            {
+                "events": [
+                    {"position": r.position, "event": msgspec.json.decode(r.event.to_json())}
+                    for r in records
+                ],
+                "next_after": records[-1].position if records else None,
+            }
+        )
+
+    # ---- endpoints -------------------------------------------------------------------------
+
+    def _endpoint(self, endpoint_id: str) -> Endpoint:
+        ep = self.service.queue.endpoint(endpoint_id)
+        if ep is None:
+            raise ApiError(404, f"no endpoint {endpoint_id!r}")
+        return ep
+
+    async def _check_reachable_safely(self, url: str) -> None:
+        try:
+            await resolve_checked(url, self.service.allow_networks)
+        except UnsafeURL as exc:
+            raise ApiError(422, f"url: {exc}", "url") from None
+        except OSError as exc:
+            raise ApiError(422, f"url: the host does not resolve: {exc}", "url") from None
+
+    async def list_endpoints(self, request: Request) -> Response:
+        eps = await asyncio.to_thread(self.service.queue.endpoints)
+        return _reply({"endpoints": [ep.public() for ep in eps]})
+
+    async def create_endpoint(self, request: Request) -> Response:
+        data = await _json_object(request, self.limit)
+        secret = data.pop("secret", None)
+        changes = _endpoint_changes(data, creating=True)
+        await self._check_reachable_safely(changes["url"])
+        if secret is None:
+            secret = generate_secret()
+        try:
+            parse_secret(secret)
+        except (SigningError, TypeError):
+            raise ApiError(
+                422, "secret: expected whsec_<base64>, or leave it out", "secret"
+            ) from None
+
+        ep = Endpoint(id=f"ep_{uuid_utils.uuid7().hex}", secrets=(secret,), source="api", **changes)
+        await asyncio.to_thread(self.service.save_endpoint, ep)
+        await self.service.endpoints_changed()
+        # The secret is shown once, now; the API never returns it again.
+        return _reply({**ep.public(), "secret": secret}, 201)
+
+    async def get_endpoint(self, request: Request) -> Response:
+        ep = await asyncio.to_thread(self._endpoint, request.path_params["id"])
+        return _reply(ep.public())
+
+    async def update_endpoint(self, request: Request) -> Response:
+        ep = await asyncio.to_thread(self._endpoint, request.path_params["id"])
+        data = await _json_object(request, self.limit)
+        if "secret" in data:
+            raise ApiError(
+                422, "secret: change it with POST /endpoints/{id}/rotate-secret", "secret"
+            )
+        changes = _endpoint_changes(data, creating=False)
+        if "url" in changes and ep.source == "api":
+            await self._check_reachable_safely(changes["url"])
+        updated = msgspec.structs.replace(ep, **changes)
+        await asyncio.to_thread(self.service.save_endpoint, updated)
+        await self.service.endpoints_changed()
+        return _reply(updated.public())
+
+    async def set_enabled(self, request: Request, enabled: bool) -> Response:
+        endpoint_id = request.path_params["id"]
+        await asyncio.to_thread(self._endpoint, endpoint_id)
+        reason = None if enabled else "disabled through the API"
+        ep = await asyncio.to_thread(self.service.queue.set_enabled, endpoint_id, enabled, reason)
+        await self.service.endpoints_changed()
+        return _reply(ep.public())
+
+    async def disable_endpoint(self, request: Request) -> Response:
+        return await self.set_enabled(request, False)
+
+    async def enable_endpoint(self, request: Request) -> Response:
+        return await self.set_enabled(request, True)
+
+    async def delete_endpoint(self, request: Request) -> Response:
+        endpoint_id = request.path_params["id"]
+        if not await asyncio.to_thread(self.service.queue.delete_endpoint, endpoint_id):
+            raise ApiError(404, f"no endpoint {endpoint_id!r}")
+        await self.service.endpoints_changed()
+        return Response(status_code=204)
+
+    async def rotate_secret(self, request: Request) -> Response:
+        """New secret signs first; the previous one keeps signing until the next rotation, so
+        receivers can switch without a window of failed verifications."""
+        ep = await asyncio.to_thread(self._endpoint, request.path_params["id"])
+        secret = generate_secret()
+        rotated = msgspec.structs.replace(ep, secrets=(secret, *ep.secrets[:1]))
+        await asyncio.to_thread(self.service.save_endpoint, rotated)
+        await self.service.endpoints_changed()
+        return _reply({**rotated.public(), "secret": secret})
+
+    # ---- deliveries ------------------------------------------------------------------------
+
+    async def list_deliveries(self, request: Request) -> Response:
+        q = request.query_params
+        state = q.get("state")
+        states = ("pending", "delivering", "delivered", "dead", "cancelled")
+        if state is not None and state not in states:
+            raise ApiError(400, f"state: expected one of {', '.join(states)}", "state")
+        endpoint_id = request.path_params.get("id") or q.get("endpoint_id")
+        rows = await asyncio.to_thread(
+            self.service.queue.deliveries,
+            endpoint_id=endpoint_id,
+            state=state,
+            event_id=q.get("event_id"),
+            limit=_int(q.get("limit"), "limit", 100, 1, 1000),
+            before=q.get("before"),
+        )
+        return _reply(
+            {
+                "deliveries": [_delivery(d) for d in rows],
+                "next_before": rows[-1].id if rows else None,
+            }
+        )
+
+    async def get_delivery(self, request: Request) -> Response:
+        delivery_id = request.path_params["id"]
+        d = await asyncio.to_thread(self.service.queue.delivery, delivery_id)
+        if d is None:
+            raise ApiError(404, f"no delivery {delivery_id!r}")
+        attempts = await asyncio.to_thread(self.service.queue.attempts, delivery_id)
+        return _reply(
+            {
+                **_delivery(d),
+                "attempt_log": [
+                    {
+                        "number": a.number,
+                        "started_at": a.started_at,
+                        "duration": a.duration,
+                        "status_code": a.status_code,
+                        "response_body": a.response_body,
+                        "error": a.error,
+                    }
+                    for a in attempts
+                ],
+            }
+        )
+
+    async def retry_delivery(self, request: Request) -> Response:
+        delivery_id = request.path_params["id"]
+        if not await asyncio.to_thread(self.service.queue.retry, delivery_id):
+            raise ApiError(404, f"no delivery {delivery_id!r}")
+        self.service.worker.wake()
+        return _reply({"retried": 1}, 202)
+
+    async def retry_dead(self, request: Request) -> Response:
+        endpoint_id = request.path_params["id"]
+        await asyncio.to_thread(self._endpoint, endpoint_id)
+        count = await asyncio.to_thread(self.service.queue.retry_dead, endpoint_id)
+        self.service.worker.wake()
+        return _reply({"retried": count}, 202)
+
+    async def replay(self, request: Request) -> Response:
+        data = await _json_object(request, self.limit)
+        since = _time(data.get("since"), "since")
+        if since is None:
+            raise ApiError(400, "since: required, e.g. 2026-01-15T00:00:00Z", "since")
+        types = data.get("types")
+        if types is not None and (
+            not isinstance(types, list) or not all(isinstance(t, str) for t in types)
+        ):
+            raise ApiError(400, "types: expected a list of event type patterns", "types")
+        try:
+            criteria = Criteria(
+                types=tuple(types) if types else (),
+                since=since,
+                until=_time(data.get("until"), "until"),
+            )
+        except (PatternError, ValueError) as exc:
+            raise ApiError(400, str(exc)) from None
+        count = await asyncio.to_thread(self.service.queue.redeliver, criteria, self.service.router)
+        self.service.worker.wake()
+        return _reply({"deliveries": count}, 202)
+
+    # ---- operations ------------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        healthy, report = await self.service.health()
+        return _reply(report, 200 if healthy else 503)
+
+    async def metrics(self, request: Request) -> Response:
+        body, content_type = await render_metrics(self.service)
+        return Response(body, media_type=content_type)
+
+
+def create_app(service: Service, *, manage_lifecycle: bool = True) -> Starlette:
+    """The ASGI app for ``service`` (started and stopped with the app unless told not to)."""
+    api = _Api(service)
+    routes = [
+        Route("/events", _guarded(service, api.post_events), methods=["POST"]),
+        Route("/events", _guarded(service, api.get_events), methods=["GET"]),
+        Route("/endpoints", _guarded(service, api.list_endpoints), methods=["GET"]),
+        Route("/endpoints", _guarded(service, api.create_endpoint), methods=["POST"]),
+        Route("/endpoints/{id}", _guarded(service, api.get_endpoint), methods=["GET"]),
+        Route("/endpoints/{id}", _guarded(service, api.update_endpoint), methods=["PATCH"]),
+        Route("/endpoints/{id}", _guarded(service, api.delete_endpoint), methods=["DELETE"]),
+        Route("/endpoints/{id}/disable", _guarded(service, api.disable_endpoint), methods=["POST"]),
+        Route("/endpoints/{id}/enable", _guarded(service, api.enable_endpoint), methods=["POST"]),
+        Route(
+            "/endpoints/{id}/rotate-secret", _guarded(service, api.rotate_secret), methods=["POST"]
+        ),
+        Route(
+            "/endpoints/{id}/deliveries", _guarded(service, api.list_deliveries), methods=["GET"]
+        ),
+        Route("/endpoints/{id}/retry-dead", _guarded(service, api.retry_dead), methods=["POST"]),
+        Route("/deliveries", _guarded(service, api.list_deliveries), methods=["GET"]),
+        Route("/deliveries/{id}", _guarded(service, api.get_delivery), methods=["GET"]),
+        Route("/deliveries/{id}/retry", _guarded(service, api.retry_delivery), methods=["POST"]),
+        Route("/replay", _guarded(service, api.replay), methods=["POST"]),
+        Route("/health", _guarded(service, api.health), methods=["GET"]),
+        Route("/metrics", _guarded(service, api.metrics), methods=["GET"]),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if not manage_lifecycle:
+            yield
+            return
+        await service.start()
+        watcher = asyncio.ensure_future(service.watch_config())
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            # SIGHUP reloads the config; only possible from the main thread (not in tests)
+            loop.add_signal_handler(
+                signal.SIGHUP, lambda: asyncio.ensure_future(service.reload_config())
+            )
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await service.stop()
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"error": f"no route {request.method} {request.url.path}"}, 404)
+
+    async def crashed(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "internal error; see the server log"}, 500)
+
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={404: not_found, 500: crashed},
+    )

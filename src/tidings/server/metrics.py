@@ -1,0 +1,104 @@
+"""``GET /metrics``: Prometheus text built from the worker's counters and the queue's depth.
+
+A custom collector reads the live numbers at scrape time, so nothing on the delivery path
+touches a metrics library and a scrape costs one small query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from tidings.webhooks.queue import QueueStats
+from tidings.webhooks.worker import LATENCY_BUCKETS
+
+if TYPE_CHECKING:
+    from tidings.server.service import Service
+
+__all__ = ["render_metrics"]
+
+
+class _Collector:
+    def __init__(self, service: Service, stats: QueueStats | None, accepted: int) -> None:
+        self.service = service
+        self.queue_stats = stats
+        self.accepted = accepted
+
+    def collect(self) -> Iterator[Metric]:
+        worker = self.service.worker.stats
+        published = CounterMetricFamily(
+            "tidings_events_published", "Events accepted by POST /events"
+        )
+        published.add_metric([], self.accepted)
+        yield published
+        families = {
+            name: CounterMetricFamily(f"tidings_webhook_{name}", text, labels=["endpoint"])
+            for name, text in (
+                ("attempts", "Delivery attempts made"),
+                ("delivered", "Deliveries that got a 2xx"),
+                ("failed", "Attempts that did not succeed"),
+                ("retries", "Failed attempts scheduled for another try"),
+                ("dead", "Deliveries given up (dead letters)"),
+            )
+        }
+        for endpoint_id, c in sorted(worker.per_endpoint.items()):
+            families["attempts"].add_metric([endpoint_id], c.attempts)
+            families["delivered"].add_metric([endpoint_id], c.delivered)
+            families["failed"].add_metric([endpoint_id], c.failed)
+            families["retries"].add_metric([endpoint_id], c.retried)
+            families["dead"].add_metric([endpoint_id], c.dead)
+        yield from families.values()
+        cumulative, running = [], 0
+        for bound, count in zip(
+            [*map(str, LATENCY_BUCKETS), "+Inf"], worker.latency_buckets, strict=True
+        ):
+            running += count
+            cumulative.append((bound, running))
+        latency = HistogramMetricFamily(
+            "tidings_webhook_delivery_latency_seconds",
+            "From accepting an event to its first delivery attempt",
+        )
+        latency.add_metric([], cumulative, worker.latency_sum)
+        yield latency
+        stats = self.queue_stats
+        if stats is None:
+            return
+        depth = GaugeMetricFamily(
+            "tidings_webhook_queue_depth", "Deliveries by state", labels=["state"]
+        )
+        for state in ("pending", "delivering", "dead"):
+            depth.add_metric([state], getattr(stats, state))
+        yield depth
+        per = GaugeMetricFamily(
+            "tidings_webhook_endpoint_queue_depth",
+            "Deliveries per endpoint and state",
+            labels=["endpoint", "state"],
+        )
+        for endpoint_id, counts in sorted(stats.per_endpoint.items()):
+            for state, count in sorted(counts.items()):
+                per.add_metric([endpoint_id, state], count)
+        yield per
+        oldest = GaugeMetricFamily(
+            "tidings_webhook_oldest_pending_seconds", "Age of the oldest due pending delivery"
+        )
+        oldest.add_metric([], stats.oldest_pending_age or 0.0)
+        yield oldest
+
+
+async def render_metrics(service: Service) -> tuple[bytes, str]:
+    try:
+        stats: QueueStats | None = await asyncio.wait_for(service.queue.astats(), 5.0)
+    except Exception:
+        stats = None  # the store is away: /health says so; counters still export
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(service, stats, service.accepted_count))
+    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,200 @@
+"""The running service: store, delivery queue, router and worker wired from settings.
+
+The HTTP app and the CLI both drive this object, so `tidings serve`, `tidings dlq` and the tests
+share one way of accepting events and one set of rules about which endpoint gets what.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tidings.config import Settings, load
+from tidings.event import Event
+from tidings.store import open_store
+from tidings.store.base import EventStore, Recorded
+from tidings.urls import redact_url
+from tidings.webhooks.endpoint import Endpoint
+from tidings.webhooks.queue import DeliveryQueue, QueueStats
+from tidings.webhooks.worker import DeliveryWorker, Router
+
+__all__ = ["Accepted", "Service"]
+
+log = logging.getLogger("tidings.server")
+
+STALLED_AFTER = 15.0  # seconds without a worker heartbeat before /health says unhealthy
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    ids: list[str]
+    positions: list[int]
+    deliveries: int
+
+
+class Service:
+    """One process's worth of tidings: open with ``start``, close with ``stop``."""
+
+    def __init__(self, settings: Settings, config_path: Path | None = None) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self._config_mtime = _mtime(config_path)
+        self.store: EventStore = open_store(settings.store.url)
+        try:
+            self.queue = DeliveryQueue(self.store)  # type: ignore[arg-type]
+        except BaseException:
+            self.store.close()
+            raise
+        self.router = Router()
+        self.worker = self._make_worker()
+        self.started_at = time.time()
+        self.accepted_count = 0
+        self._sync_config_endpoints()
+
+    def _make_worker(self) -> DeliveryWorker:
+        s, ev = self.settings.server, self.settings.events
+        return DeliveryWorker(
+            self.queue,
+            concurrency=s.workers,
+            lease=float(s.lease),
+            guard_config_endpoints=ev.guard_config_endpoints,
+            allow_networks=self.allow_networks,
+            on_disable=lambda ep, reason: self._refresh_router(),
+        )
+
+    @property
+    def allow_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(n, strict=False) for n in self.settings.events.allow_networks]
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.worker.start()
+        log.info(
+            "tidings service started: store %s, %d endpoint(s)",
+            redact_url(self.settings.store.url),
+            len(self.queue.endpoints()),
+        )
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        released = await self.worker.stop(timeout)
+        if released:
+            log.info("shutdown: %d deliveries handed back unsent (still pending)", released)
+        self.queue.close()
+        self.store.close()
+
+    # ---- endpoints -------------------------------------------------------------------------
+
+    def _sync_config_endpoints(self) -> None:
+        ev = self.settings.events
+        endpoints = ev.endpoints_list() if ev.enabled else []
+        self.queue.sync_config_endpoints(endpoints)
+        self._refresh_router()
+
+    def _refresh_router(self) -> None:
+        self.router.update(self.queue.endpoints())
+
+    async def endpoints_changed(self) -> None:
+        """After an API change: route new events accordingly and let the worker see it."""
+        await asyncio.to_thread(self._refresh_router)
+        await self.worker.reload()
+
+    def save_endpoint(self, ep: Endpoint) -> None:
+        self.queue.save_endpoint(ep)
+
+    async def reload_config(self) -> bool:
+        """Re-read the config file (SIGHUP or a change on disk); queued deliveries stay queued.
+
+        Returns False (and keeps the running settings) when the new file is invalid.
+        """
+        try:
+            settings = await asyncio.to_thread(load, self.config_path)
+        except Exception as exc:
+            log.error("config reload refused, keeping the running settings: %s", exc)
+            return False
+        if settings.store.url != self.settings.store.url:
+            log.warning("config reload: store.url changed; restart tidings to switch stores")
+        self.settings = settings
+        await asyncio.to_thread(self._sync_config_endpoints)
+        await self.worker.reload()
+        log.info("config reloaded from %s", self.config_path)
+        return True
+
+    async def watch_config(self, interval: float = 2.0) -> None:
+        """Reload when the config file changes on disk."""
+        while self.config_path is not None:
+            await asyncio.sleep(interval)
+            mtime = _mtime(self.config_path)
+            if mtime is not None and mtime != self._config_mtime:
+                self._config_mtime = mtime
+                await self.reload_config()
+
+    # ---- accepting -------------------------------------------------------------------------
+
+    def accept(self, events: Sequence[Event]) -> Accepted:
+        """Store ``events`` and their deliveries in one transaction, then wake the worker."""
+        max_pending = self.settings.events.queue_size
+        done: list[tuple[Recorded, list[str]]] = self.queue.accept(
+            events, self.router, max_pending=max_pending
+        )
+        return Accepted(
+            ids=[rec.event.id for rec, _ in done],
+            positions=[rec.position for rec, _ in done],
+            deliveries=sum(len(ids) for _, ids in done),
+        )
+
+    async def aaccept(self, events: Sequence[Event]) -> Accepted:
+        accepted = await asyncio.to_thread(self.accept, events)
+        self.accepted_count += len(accepted.ids)
+        if accepted.deliveries:
+            self.worker.wake()
+        return accepted
+
+    # ---- health ----------------------------------------------------------------------------
+
+    async def health(self) -> tuple[bool, dict[str, Any]]:
+        """(healthy, report): a stalled worker or an unreachable store is unhealthy."""
+        report: dict[str, Any] = {"store": {"url": redact_url(self.settings.store.url)}}
+        healthy = True
+        try:
+            stats: QueueStats = await asyncio.wait_for(self.queue.astats(), 5.0)
+            report["store"]["reachable"] = True
+            report["queue"] = {
+                "pending": stats.pending,
+                "delivering": stats.delivering,
+                "dead": stats.dead,
+                "delivered": stats.delivered,
+                "oldest_pending_age": stats.oldest_pending_age,
+                "capacity": self.settings.events.queue_size,
+            }
+        except Exception as exc:
+            healthy = False
+            report["store"]["reachable"] = False
+            report["store"]["error"] = str(exc)
+        beat_age = time.monotonic() - self.worker.last_beat
+        alive = beat_age < STALLED_AFTER
+        healthy = healthy and alive
+        report["workers"] = {
+            "alive": alive,
+            "last_heartbeat_age": round(beat_age, 3),
+            "in_flight": self.worker.in_flight,
+            "concurrency": self.worker.concurrency,
+        }
+        report["status"] = "ok" if healthy else "unhealthy"
+        report["uptime"] = round(time.time() - self.started_at, 1)
+        return healthy, report
+
+
+def _mtime(path: Path | None) -> float | None:
+    if path is None:
+        return None
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
