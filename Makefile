@@ -13,9 +13,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## run: set up, then run the main job (the quick-start example until `tidings serve` lands)
+## run: set up, then run the main job: `tidings serve` on the embedded SQLite store
 run: $(STAMP)
-	$(BIN)/python examples/quickstart.py
+	$(BIN)/tidings --config examples/serve.yaml serve
 
 ## test: set up, then lint, type-check and run the whole test suite
 test: $(STAMP) lint

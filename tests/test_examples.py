@@ -55,5 +55,6 @@ def test_transport_memory_example_moves_events_through_a_group() -> None:
 
 
 def test_every_example_is_covered_by_a_test() -> None:
-    tested = {"quickstart.py", "event_sourcing.py", "transport_memory.py"}
+    # webhook_receiver.py runs against a real `tidings serve` in tests/server/test_serve_process.py
+    tested = {"quickstart.py", "event_sourcing.py", "transport_memory.py", "webhook_receiver.py"}
     assert {p.name for p in (ROOT / "examples").glob("*.py")} <= tested

@@ -322,8 +322,9 @@ class DeliveryWorker:
             if st.bucket is not None:
                 await st.bucket.take()
             async with st.slots:
-                # The request may take ep.timeout: never start one that could outlive the lease.
-                if time.monotonic() - claimed_at > self.lease - ep.timeout - 1.0:
+                # The request may take ep.timeout: never start one that could outlive the lease
+                # (half the slack is kept as a margin for the outcome to be recorded).
+                if time.monotonic() - claimed_at > (self.lease - ep.timeout) / 2:
                     return
                 if not st.breaker.allows():
                     return
