@@ -365,6 +365,13 @@ def serve_command(
         log_level=log_level.lower(),
         access_log=False,
     )
+    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown so that the previous
+    # handler runs; a no-op handler there makes a clean shutdown exit 0 (not -15) for
+    # supervisors that treat a signal death as a crash.
+    import signal  # noqa: PLC0415
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     uvicorn.Server(config).run()
 
 

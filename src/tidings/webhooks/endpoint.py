@@ -14,6 +14,7 @@ import msgspec
 
 from tidings.retry import RetryPolicy
 from tidings.topics import Pattern, compile_pattern
+from tidings.urls import redact_url
 
 __all__ = ["Auth", "Endpoint", "PayloadFormat", "endpoint_id_for_url"]
 
@@ -86,6 +87,7 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def public(self) -> dict[str, object]:
         """What the API and logs may show: secrets and auth values never leave."""
         data: dict[str, object] = msgspec.to_builtins(self)
+        data["url"] = redact_url(self.url)  # a password in the URL is a secret too
         data.pop("secrets", None)
         data["signed"] = bool(self.secrets)
         data["auth"] = None if self.auth is None else "***"

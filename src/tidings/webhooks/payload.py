@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 from datetime import UTC
 from typing import Any
+from urllib.parse import quote
 
 import msgspec
 
@@ -30,11 +31,18 @@ def _timestamp(event: Event) -> str:
 
 
 def _header_value(value: Any) -> str:
+    """CloudEvents HTTP binding: printable ASCII, everything else percent-encoded (UTF-8)."""
     if isinstance(value, str):
-        return value
-    if hasattr(value, "isoformat"):
-        return str(value.isoformat()).replace("+00:00", "Z")
-    return _json.encode(value).decode()
+        text = value
+    elif hasattr(value, "isoformat"):
+        text = str(value.isoformat()).replace("+00:00", "Z")
+    else:
+        text = _json.encode(value).decode()
+    return quote(text, safe=_HEADER_SAFE)
+
+
+# Printable ASCII except space, '"' and '%', which the binding says to percent-encode.
+_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
 
 
 def render(event: Event, fmt: PayloadFormat) -> tuple[bytes, dict[str, str]]:
@@ -54,5 +62,14 @@ def render(event: Event, fmt: PayloadFormat) -> tuple[bytes, dict[str, str]]:
     if data_b64 is not None:
         headers["Content-Type"] = event.datacontenttype or "application/octet-stream"
         return base64.b64decode(data_b64), headers
-    headers["Content-Type"] = event.datacontenttype or JSON
-    return (b"" if data is None else _json.encode(data)), headers
+    content_type = headers["Content-Type"] = event.datacontenttype or JSON
+    if data is None:
+        return b"", headers
+    if isinstance(data, str) and not _is_json(content_type):
+        return data.encode(), headers  # text/plain and the like: the text itself
+    return _json.encode(data), headers
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == JSON or media.endswith("+json")

@@ -166,6 +166,7 @@ class DeliveryWorker:
         self.last_beat = time.monotonic()
         self._states: dict[str, _State] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._waiting: set[asyncio.Task[None]] = set()  # started, request not sent yet
         self._outcomes: list[Outcome] = []
         self._wake = asyncio.Event()
         self._flush = asyncio.Event()
@@ -197,6 +198,9 @@ class DeliveryWorker:
         """
         self._stopping = True
         self._wake.set()
+        waiting = list(self._waiting)
+        for task in waiting:  # not sent yet (rate limit, slot): hand back now
+            task.cancel()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
         unfinished = list(self._tasks)
@@ -213,7 +217,7 @@ class DeliveryWorker:
         for session in (self._session, self._guarded):
             if session is not None:
                 await session.close()
-        return len(unfinished)
+        return len(waiting) + len(unfinished)
 
     def wake(self) -> None:
         """New deliveries were accepted: claim now rather than at the next poll."""
@@ -318,6 +322,9 @@ class DeliveryWorker:
     async def _deliver(self, item: Claimed, st: _State, claimed_at: float) -> None:
         ep = st.endpoint
         sent = False
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting.add(task)
         try:
             if st.bucket is not None:
                 await st.bucket.take()
@@ -326,9 +333,10 @@ class DeliveryWorker:
                 # (half the slack is kept as a margin for the outcome to be recorded).
                 if time.monotonic() - claimed_at > (self.lease - ep.timeout) / 2:
                     return
-                if not st.breaker.allows():
+                if not st.breaker.allows() or self._stopping:
                     return
                 sent = True
+                self._waiting.discard(task)
                 outcome = await self._attempt(item, st)
             self._outcomes.append(outcome)
             self._flush.set()
@@ -336,6 +344,7 @@ class DeliveryWorker:
             sent = False
             raise
         finally:
+            self._waiting.discard(task)
             st.busy -= 1
             if not sent:
                 await self._release(item)
@@ -418,6 +427,11 @@ class DeliveryWorker:
             st.breaker.success()
             return Outcome(attempt.delivery_id, token, attempt, "delivered")
         counters.failed += 1
+        # The endpoint id, not its URL: URLs can carry tokens (chat webhooks put them in paths).
+        log.info(
+            "delivery %s to endpoint %s, attempt %d: %s",
+            attempt.delivery_id, ep.id, attempt.number, answer.error,
+        )  # fmt: skip
         if answer.status == 410:
             counters.dead += 1
             self._disable(st, "the receiver answered 410 Gone")
