@@ -1,0 +1,238 @@
+"""`tidings dlq list | retry`, `tidings replay` and the `serve` safety check, through the real CLI.
+
+State is prepared with ``DeliveryQueue`` on the same SQLite file the config names, so each
+command is checked against what it finds in (and leaves in) the real queue tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+import yaml
+from typer.testing import CliRunner
+
+from tidings.cli import app
+from tidings.event import Event
+from tidings.store import open_store
+from tidings.webhooks.endpoint import Endpoint
+from tidings.webhooks.queue import Attempt, Claimed, DeliveryQueue, Outcome
+
+
+@dataclass
+class Setup:
+    config: Path
+    store_url: str
+    runner: CliRunner
+
+    def invoke(self, *args: str) -> Any:
+        return self.runner.invoke(app, ["--config", str(self.config), *args])
+
+    def queue(self) -> DeliveryQueue:
+        store = open_store(self.store_url)
+        return DeliveryQueue(store)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Setup:
+    for name in list(os.environ):
+        if name.upper().startswith("TIDINGS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("COLUMNS", "250")  # rich tables: whole ids on one line
+    url = f"sqlite:///{tmp_path / 'tidings.db'}"
+    config = tmp_path / "tidings.yaml"
+    config.write_text(yaml.safe_dump({"store": {"url": url}}))
+    return Setup(config, url, CliRunner())
+
+
+@pytest.fixture
+def queue(setup: Setup) -> Iterator[DeliveryQueue]:
+    q = setup.queue()
+    q.save_endpoint(Endpoint(id="alpha", url="http://127.0.0.1:9/a", events=("order.*",)))
+    q.save_endpoint(Endpoint(id="beta", url="http://127.0.0.1:9/b", events=("**",)))
+    try:
+        yield q
+    finally:
+        q.close()
+        q.store.close()
+
+
+def kill(queue: DeliveryQueue, endpoint_id: str, n: int, error: str = "HTTP 500") -> list[str]:
+    """``n`` dead deliveries to ``endpoint_id``: accepted, claimed, attempted, given up."""
+    queue.accept(
+        [Event(type="order.placed", data={"n": i}) for i in range(n)], lambda e: [endpoint_id]
+    )
+    claimed: list[Claimed] = queue.claim(
+        100, 30, skip_endpoints=[e.id for e in queue.endpoints() if e.id != endpoint_id]
+    )
+    assert len(claimed) == n
+    queue.finish(
+        [
+            Outcome(
+                c.delivery.id,
+                c.lease_token,
+                Attempt(c.delivery.id, 1, time.time(), 0.01, 500, "no", error),
+                "dead",
+            )
+            for c in claimed
+        ]
+    )
+    return [c.delivery.id for c in claimed]
+
+
+# ---- dlq list ------------------------------------------------------------------------------
+
+
+def test_dlq_list_when_empty(setup: Setup, queue: DeliveryQueue) -> None:
+    result = setup.invoke("dlq", "list")
+    assert result.exit_code == 0, result.output
+    assert "no dead deliveries" in result.stdout
+
+
+def test_dlq_list_table_shows_each_dead_delivery(setup: Setup, queue: DeliveryQueue) -> None:
+    dead = kill(queue, "alpha", 2, error="HTTP 503 from the receiver")
+    queue.accept([Event(type="x.y")], lambda e: ["beta"])  # pending: not listed
+    result = setup.invoke("dlq", "list")
+    assert result.exit_code == 0, result.output
+    for did in dead:
+        assert did in result.stdout
+    assert "HTTP 503 from the receiver" in result.stdout
+    assert result.stdout.count("alpha") == 2 and "beta" not in result.stdout
+
+
+def test_dlq_list_json_one_object_per_line(setup: Setup, queue: DeliveryQueue) -> None:
+    dead_a = kill(queue, "alpha", 2)
+    dead_b = kill(queue, "beta", 1, error="cannot connect")
+    result = setup.invoke("dlq", "list", "--json")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert sorted(r["id"] for r in rows) == sorted(dead_a + dead_b)
+    assert [r["id"] for r in rows] == sorted((r["id"] for r in rows), reverse=True), "newest first"
+    by_id = {r["id"]: r for r in rows}
+    assert by_id[dead_b[0]] == {
+        **by_id[dead_b[0]],
+        "endpoint_id": "beta",
+        "attempts": 1,
+        "last_status": 500,
+        "last_error": "cannot connect",
+    }
+    result = setup.invoke("dlq", "list", "--json", "--endpoint", "beta", "--limit", "5")
+    assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == dead_b
+
+
+# ---- dlq retry -----------------------------------------------------------------------------
+
+
+def test_dlq_retry_one_id_makes_it_pending_with_a_fresh_budget(
+    setup: Setup, queue: DeliveryQueue
+) -> None:
+    first, second = kill(queue, "alpha", 2)
+    result = setup.invoke("dlq", "retry", first)
+    assert result.exit_code == 0, result.output
+    assert "1 deliveries queued again" in result.stdout
+    again = queue.delivery(first)
+    assert again is not None and (again.state, again.attempts) == ("pending", 0)
+    assert queue.delivery(second).state == "dead"  # type: ignore[union-attr]
+
+
+def test_dlq_retry_endpoint_only_touches_that_endpoint(setup: Setup, queue: DeliveryQueue) -> None:
+    dead_a = kill(queue, "alpha", 2)
+    dead_b = kill(queue, "beta", 1)
+    result = setup.invoke("dlq", "retry", "--endpoint", "alpha")
+    assert result.exit_code == 0, result.output
+    assert "2 deliveries queued again" in result.stdout
+    assert {queue.delivery(d).state for d in dead_a} == {"pending"}  # type: ignore[union-attr]
+    assert queue.delivery(dead_b[0]).state == "dead"  # type: ignore[union-attr]
+
+
+def test_dlq_retry_all(setup: Setup, queue: DeliveryQueue) -> None:
+    dead = kill(queue, "alpha", 2) + kill(queue, "beta", 2)
+    result = setup.invoke("dlq", "retry", "--all")
+    assert result.exit_code == 0, result.output
+    assert "4 deliveries queued again" in result.stdout
+    assert {queue.delivery(d).state for d in dead} == {"pending"}  # type: ignore[union-attr]
+    assert queue.deliveries(state="dead") == []
+
+
+def test_dlq_retry_unknown_id_is_a_clear_error(setup: Setup, queue: DeliveryQueue) -> None:
+    (known,) = kill(queue, "alpha", 1)
+    result = setup.invoke("dlq", "retry", known, "no-such-id")
+    assert result.exit_code == 2
+    assert "no such delivery: no-such-id" in result.stderr
+    assert "Traceback" not in result.output
+    assert queue.delivery(known).state == "pending", "the known id is still retried"  # type: ignore[union-attr]
+
+
+def test_dlq_retry_without_a_target_says_what_to_name(setup: Setup, queue: DeliveryQueue) -> None:
+    result = setup.invoke("dlq", "retry")
+    assert result.exit_code == 2
+    assert "--endpoint" in result.stderr and "--all" in result.stderr
+
+
+# ---- replay --------------------------------------------------------------------------------
+
+
+def test_replay_since_creates_new_deliveries_per_matching_endpoint(
+    setup: Setup, queue: DeliveryQueue
+) -> None:
+    recorded = queue.accept([Event(type="order.placed"), Event(type="user.created")], lambda e: [])
+    assert queue.deliveries() == []
+    result = setup.invoke("replay", "--since", "2000-01-01T00:00:00Z")
+    assert result.exit_code == 0, result.output
+    assert "3 deliveries created" in result.stdout  # order.placed: alpha+beta; user.created: beta
+    rows = queue.deliveries()
+    pairs = sorted((d.event_id, d.endpoint_id) for d in rows)
+    order_id, user_id = (rec.event.id for rec, _ in recorded)
+    assert pairs == sorted([(order_id, "alpha"), (order_id, "beta"), (user_id, "beta")])
+    assert {d.state for d in rows} == {"pending"}
+
+
+def test_replay_type_and_until_narrow_the_events(setup: Setup, queue: DeliveryQueue) -> None:
+    queue.accept([Event(type="order.placed"), Event(type="user.created")], lambda e: [])
+    result = setup.invoke("replay", "--since", "2000-01-01", "--type", "user.*")
+    assert result.exit_code == 0, result.output
+    assert [d.endpoint_id for d in queue.deliveries()] == ["beta"]
+    result = setup.invoke("replay", "--since", "2000-01-01", "--until", "2000-01-02")
+    assert result.exit_code == 0 and "0 deliveries created" in result.stdout
+
+
+@pytest.mark.parametrize("option", ["--since", "--until"])
+def test_replay_bad_time_is_a_clear_error(setup: Setup, queue: DeliveryQueue, option: str) -> None:
+    args = ["--since", "2000-01-01T00:00:00Z"] if option == "--until" else []
+    result = setup.invoke("replay", *args, option, "last tuesday")
+    assert result.exit_code == 2
+    assert f"{option}: expected an ISO 8601 time" in result.stderr
+    assert "'last tuesday'" in result.stderr and "Traceback" not in result.output
+    assert queue.deliveries() == []
+
+
+# ---- serve ---------------------------------------------------------------------------------
+
+
+def test_serve_beyond_loopback_without_an_api_key_refuses_to_start(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    started: list[object] = []
+
+    def run(self: uvicorn.Server, *args: Any, **kwargs: Any) -> None:
+        started.append(self)
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    result = setup.invoke("serve", "--host", "0.0.0.0", "--port", "0")
+    assert result.exit_code == 2, result.output
+    assert "0.0.0.0" in result.stderr and "API key" in result.stderr
+    assert "TIDINGS_SERVER__API_KEY" in result.stderr
+    assert started == [], "uvicorn must never be started"
+    assert not (tmp_path / "tidings.db").exists(), "not even the store is opened"
+    # The same command with a key gets past the check (to the stubbed server).
+    monkeypatch.setenv("TIDINGS_SERVER__API_KEY", "k-1")
+    result = setup.invoke("serve", "--host", "0.0.0.0", "--port", "0")
+    assert result.exit_code == 0, result.output
+    assert len(started) == 1
