@@ -18,10 +18,10 @@ from typing import Any
 from tidings.config import Settings, load
 from tidings.event import Event
 from tidings.store import open_store
-from tidings.store.base import EventStore, Recorded
+from tidings.store.base import EventStore
 from tidings.urls import redact_url
 from tidings.webhooks.endpoint import Endpoint
-from tidings.webhooks.queue import DeliveryQueue, QueueStats
+from tidings.webhooks.queue import Claimed, DeliveryQueue, QueueStats
 from tidings.webhooks.worker import DeliveryWorker, Router
 
 __all__ = ["Accepted", "Service"]
@@ -55,6 +55,8 @@ class Service:
         self.worker = self._make_worker()
         self.started_at = time.time()
         self.accepted_count = 0
+        self._open_guess = 0
+        self._open_counted_at = -1.0
         self._sync_config_endpoints()
 
     def _make_worker(self) -> DeliveryWorker:
@@ -138,21 +140,49 @@ class Service:
     # ---- accepting -------------------------------------------------------------------------
 
     def accept(self, events: Sequence[Event]) -> Accepted:
-        """Store ``events`` and their deliveries in one transaction, then wake the worker."""
+        """Store ``events`` and their deliveries in one transaction (all left to a claim)."""
+        return self._accept(events, None)[0]
+
+    def _accept(
+        self, events: Sequence[Event], take: dict[str, int] | None
+    ) -> tuple[Accepted, list[Claimed]]:
+        """The ``queue_size`` bound needs the number of open deliveries. Counting them costs up
+        to ``queue_size`` rows, so far from the bound a guess (counted at most every 0.25 s,
+        plus what was accepted since) stands in; near it every accept counts exactly.
+        """
         max_pending = self.settings.events.queue_size
-        done: list[tuple[Recorded, list[str]]] = self.queue.accept(
-            events, self.router, max_pending=max_pending
+        now = time.monotonic()
+        if now - self._open_counted_at > 0.25:
+            self._open_guess = self.queue.count_open(max_pending + 1)
+            self._open_counted_at = now
+        most = len(events) * self.router.enabled
+        exact = self._open_guess + most > 0.8 * max_pending
+        done, claimed = self.queue.accept_and_claim(
+            events,
+            self.router,
+            max_pending=max_pending if exact else None,
+            take=take,
+            lease=self.worker.lease,
         )
-        return Accepted(
+        self._open_guess += sum(len(ids) for _, ids in done)
+        accepted = Accepted(
             ids=[rec.event.id for rec, _ in done],
             positions=[rec.position for rec, _ in done],
             deliveries=sum(len(ids) for _, ids in done),
         )
+        return accepted, claimed
 
     async def aaccept(self, events: Sequence[Event]) -> Accepted:
-        accepted = await asyncio.to_thread(self.accept, events)
+        """Accept, leasing what the worker has room for to it directly (no claim round trip)."""
+        reserved = self.worker.reserve()
+        try:
+            accepted, claimed = await asyncio.to_thread(self._accept, events, reserved)
+        except BaseException:
+            self.worker.unreserve(reserved)
+            raise
+        self.worker.adopt(reserved, claimed)
         self.accepted_count += len(accepted.ids)
-        if accepted.deliveries:
+        if accepted.deliveries > len(claimed):
             self.worker.wake()
         return accepted
 
@@ -184,6 +214,7 @@ class Service:
             "alive": alive,
             "last_heartbeat_age": round(beat_age, 3),
             "in_flight": self.worker.in_flight,
+            "claimed": self.worker.claimed,
             "concurrency": self.worker.concurrency,
         }
         report["status"] = "ok" if healthy else "unhealthy"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 
 __all__ = ["CircuitBreaker", "TokenBucket"]
@@ -52,7 +53,12 @@ class TokenBucket:
 
 
 class CircuitBreaker:
-    """Closed -> open after ``threshold`` failures in a row; half-open after ``cooldown``.
+    """Closed -> open after ``threshold`` failures in a row that are also at least
+    ``min_ratio`` of the last ``window`` outcomes; half-open after ``cooldown``.
+
+    The ratio matters under concurrency: with 50 requests in flight, a receiver that fails a
+    random 30% produces five failures in a row every few hundred requests, and pausing it
+    then would only slow delivery down. A receiver that is down fails them all.
 
     While open, the worker claims nothing for the endpoint; half-open lets one probe through,
     whose success closes the circuit and whose failure opens it again for twice as long (up to
@@ -66,8 +72,12 @@ class CircuitBreaker:
         cooldown: float = 5.0,
         max_cooldown: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
+        window: int = 20,
+        min_ratio: float = 0.8,
     ) -> None:
         self.threshold = threshold
+        self.min_ratio = min_ratio
+        self._recent: deque[bool] = deque(maxlen=max(window, threshold))  # True: a failure
         self.base_cooldown = cooldown
         self.cooldown = cooldown
         self.max_cooldown = max_cooldown
@@ -101,6 +111,7 @@ class CircuitBreaker:
         return state == "closed" or (state == "half-open" and not self.probing)
 
     def success(self) -> None:
+        self._recent.append(False)
         self.failures = 0
         self.failing_since = None
         self.opened_at = None
@@ -108,6 +119,7 @@ class CircuitBreaker:
         self.cooldown = self.base_cooldown
 
     def failure(self) -> None:
+        self._recent.append(True)
         self.failures += 1
         if self.failing_since is None:
             self.failing_since = time.time()
@@ -116,4 +128,6 @@ class CircuitBreaker:
             self.cooldown = min(self.cooldown * 2, self.max_cooldown)
             self.opened_at = self._clock()
         elif self.failures >= self.threshold and self.opened_at is None:
-            self.opened_at = self._clock()
+            recent = self._recent
+            if sum(recent) >= self.min_ratio * len(recent):
+                self.opened_at = self._clock()

@@ -25,7 +25,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -68,6 +68,11 @@ _ATTEMPT_COLUMNS = "delivery_id, number, started_at, duration, status_code, resp
 _INSERT_DELIVERY = (
     "INSERT INTO tidings_webhook_deliveries (id, event_id, position, endpoint_id, state, "
     "attempts, next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?)"
+)
+_INSERT_LEASED = (
+    "INSERT INTO tidings_webhook_deliveries (id, event_id, position, endpoint_id, state, "
+    "attempts, next_attempt_at, created_at, updated_at, lease_until, lease_token) "
+    "VALUES (?, ?, ?, ?, 'delivering', 0, ?, ?, ?, ?, ?)"
 )
 _INSERT_ATTEMPT = (
     f"INSERT INTO tidings_webhook_attempts ({_ATTEMPT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -460,6 +465,7 @@ class DeliveryQueue:
             )
         self.store = store
         self._closed = False
+        self._known: set[str] = set()  # endpoint ids known to exist (cache for accept)
 
     # ------------------------------------------------------------------ endpoints
 
@@ -555,12 +561,13 @@ class DeliveryQueue:
                 "WHERE endpoint_id = ? AND state IN ('pending', 'delivering')",
                 (now, id),
             )
+        self._known.discard(id)
         return bool(gone)
 
     def _check_endpoints(self, ids: Iterable[str], what: str) -> None:
         wanted = sorted(set(ids))
-        if not wanted:
-            return
+        if not wanted or self._known.issuperset(wanted):
+            return  # the hot path: endpoints seen before are not looked up per accept
         with self._db.connection() as conn:
             known = {
                 r[0]
@@ -571,6 +578,7 @@ class DeliveryQueue:
                     wanted,
                 ).fetchall()
             }
+        self._known.update(known)
         unknown = [i for i in wanted if i not in known]
         if unknown:
             raise ValueError(
@@ -594,29 +602,62 @@ class DeliveryQueue:
         append, outside its transaction: appends racing each other can overshoot the bound by
         what they add together, never by more.
         """
+        return self.accept_and_claim(events, route, max_pending=max_pending)[0]
+
+    def accept_and_claim(
+        self,
+        events: Sequence[Event],
+        route: Callable[[Event], Sequence[str]],
+        *,
+        max_pending: int | None = None,
+        take: Mapping[str, int] | None = None,
+        lease: float = 60.0,
+    ) -> tuple[list[tuple[Recorded, list[str]]], list[Claimed]]:
+        """``accept``, and lease up to ``take[endpoint_id]`` of the new deliveries to the caller
+        in the same transaction (returned as ``Claimed``).
+
+        A worker in the accepting process starts those at once, without a claim round trip;
+        if the process dies first, their leases run out and any worker takes them over.
+        """
         batch = list(events)
         routes = [_routes(route, e) for e in batch]
         adding = sum(len(r) for r in routes)
         self._check_endpoints((i for r in routes for i in r), "accept")
         if max_pending is not None and adding:
-            pending = self._count_open(max_pending + 1)
+            pending = self.count_open(max_pending + 1)
             if pending + adding > max_pending:
                 raise QueueFull(pending, max_pending, adding)
         ids = [[new_id() for _ in r] for r in routes]
         now = time.time()
+        token = new_id()
+        left = dict(take or {})
+        claimed: list[Claimed] = []
         db = self._db
 
         def also(conn: Any, recorded: list[Recorded]) -> None:
-            rows = [
-                (did, rec.event.id, rec.position, ep, now, now, now)
-                for rec, eps, dids in zip(recorded, routes, ids, strict=True)
-                for ep, did in zip(eps, dids, strict=True)
-            ]
+            claimed.clear()  # a retried transaction starts over
+            room = dict(left)
+            rows, leased = [], []
+            for rec, eps, dids in zip(recorded, routes, ids, strict=True):
+                for ep, did in zip(eps, dids, strict=True):
+                    if room.get(ep, 0) > 0:
+                        room[ep] -= 1
+                        leased.append((did, rec.event.id, rec.position, ep, now, now, now))
+                        delivery = Delivery(
+                            did, rec.event.id, rec.position, ep, "delivering", 0, now, now, now,
+                            None, None, None,
+                        )  # fmt: skip
+                        claimed.append(Claimed(delivery, rec.event, token))
+                    else:
+                        rows.append((did, rec.event.id, rec.position, ep, now, now, now))
             if rows:
                 db.executemany(conn, _INSERT_DELIVERY, rows)
+            if leased:
+                until = now + lease
+                db.executemany(conn, _INSERT_LEASED, [(*r, until, token) for r in leased])
 
         recorded = self.store.append(batch, also=also)
-        return [(rec, dids) for rec, dids in zip(recorded, ids, strict=True)]
+        return [(rec, dids) for rec, dids in zip(recorded, ids, strict=True)], claimed
 
     async def aaccept(
         self,
@@ -627,7 +668,7 @@ class DeliveryQueue:
     ) -> list[tuple[Recorded, list[str]]]:
         return await asyncio.to_thread(self.accept, events, route, max_pending=max_pending)
 
-    def _count_open(self, cap: int) -> int:
+    def count_open(self, cap: int) -> int:
         """Pending + delivering rows, counted up to ``cap`` (so a full queue costs ``cap``)."""
         with self._db.connection() as conn:
             row = self._db.execute(

@@ -14,11 +14,13 @@ After a crash the lease simply expires and the delivery is sent again with the s
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import email.utils
 import ipaddress
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +55,7 @@ class Router:
 
     def update(self, endpoints: Sequence[Endpoint]) -> None:
         index: SubscriptionIndex[str] = SubscriptionIndex()
+        self.enabled = sum(1 for ep in endpoints if ep.enabled)  # most deliveries per event
         for ep in endpoints:
             if ep.enabled:
                 for pattern in ep.events:
@@ -89,29 +92,47 @@ class WorkerStats:
 
     def observe_latency(self, seconds: float) -> None:
         """Accept -> first attempt, the delay a receiver sees."""
-        i = 0
-        while i < len(LATENCY_BUCKETS) and seconds > LATENCY_BUCKETS[i]:
-            i += 1
-        self.latency_buckets[i] += 1
+        self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
         self.latency_count += 1
 
 
-class _State:
-    """Per-endpoint runtime state, rebuilt when the endpoint's settings change."""
+class _Lane:
+    """One endpoint's runtime: deliveries claimed for it, its senders and its breaker.
 
-    def __init__(self, ep: Endpoint) -> None:
+    Kept across endpoint changes (a reload swaps the settings, not the lane), so nothing
+    claimed is forgotten and the breaker remembers.
+    """
+
+    def __init__(self) -> None:
+        self.ready: deque[tuple[Claimed, float]] = deque()  # (delivery, monotonic claim time)
+        self.senders = 0  # tasks serving this lane
+        self.active = 0  # deliveries taken by a sender (waiting for a token, or sending)
+        self.reserved = 0  # room promised to an accept in progress (see DeliveryWorker.reserve)
+        self.sending = 0  # requests in flight
+        self.breaker = CircuitBreaker()
+        self.disabling = False
+
+    @property
+    def busy(self) -> int:
+        return len(self.ready) + self.active
+
+
+class _State:
+    """Per-endpoint settings-derived state, rebuilt when the endpoint's settings change."""
+
+    def __init__(self, ep: Endpoint, lane: _Lane | None = None) -> None:
         self.endpoint = ep
         self.signer = Signer(ep.secrets) if ep.secrets else None
         self.extra = dict(ep.headers)
         if ep.auth is not None:
             self.extra.update(ep.auth.headers())
         self.bucket = TokenBucket(ep.rate_limit, ep.burst) if ep.rate_limit else None
-        self.slots = asyncio.Semaphore(ep.max_in_flight)
         self.policy = ep.retry_policy()
-        self.busy = 0
-        self.breaker = CircuitBreaker()
-        self.disabling = False
+        self.lane = lane if lane is not None else _Lane()
+        # Claimed but unsent deliveries kept per endpoint: enough that senders never wait on
+        # the database, few enough that a claim never hoards another worker's share.
+        self.cap = 2 * ep.max_in_flight
 
 
 @dataclass
@@ -166,11 +187,12 @@ class DeliveryWorker:
         self.last_beat = time.monotonic()
         self._states: dict[str, _State] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._waiting: set[asyncio.Task[None]] = set()  # started, request not sent yet
+        self._sending: set[asyncio.Task[None]] = set()  # tasks with a request on the wire
+        self._senders = 0
+        self._released_on_stop = 0
         self._outcomes: list[Outcome] = []
         self._wake = asyncio.Event()
         self._flush = asyncio.Event()
-        self._slot = asyncio.Event()
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
@@ -198,9 +220,15 @@ class DeliveryWorker:
         """
         self._stopping = True
         self._wake.set()
-        waiting = list(self._waiting)
-        for task in waiting:  # not sent yet (rate limit, slot): hand back now
+        unsent: list[Claimed] = []
+        for st in self._states.values():
+            unsent.extend(item for item, _ in st.lane.ready)
+            st.lane.ready.clear()
+        waiting = [t for t in self._tasks if t not in self._sending]
+        for task in waiting:  # holding a delivery for a token or a slot: it hands it back
             task.cancel()
+        if unsent:
+            await self._release_many(unsent, reload=False)
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
         unfinished = list(self._tasks)
@@ -217,7 +245,7 @@ class DeliveryWorker:
         for session in (self._session, self._guarded):
             if session is not None:
                 await session.close()
-        return len(waiting) + len(unfinished)
+        return len(unsent) + self._released_on_stop
 
     def wake(self) -> None:
         """New deliveries were accepted: claim now rather than at the next poll."""
@@ -229,36 +257,49 @@ class DeliveryWorker:
         states: dict[str, _State] = {}
         for ep in endpoints:
             old = self._states.get(ep.id)
-            states[ep.id] = old if old is not None and old.endpoint == ep else _State(ep)
+            if old is not None and old.endpoint == ep:
+                states[ep.id] = old
+            else:
+                states[ep.id] = _State(ep, old.lane if old is not None else None)
         self._states = states
         self._wake.set()
 
     @property
     def in_flight(self) -> int:
-        return len(self._tasks)
+        """Requests on the wire now."""
+        return sum(st.lane.sending for st in self._states.values())
+
+    @property
+    def claimed(self) -> int:
+        """Deliveries this worker holds a lease on: on the wire or waiting for their turn."""
+        return sum(st.lane.busy for st in self._states.values())
 
     # ---- claiming --------------------------------------------------------------------------
+
+    def _room(self) -> tuple[int, int, list[str]]:
+        """(room to claim into, low-water mark, endpoints to skip)."""
+        skip: list[str] = []
+        room = total_cap = held = 0
+        for ep_id, st in self._states.items():
+            lane = st.lane
+            held += lane.busy + lane.reserved
+            space = st.cap - lane.busy - lane.reserved
+            if space <= 0 or not st.endpoint.enabled or not lane.breaker.claimable():
+                skip.append(ep_id)
+            else:
+                room += space
+                total_cap += st.cap
+        room = min(room, 2 * self.concurrency - held, self.batch)
+        # Claim in batches, not one row per freed slot: one transaction serves many requests.
+        low = max(1, min(total_cap, 2 * self.concurrency, self.batch) // 4)
+        return room, (low if held else 1), skip
 
     async def _claim_loop(self) -> None:
         while not self._stopping:
             self.last_beat = time.monotonic()
-            free = self.concurrency - len(self._tasks)
-            if free <= 0:
-                self._slot.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._slot.wait(), self.poll_interval)
-                continue
-            skip: list[str] = []
-            room = 0
-            for ep_id, st in self._states.items():
-                space = st.endpoint.max_in_flight - st.busy
-                if space <= 0 or not st.endpoint.enabled or not st.breaker.claimable():
-                    skip.append(ep_id)
-                else:
-                    room += space
             self._wake.clear()
-            limit = min(free, self.batch, room)
-            if limit <= 0:  # every endpoint is full or paused: wait for a slot or news
+            limit, low, skip = self._room()
+            if limit < low:  # full, paused, or not enough room yet to make a claim worth it
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.poll_interval)
                 continue
@@ -268,16 +309,55 @@ class DeliveryWorker:
                 log.warning("webhook worker: claiming deliveries failed: %s", exc)
                 await asyncio.sleep(min(self.poll_interval * 4, 2.0))
                 continue
-            self._start_all(claimed)
+            self._distribute(claimed)
             if len(claimed) < limit:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.poll_interval)
 
-    def _start_all(self, claimed: list[Claimed]) -> None:
-        """Start what each endpoint has room for; hand the rest back at once.
+    def reserve(self) -> dict[str, int]:
+        """Room per endpoint for deliveries leased at accept time, so they start without a
+        claim round trip. Give it back with ``adopt`` (or ``unreserve`` if the accept failed).
+        """
+        if self._stopping:
+            return {}
+        out: dict[str, int] = {}
+        left = 2 * self.concurrency - sum(
+            st.lane.busy + st.lane.reserved for st in self._states.values()
+        )
+        for ep_id, st in self._states.items():
+            lane = st.lane
+            if left <= 0:
+                break
+            if not st.endpoint.enabled or not lane.breaker.claimable():
+                continue
+            space = min(st.cap - lane.busy - lane.reserved, left)
+            if space > 0:
+                out[ep_id] = space
+                lane.reserved += space
+                left -= space
+        return out
 
-        A claim is ordered by due time across endpoints, so it can bring more for one endpoint
-        than its ``max_in_flight``; holding those here would take worker slots from the others.
+    def unreserve(self, reserved: dict[str, int]) -> None:
+        for ep_id, n in reserved.items():
+            st = self._states.get(ep_id)
+            if st is not None:
+                st.lane.reserved = max(0, st.lane.reserved - n)
+        self._wake.set()
+
+    def adopt(self, reserved: dict[str, int], claimed: list[Claimed]) -> None:
+        """Take the deliveries an accept leased to this worker; send them now."""
+        self.unreserve(reserved)
+        if self._stopping:  # too late to send: hand them back
+            if claimed:
+                self._spawn(self._release_many(claimed, reload=False))
+            return
+        self._distribute(claimed)
+
+    def _distribute(self, claimed: list[Claimed]) -> None:
+        """Queue each delivery on its endpoint's lane; hand back what a lane has no room for.
+
+        A claim is ordered by due time across endpoints, so it can bring one endpoint more than
+        its share; holding those here would starve the others.
         """
         extra: list[Claimed] = []
         unknown = False
@@ -287,13 +367,26 @@ class DeliveryWorker:
             if st is None:  # registered since the last reload
                 unknown = True
                 extra.append(item)
-            elif st.busy >= st.endpoint.max_in_flight:
+            elif st.lane.busy >= st.cap:
                 extra.append(item)
             else:
-                st.busy += 1
-                self._spawn(self._deliver(item, st, now))
+                st.lane.ready.append((item, now))
         if extra:
             self._spawn(self._release_many(extra, reload=unknown))
+        self._feed()
+
+    def _feed(self) -> None:
+        """Start senders where deliveries wait: up to ``max_in_flight`` per endpoint and
+        ``concurrency`` in all."""
+        if self._stopping:
+            return
+        for st in self._states.values():
+            lane = st.lane
+            want = min(st.endpoint.max_in_flight, lane.busy)
+            while lane.senders < want and self._senders < self.concurrency:
+                lane.senders += 1
+                self._senders += 1
+                self._spawn(self._serve(st.endpoint.id, lane))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -302,8 +395,6 @@ class DeliveryWorker:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._slot.set()
-        self._wake.set()  # an endpoint has room again: claim for it now, not at the next poll
         if not task.cancelled() and task.exception() is not None:
             log.error("webhook worker: delivery task failed", exc_info=task.exception())
 
@@ -319,38 +410,57 @@ class DeliveryWorker:
 
     # ---- delivering ------------------------------------------------------------------------
 
+    async def _serve(self, endpoint_id: str, lane: _Lane) -> None:
+        """A sender: takes this endpoint's claimed deliveries one by one until none are left."""
+        try:
+            while lane.ready and not self._stopping:
+                item, claimed_at = lane.ready.popleft()
+                lane.active += 1
+                try:
+                    st = self._states.get(endpoint_id)
+                    if st is None:  # the endpoint was deleted meanwhile
+                        await self._release_many([item], reload=False)
+                        continue
+                    await self._deliver(item, st, claimed_at)
+                finally:
+                    lane.active -= 1
+                self._wake.set()  # room for more: the claim loop decides if a claim is due
+        finally:
+            lane.senders -= 1
+            self._senders -= 1
+            self._feed()
+
     async def _deliver(self, item: Claimed, st: _State, claimed_at: float) -> None:
-        ep = st.endpoint
+        ep, lane = st.endpoint, st.lane
         sent = False
-        task = asyncio.current_task()
-        assert task is not None
-        self._waiting.add(task)
         try:
             if st.bucket is not None:
                 await st.bucket.take()
-            async with st.slots:
-                # The request may take ep.timeout: never start one that could outlive the lease
-                # (half the slack is kept as a margin for the outcome to be recorded).
-                if time.monotonic() - claimed_at > (self.lease - ep.timeout) / 2:
-                    return
-                if not st.breaker.allows() or self._stopping:
-                    return
-                sent = True
-                self._waiting.discard(task)
+            # The request may take ep.timeout: never start one that could outlive the lease
+            # (half the slack is kept as a margin for the outcome to be recorded).
+            if time.monotonic() - claimed_at > (self.lease - ep.timeout) / 2:
+                return
+            if not lane.breaker.allows() or self._stopping:
+                return
+            sent = True
+            task = asyncio.current_task()
+            assert task is not None
+            self._sending.add(task)
+            lane.sending += 1
+            try:
                 outcome = await self._attempt(item, st)
+            finally:
+                lane.sending -= 1
+                self._sending.discard(task)
             self._outcomes.append(outcome)
             self._flush.set()
         except asyncio.CancelledError:
-            sent = False
+            if self._stopping and not sent:
+                self._released_on_stop += 1
             raise
         finally:
-            self._waiting.discard(task)
-            st.busy -= 1
             if not sent:
-                await self._release(item)
-
-    async def _release(self, item: Claimed) -> None:
-        await self._release_many([item], reload=False)
+                await self._release_many([item], reload=False)
 
     async def _attempt(self, item: Claimed, st: _State) -> Outcome:
         ep = st.endpoint
@@ -424,7 +534,7 @@ class DeliveryWorker:
         ep, token, counters = st.endpoint, item.lease_token, self.stats.endpoint(st.endpoint.id)
         if answer.error is None:
             counters.delivered += 1
-            st.breaker.success()
+            st.lane.breaker.success()
             return Outcome(attempt.delivery_id, token, attempt, "delivered")
         counters.failed += 1
         # The endpoint id, not its URL: URLs can carry tokens (chat webhooks put them in paths).
@@ -436,10 +546,10 @@ class DeliveryWorker:
             counters.dead += 1
             self._disable(st, "the receiver answered 410 Gone")
             return Outcome(attempt.delivery_id, token, attempt, "dead")
-        st.breaker.failure()
+        st.lane.breaker.failure()
         if answer.wait is not None and st.bucket is not None:
             st.bucket.pause(answer.wait)
-        since = st.breaker.failing_since
+        since = st.lane.breaker.failing_since
         if since is not None and time.time() - since >= ep.failure_window:
             self._disable(st, f"failing without a success for {ep.failure_window:g}s")
         if answer.permanent or attempt.number > st.policy.max_retries:
@@ -452,9 +562,9 @@ class DeliveryWorker:
         return Outcome(attempt.delivery_id, token, attempt, "pending", time.time() + delay)
 
     def _disable(self, st: _State, reason: str) -> None:
-        if st.disabling:
+        if st.lane.disabling:
             return
-        st.disabling = True
+        st.lane.disabling = True
         log.warning("webhook endpoint %s disabled: %s", st.endpoint.id, reason)
         self._spawn(self._set_disabled(st.endpoint, reason))
 
