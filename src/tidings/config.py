@@ -179,6 +179,7 @@ class EventBrokerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=Tru
 
 # tidings.webhooks.endpoint.PayloadFormat, repeated so that loading needs no webhooks import.
 PayloadFormat = Literal["seed", "cloudevents", "cloudevents-binary"]
+Compression = Literal["none", "gzip"]
 
 
 class AuthSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -205,6 +206,7 @@ class EndpointSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, 
     max_in_flight: Annotated[int, msgspec.Meta(ge=1)] | None = None
     enabled: bool = True
     format: PayloadFormat | None = None
+    compress: Compression | None = None
     max_retries: Annotated[int, msgspec.Meta(ge=0)] | None = None
     retry_delay: Duration | None = None
     max_delay: Duration | None = None
@@ -225,6 +227,7 @@ class WebhookSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, k
     endpoints: dict[str, list[str | EndpointSettings]] = msgspec.field(default_factory=dict)
     webhooks: dict[str, EndpointSettings] = msgspec.field(default_factory=dict)
     format: PayloadFormat = "seed"
+    compress: Compression = "none"  # gzip: bodies of 1 KiB and more go gzip-encoded
     max_delay: Duration = Duration(3600.0)
     jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.2
     timeout: Duration = Duration(10.0)
@@ -484,6 +487,7 @@ def _endpoint(
         burst=spec.burst,
         enabled=spec.enabled,
         format=spec.format or section.format,
+        compress=spec.compress or section.compress,
         max_retries=spec.max_retries if spec.max_retries is not None else section.max_retries,
         retry_delay=float(retry_delay),
         max_delay=float(max_delay),

@@ -507,3 +507,24 @@ async def test_config_reload_keeps_queued_deliveries(serve: Start, receiver: Mak
     assert status == 200
     assert {ep["url"] for ep in body["endpoints"] if ep["enabled"]} == {first.url, second.url}
     assert len(await deliveries(app, state="pending")) == 1, "queued delivery kept"
+
+
+async def test_gzip_compression_signs_the_decoded_body(
+    serve: Start, receiver: MakeReceiver
+) -> None:
+    rec = await receiver()  # aiohttp decodes Content-Encoding before the handler reads
+    app = await serve(
+        events_config(
+            **webhook("zip", rec.url, secret=SECRET, compress="gzip"), format="cloudevents"
+        )
+    )
+    await one_event(app, "a.big", blob="x" * 4000)
+    await one_event(app, "a.small", n=1)
+    await rec.wait_for(2)
+    by_type = {r.headers["tidings-event-type"]: r for r in rec.requests}
+    big, small = by_type["a.big"], by_type["a.small"]
+    assert big.headers["Content-Encoding"] == "gzip"
+    assert int(big.headers["Content-Length"]) < 1000, "sent compressed"
+    Webhook(SECRET).verify(big.body, big.headers)  # the body the handler sees
+    assert msgspec.json.decode(big.body)["data"]["blob"] == "x" * 4000
+    assert "Content-Encoding" not in small.headers, "small bodies are sent as they are"

@@ -162,7 +162,8 @@ def _delivery(d: Delivery) -> dict[str, Any]:
 
 _ENDPOINT_FIELDS = {
     "url", "events", "secret", "headers", "auth", "timeout", "rate_limit", "burst",
-    "max_in_flight", "enabled", "format", "max_retries", "retry_delay", "max_delay",
+    "max_in_flight", "enabled", "format", "compress", "max_retries", "retry_delay",
+    "max_delay",
 }  # fmt: skip
 _FORMATS: tuple[PayloadFormat, ...] = ("seed", "cloudevents", "cloudevents-binary")
 
@@ -234,6 +235,10 @@ def _endpoint_changes(data: dict[str, Any], creating: bool) -> dict[str, Any]:
         out["enabled"] = data["enabled"]
         if data["enabled"]:
             out["disabled_reason"] = None
+    if "compress" in data:
+        if data["compress"] not in ("none", "gzip"):
+            raise ApiError(422, "compress: expected none or gzip", "compress")
+        out["compress"] = data["compress"]
     if "format" in data:
         if data["format"] not in _FORMATS:
             raise ApiError(422, f"format: expected one of {', '.join(_FORMATS)}", "format")

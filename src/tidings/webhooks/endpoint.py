@@ -61,6 +61,7 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_in_flight: int = 10
     enabled: bool = True
     format: PayloadFormat = "seed"
+    compress: Literal["none", "gzip"] = "none"  # gzip: bodies of 1 KiB and more
     max_retries: int = 3  # attempts after the first
     retry_delay: float = 5.0  # first retry delay; doubles per attempt
     max_delay: float = 3600.0
