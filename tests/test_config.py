@@ -28,7 +28,7 @@ from tidings.config import (
     parse_duration,
 )
 from tidings.retry import RetryPolicy
-from tidings.webhooks.endpoint import Auth, Endpoint, endpoint_id_for_url
+from tidings.webhooks.endpoint import Auth, Endpoint, endpoint_id_for_url, from_settings
 from tidings.webhooks.endpoint import PayloadFormat as EndpointPayloadFormat
 
 
@@ -138,12 +138,11 @@ def test_config_module_stays_on_the_ground_floor() -> None:
             imported.add(node.module)
         elif isinstance(node, ast.Import):
             imported.update(alias.name for alias in node.names)
-    # tidings.webhooks.endpoint only inside endpoints_list, so webhooks may import config.
+    # The ground floor imports nothing above it; webhooks builds its endpoints from config.
     assert {m for m in imported if m.startswith("tidings")} == {
         "tidings.retry",
         "tidings.topics",
         "tidings.urls",
-        "tidings.webhooks.endpoint",
     }
     code = "import sys, tidings.config; print('tidings.webhooks' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -687,7 +686,7 @@ def test_events_section_defaults_send_nothing() -> None:
     assert (events.failure_window, events.format) == (86400.0, "seed")
     assert events.guard_config_endpoints is False
     assert events.allow_networks == []
-    assert events.endpoints_list() == []
+    assert from_settings(events) == []
 
 
 def test_store_and_server_defaults() -> None:
@@ -705,7 +704,7 @@ def test_seed_000_basic_loads_as_written(tmp_path: Path) -> None:
     events = load(write(tmp_path, SEED_000_BASIC), env={}).events
     assert events.enabled is True
     assert (events.max_retries, events.retry_delay, events.queue_size) == (3, 5.0, 1000)
-    assert events.endpoints_list() == [
+    assert from_settings(events) == [
         seed_endpoint(
             "http://localhost:3000/webhooks/component-registered",
             ("component_registered",),
@@ -723,7 +722,7 @@ def test_seed_000_advanced_gives_one_endpoint_per_url(tmp_path: Path) -> None:
     def ep(url: str, *types: str) -> Endpoint:
         return seed_endpoint(url, types, 5, 2.0)
 
-    assert events.endpoints_list() == [
+    assert from_settings(events) == [
         ep("http://audit-service:8080/events", *SEED_000_TYPES),
         ep("http://monitoring-service:8080/webhooks", "component_registered"),
         ep("http://sql-database:8080/api/events", "component_registered"),
@@ -732,19 +731,19 @@ def test_seed_000_advanced_gives_one_endpoint_per_url(tmp_path: Path) -> None:
         ep("http://energy-monitoring:8080/events", "energy_transfer"),
         ep("http://billing-service:8080/events", "energy_transfer"),
     ]
-    audit = events.endpoints_list()[0]
+    audit = from_settings(events)[0]
     assert audit.matches("lct_created") and not audit.matches("lct_revoked")
     assert audit.retry_policy().schedule()[:3] == [2.0, 4.0, 8.0]
 
 
 def test_seed_000_audit_logging_block(tmp_path: Path) -> None:
-    (audit,) = load(write(tmp_path, SEED_000_AUDIT), env={}).events.endpoints_list()
+    (audit,) = from_settings(load(write(tmp_path, SEED_000_AUDIT), env={}).events)
     assert audit == seed_endpoint("http://audit-service:8080/events", SEED_000_TYPES, 3, 5.0)
 
 
 def test_endpoint_ids_are_stable_across_loads(tmp_path: Path) -> None:
-    first = load(write(tmp_path, SEED_000_ADVANCED), env={}).events.endpoints_list()
-    again = load(write(tmp_path, SEED_000_ADVANCED), env={}).events.endpoints_list()
+    first = from_settings(load(write(tmp_path, SEED_000_ADVANCED), env={}).events)
+    again = from_settings(load(write(tmp_path, SEED_000_ADVANCED), env={}).events)
     assert [e.id for e in first] == [e.id for e in again]
     assert len({e.id for e in first}) == 7
 
@@ -790,7 +789,7 @@ def test_extended_endpoint_settings(tmp_path: Path) -> None:
               auth: {{header: X-Api-Key, value: k-1}}
         """,
     )
-    billing, plain, audit, keyed = load(path, env={}).events.endpoints_list()
+    billing, plain, audit, keyed = from_settings(load(path, env={}).events)
     assert billing == Endpoint(
         id=endpoint_id_for_url("https://billing.example.com/hooks"),
         url="https://billing.example.com/hooks",
@@ -846,14 +845,14 @@ def test_same_url_with_the_same_settings_is_one_endpoint(tmp_path: Path) -> None
             c: ["http://x/"]
         """,
     )
-    (endpoint,) = load(path, env={}).events.endpoints_list()
+    (endpoint,) = from_settings(load(path, env={}).events)
     assert endpoint.events == ("a", "b", "c")
     assert endpoint.secrets == (SECRET,)
 
 
 def test_interpolated_secret(tmp_path: Path) -> None:
     path = write(tmp_path, "events:\n  webhooks:\n    w: {url: 'http://x', secret: '${HOOK}'}\n")
-    (endpoint,) = load(path, env={"HOOK": SECRET}).events.endpoints_list()
+    (endpoint,) = from_settings(load(path, env={"HOOK": SECRET}).events)
     assert endpoint.secrets == (SECRET,)
 
 
@@ -882,7 +881,7 @@ def test_env_enables_events_and_sets_the_api_key(tmp_path: Path) -> None:
     assert settings.server.api_key == "123456"  # text stays text
     assert (settings.server.host, settings.server.port) == ("0.0.0.0", 9000)
     assert settings.store.url == "postgresql://u@db:5432/events"
-    assert {e.retry_delay for e in settings.events.endpoints_list()} == {60.0}
+    assert {e.retry_delay for e in from_settings(settings.events)} == {60.0}
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"])
@@ -938,7 +937,7 @@ def test_secrets_are_masked_when_printed(tmp_path: Path) -> None:
     assert webhook["auth"]["password"] == "***"
     # The settings themselves keep the real values.
     assert settings.server.api_key == "the-api-key"
-    assert settings.events.endpoints_list()[1].secrets == (SECRET,)
+    assert from_settings(settings.events)[1].secrets == (SECRET,)
 
 
 def test_no_secrets_means_nothing_masked() -> None:
@@ -1209,8 +1208,8 @@ def test_errors_from_the_environment_name_the_variable() -> None:
     assert message.startswith("settings: server.api_key: required because")
 
 
-def test_endpoints_list_on_unloaded_settings_raises_config_error() -> None:
+def test_from_settings_on_unloaded_settings_raises_config_error() -> None:
     section = WebhookSettings(webhooks={"w": EndpointSettings(url="gopher://x")})
     with pytest.raises(ConfigError) as info:
-        section.endpoints_list()
+        from_settings(section)
     assert str(info.value).startswith("settings: events.webhooks.w.url: expected an http://")

@@ -1,8 +1,8 @@
 """Settings from a YAML file plus ``TIDINGS_*`` environment variables; see docs/config.md.
 
 Ground floor: this module imports nothing of tidings but the ground-floor ``retry``, ``topics``
-and ``urls`` (and ``webhooks.endpoint`` only inside ``WebhookSettings.endpoints_list``), so the
-bus, stores, webhooks, server and CLI can all read settings without import cycles. Every user
+and ``urls``, so the bus, stores, webhooks, server and CLI can all read settings without import
+cycles (``tidings.webhooks.endpoint.from_settings`` turns ``events`` into endpoints). Every user
 mistake becomes one ``ConfigError`` whose message names the file (or environment variable), the
 key path and what was expected, so ``tidings config check`` can print it without a traceback.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
+import hashlib
 import ipaddress
 import math
 import os
@@ -19,7 +20,7 @@ import re
 import socket
 from collections.abc import Hashable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypedDict
+from typing import Annotated, Any, Literal, TypedDict
 from urllib.parse import urlsplit
 
 import msgspec
@@ -29,9 +30,6 @@ import yaml
 from tidings.retry import RetryPolicy
 from tidings.topics import PatternError, compile_pattern
 from tidings.urls import redact_url
-
-if TYPE_CHECKING:
-    from tidings.webhooks.endpoint import Endpoint
 
 __all__ = [
     "CONFIG_ENV",
@@ -49,6 +47,7 @@ __all__ = [
     "Settings",
     "StoreSettings",
     "WebhookSettings",
+    "endpoint_id_for_url",
     "load",
     "parse_duration",
 ]
@@ -235,15 +234,15 @@ class WebhookSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, k
     guard_config_endpoints: bool = False  # YAML endpoints are trusted to reach internal hosts
     allow_networks: list[str] = msgspec.field(default_factory=list)  # CIDRs the guard lets by
 
-    def endpoints_list(self) -> list[Endpoint]:
-        """Every configured endpoint as a ``tidings.webhooks.Endpoint`` (``source="config"``).
+    def resolved_endpoints(self) -> list[tuple[str, EndpointSettings]]:
+        """Every configured endpoint as ``(id, settings)``, section defaults filled in.
 
-        A URL listed under several event types is one endpoint receiving all of them; named
-        ``webhooks`` keep their name as id. Raises ``ConfigError`` if the section is invalid,
-        which ``load`` has already ruled out.
+        A URL listed under several event types is one endpoint receiving all of them (``events``
+        holds them all); named ``webhooks`` keep their name as id. Raises ``ConfigError`` if the
+        section is invalid, which ``load`` has already ruled out.
         """
         try:
-            return [endpoint for _, endpoint in _build_endpoints(self)]
+            return [(endpoint_id, spec) for _, endpoint_id, spec in _build_endpoints(self)]
         except _Invalid as exc:
             raise ConfigError("settings", _dotted(exc.path), exc.problem) from None
 
@@ -334,7 +333,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
         return data
 
 
-# --- endpoints: checks that need more than a type, and the Endpoint values ------------------
+# --- endpoints: checks that need more than a type, and the resolved endpoints --------------
 
 _MASK = "***"
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -450,17 +449,20 @@ def _check_spec(spec: EndpointSettings, path: tuple[Any, ...]) -> None:
         raise _Invalid((*path, "rate_limit"), "expected a finite number of requests per second")
 
 
+def endpoint_id_for_url(url: str) -> str:
+    """A stable id for an endpoint known only by its URL (seed 000's lists): same URL, same id,
+    so its deliveries survive restarts and config reloads."""
+    return "url-" + hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
 def _endpoint(
-    endpoint_id: str,
     url: str,
     events: tuple[str, ...],
     spec: EndpointSettings | None,
     section: WebhookSettings,
     path: tuple[Any, ...],
-) -> Endpoint:
-    # Imported here, not at the top: tidings.webhooks may come to import this module.
-    from tidings.webhooks.endpoint import Auth, Endpoint  # noqa: PLC0415
-
+) -> EndpointSettings:
+    """``spec`` with every key it leaves out taken from the section (and checked together)."""
     spec = spec if spec is not None else EndpointSettings(url=url)
     retry_delay = spec.retry_delay if spec.retry_delay is not None else section.retry_delay
     max_delay = spec.max_delay if spec.max_delay is not None else section.max_delay
@@ -471,41 +473,27 @@ def _endpoint(
             f"expected max_delay ({max_delay:g}s) >= retry_delay ({retry_delay:g}s) for this "
             "endpoint (keys it leaves out come from the events section)",
         )
-    secret = spec.secret
-    extra: dict[str, Any] = {}
-    if spec.max_in_flight is not None:
-        extra["max_in_flight"] = spec.max_in_flight
-    return Endpoint(
-        id=endpoint_id,
+    return msgspec.structs.replace(
+        spec,
         url=url,
-        events=events,
-        secrets=() if secret is None else (secret,) if isinstance(secret, str) else tuple(secret),
-        headers=dict(spec.headers),
-        auth=None if spec.auth is None else Auth(**msgspec.structs.asdict(spec.auth)),
-        timeout=float(spec.timeout if spec.timeout is not None else section.timeout),
-        rate_limit=spec.rate_limit,
-        burst=spec.burst,
-        enabled=spec.enabled,
+        events=list(events),
+        timeout=spec.timeout if spec.timeout is not None else section.timeout,
         format=spec.format or section.format,
         compress=spec.compress or section.compress,
         max_retries=spec.max_retries if spec.max_retries is not None else section.max_retries,
-        retry_delay=float(retry_delay),
-        max_delay=float(max_delay),
-        jitter=float(section.jitter),
-        failure_window=float(section.failure_window),
-        source="config",
-        **extra,
+        retry_delay=retry_delay,
+        max_delay=max_delay,
     )
 
 
-def _build_endpoints(section: WebhookSettings) -> list[tuple[tuple[Any, ...], Endpoint]]:
-    """Each endpoint with the key path it was written at (its mapping, else its first URL).
+def _build_endpoints(
+    section: WebhookSettings,
+) -> list[tuple[tuple[Any, ...], str, EndpointSettings]]:
+    """Each endpoint as (key path it was written at, id, resolved settings).
 
     In the per-type form every mention of a URL is one endpoint: bare URLs add their event type
     and take the settings of the mapping(s) for that URL, which must agree.
     """
-    from tidings.webhooks.endpoint import endpoint_id_for_url  # noqa: PLC0415 - see _endpoint
-
     first: dict[str, tuple[Any, ...]] = {}
     types: dict[str, list[str]] = {}
     specs: dict[str, tuple[tuple[Any, ...], EndpointSettings]] = {}
@@ -543,12 +531,12 @@ def _build_endpoints(section: WebhookSettings) -> list[tuple[tuple[Any, ...], En
             types.setdefault(url, []).append(event_type)
             if not isinstance(item, str) and item.events:
                 types[url].extend(item.events)
-    built: list[tuple[tuple[Any, ...], Endpoint]] = []
+    built: list[tuple[tuple[Any, ...], str, EndpointSettings]] = []
     for url, first_path in first.items():
         path, spec = specs.get(url, (first_path, None))
         events = tuple(dict.fromkeys(types[url]))
-        built.append((path, _endpoint(endpoint_id_for_url(url), url, events, spec, section, path)))
-    taken = {endpoint.id: path for path, endpoint in built}
+        built.append((path, endpoint_id_for_url(url), _endpoint(url, events, spec, section, path)))
+    taken = {endpoint_id: path for path, endpoint_id, _ in built}
     for name, spec in section.webhooks.items():
         path = ("events", "webhooks", name)
         if not _WEBHOOK_NAME.fullmatch(name):
@@ -561,7 +549,7 @@ def _build_endpoints(section: WebhookSettings) -> list[tuple[tuple[Any, ...], En
             raise _Invalid(path, f"this name is the id of the endpoint at {_dotted(taken[name])}")
         _check_spec(spec, path)
         events = tuple(spec.events) if spec.events is not None else ("**",)
-        built.append((path, _endpoint(name, spec.url, events, spec, section, path)))
+        built.append((path, name, _endpoint(spec.url, events, spec, section, path)))
     return built
 
 
@@ -1032,7 +1020,9 @@ class _Loader:
         except ValueError as exc:
             raise self._error(("bus", "retry"), str(exc)) from None
 
-    def _check_events(self, events: WebhookSettings) -> list[tuple[tuple[Any, ...], Endpoint]]:
+    def _check_events(
+        self, events: WebhookSettings
+    ) -> list[tuple[tuple[Any, ...], str, EndpointSettings]]:
         if events.max_delay < events.retry_delay:
             path = ("events", "max_delay")
             raise self._error(
@@ -1059,7 +1049,7 @@ class _Loader:
             raise self._error(exc.path, exc.problem) from None
 
     def _check_server(
-        self, settings: Settings, endpoints: list[tuple[tuple[Any, ...], Endpoint]]
+        self, settings: Settings, endpoints: list[tuple[tuple[Any, ...], str, EndpointSettings]]
     ) -> None:
         server = settings.server
         if server.api_key == "":
@@ -1082,8 +1072,8 @@ class _Loader:
             (f"events.timeout ({settings.events.timeout:g}s)", settings.events.timeout)
         ]
         limits += [
-            (f"the endpoint at {_dotted(path)} (timeout {ep.timeout:g}s)", ep.timeout)
-            for path, ep in endpoints
+            (f"the endpoint at {_dotted(path)} (timeout {ep.timeout:g}s)", float(ep.timeout or 0))
+            for path, _, ep in endpoints
         ]
         for what, timeout in limits:
             if timeout >= server.lease:

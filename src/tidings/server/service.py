@@ -20,7 +20,7 @@ from tidings.event import Event
 from tidings.store import open_store
 from tidings.store.base import EventStore
 from tidings.urls import redact_url
-from tidings.webhooks.endpoint import Endpoint
+from tidings.webhooks.endpoint import Endpoint, from_settings
 from tidings.webhooks.queue import Claimed, DeliveryQueue, QueueStats
 from tidings.webhooks.worker import DeliveryWorker, Router
 
@@ -95,7 +95,7 @@ class Service:
 
     def _sync_config_endpoints(self) -> None:
         ev = self.settings.events
-        endpoints = ev.endpoints_list() if ev.enabled else []
+        endpoints = from_settings(ev) if ev.enabled else []
         self.queue.sync_config_endpoints(endpoints)
         self._refresh_router()
 

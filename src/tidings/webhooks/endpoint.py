@@ -7,16 +7,16 @@ One frozen value shared by the config loader (endpoints an operator writes in YA
 from __future__ import annotations
 
 import base64
-import hashlib
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
+from tidings.config import WebhookSettings, endpoint_id_for_url
 from tidings.retry import RetryPolicy
 from tidings.topics import Pattern, compile_pattern
 from tidings.urls import redact_url
 
-__all__ = ["Auth", "Endpoint", "PayloadFormat", "endpoint_id_for_url"]
+__all__ = ["Auth", "Endpoint", "PayloadFormat", "endpoint_id_for_url", "from_settings"]
 
 # "seed": seed 000's body {"event_type", "timestamp", "data"}; "cloudevents": structured mode
 # (the whole envelope as application/cloudevents+json); "cloudevents-binary": data as the body,
@@ -96,7 +96,46 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         return data
 
 
-def endpoint_id_for_url(url: str) -> str:
-    """A stable id for an endpoint known only by its URL (seed 000's lists): same URL, same id,
-    so its deliveries survive restarts and config reloads."""
-    return "url-" + hashlib.sha256(url.encode()).hexdigest()[:16]
+def from_settings(section: WebhookSettings) -> list[Endpoint]:
+    """The endpoints of a config's ``events`` section (``source="config"``)."""
+    out: list[Endpoint] = []
+    for endpoint_id, spec in section.resolved_endpoints():
+        secret = spec.secret
+        auth = spec.auth
+        extra: dict[str, Any] = {}
+        if spec.max_in_flight is not None:
+            extra["max_in_flight"] = spec.max_in_flight
+        out.append(
+            Endpoint(
+                id=endpoint_id,
+                url=spec.url,
+                events=tuple(spec.events or ("**",)),
+                secrets=()
+                if secret is None
+                else (secret,)
+                if isinstance(secret, str)
+                else tuple(secret),
+                headers=dict(spec.headers),
+                auth=None if auth is None else Auth(**msgspec.structs.asdict(auth)),
+                timeout=float(spec.timeout or section.timeout),
+                rate_limit=spec.rate_limit,
+                burst=spec.burst,
+                enabled=spec.enabled,
+                format=spec.format or section.format,
+                compress=spec.compress or section.compress,
+                max_retries=spec.max_retries
+                if spec.max_retries is not None
+                else section.max_retries,
+                retry_delay=float(
+                    spec.retry_delay if spec.retry_delay is not None else section.retry_delay
+                ),
+                max_delay=float(
+                    spec.max_delay if spec.max_delay is not None else section.max_delay
+                ),
+                jitter=float(section.jitter),
+                failure_window=float(section.failure_window),
+                source="config",
+                **extra,
+            )
+        )
+    return out
