@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tidings.event import Event, EventError, decode, new_id
+from tidings.event import Event, EventError, from_dict
 from tidings.server.metrics import render_metrics
 from tidings.server.service import Service
 from tidings.store.base import Criteria, StoreError
@@ -83,7 +83,7 @@ def _from_seed(item: dict[str, Any]) -> dict[str, Any]:
     """Seed 000's ``{"event_type", "timestamp", "data"}`` becomes a CloudEvent."""
     if "type" in item or "event_type" not in item:
         return item
-    out: dict[str, Any] = {"specversion": "1.0", "type": item["event_type"], "source": "tidings"}
+    out: dict[str, Any] = {"type": item["event_type"]}
     if "timestamp" in item:
         out["time"] = item["timestamp"]
     if "data" in item:
@@ -108,12 +108,8 @@ def _events(raw: bytes, max_batch: int) -> list[Event]:
         where = f"[{i}]." if isinstance(data, list) else ""
         if not isinstance(item, dict):
             raise ApiError(400, f"{where or 'body'}: expected a JSON object", where or None)
-        # A producer posting plain JSON need not know CloudEvents' required attributes.
-        wire = {"specversion": "1.0", "source": "tidings", **_from_seed(item)}
-        wire.setdefault("id", new_id())
-        wire.setdefault("time", datetime.now(UTC).isoformat())
-        try:
-            events.append(decode(_json.encode(wire)))
+        try:  # from_dict fills in id, time, source and specversion when a producer leaves them
+            events.append(from_dict(_from_seed(item)))
         except EventError as exc:
             raise ApiError(400, f"{where}{exc}", f"{where}{exc.field}") from None
     return events
