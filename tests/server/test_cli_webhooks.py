@@ -55,7 +55,7 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Setup:
 @pytest.fixture
 def queue(setup: Setup) -> Iterator[DeliveryQueue]:
     q = setup.queue()
-    q.save_endpoint(Endpoint(id="alpha", url="http://127.0.0.1:9/a", events=("order.*",)))
+    q.save_endpoint(Endpoint(id="alpha", url="http://127.0.0.1:9/a", events=("shop.order.*",)))
     q.save_endpoint(Endpoint(id="beta", url="http://127.0.0.1:9/b", events=("**",)))
     try:
         yield q
@@ -67,7 +67,7 @@ def queue(setup: Setup) -> Iterator[DeliveryQueue]:
 def kill(queue: DeliveryQueue, endpoint_id: str, n: int, error: str = "HTTP 500") -> list[str]:
     """``n`` dead deliveries to ``endpoint_id``: accepted, claimed, attempted, given up."""
     queue.accept(
-        [Event(type="order.placed", data={"n": i}) for i in range(n)], lambda e: [endpoint_id]
+        [Event(type="shop.order.placed", data={"n": i}) for i in range(n)], lambda e: [endpoint_id]
     )
     claimed: list[Claimed] = queue.claim(
         100, 30, skip_endpoints=[e.id for e in queue.endpoints() if e.id != endpoint_id]
@@ -182,11 +182,15 @@ def test_dlq_retry_without_a_target_says_what_to_name(setup: Setup, queue: Deliv
 def test_replay_since_creates_new_deliveries_per_matching_endpoint(
     setup: Setup, queue: DeliveryQueue
 ) -> None:
-    recorded = queue.accept([Event(type="order.placed"), Event(type="user.created")], lambda e: [])
+    recorded = queue.accept(
+        [Event(type="shop.order.placed"), Event(type="user.created")], lambda e: []
+    )
     assert queue.deliveries() == []
     result = setup.invoke("replay", "--since", "2000-01-01T00:00:00Z")
     assert result.exit_code == 0, result.output
-    assert "3 deliveries created" in result.stdout  # order.placed: alpha+beta; user.created: beta
+    assert (
+        "3 deliveries created" in result.stdout
+    )  # shop.order.placed: alpha+beta; user.created: beta
     rows = queue.deliveries()
     pairs = sorted((d.event_id, d.endpoint_id) for d in rows)
     order_id, user_id = (rec.event.id for rec, _ in recorded)
@@ -195,7 +199,7 @@ def test_replay_since_creates_new_deliveries_per_matching_endpoint(
 
 
 def test_replay_type_and_until_narrow_the_events(setup: Setup, queue: DeliveryQueue) -> None:
-    queue.accept([Event(type="order.placed"), Event(type="user.created")], lambda e: [])
+    queue.accept([Event(type="shop.order.placed"), Event(type="user.created")], lambda e: [])
     result = setup.invoke("replay", "--since", "2000-01-01", "--type", "user.*")
     assert result.exit_code == 0, result.output
     assert [d.endpoint_id for d in queue.deliveries()] == ["beta"]

@@ -58,7 +58,7 @@ async def deliveries(app: Running, **query: str) -> list[dict[str, Any]]:
     return rows
 
 
-async def one_event(app: Running, type_: str = "order.placed", **data: Any) -> str:
+async def one_event(app: Running, type_: str = "shop.order.placed", **data: Any) -> str:
     status, body = await app.post("/events", {"type": type_, "source": "test", "data": data})
     assert status == 202, body
     ids: list[str] = body["ids"]
@@ -149,7 +149,7 @@ async def test_requests_verify_with_the_standard_webhooks_reference(
 ) -> None:
     rec = await receiver()
     app = await serve(events_config(format="cloudevents", **webhook("a", rec.url, secret=SECRET)))
-    event_id = await one_event(app, "order.placed", total=3)
+    event_id = await one_event(app, "shop.order.placed", total=3)
     await rec.wait_for(1)
     got = rec.requests[0]
     payload = Webhook(SECRET).verify(got.body, got.headers)
@@ -192,7 +192,7 @@ async def test_a_flapping_receiver_gets_the_same_message_id_until_it_succeeds(
         return web.Response(status=503 if n <= 2 else 200)
 
     rec = await receiver(flap)
-    app = await serve(events_config({"order.*": [rec.url]}))
+    app = await serve(events_config({"shop.order.*": [rec.url]}))
     await one_event(app)
     await rec.wait_for(3)
     ids = rec.message_ids()
@@ -399,7 +399,7 @@ async def test_ssrf_guard_on_api_endpoints(serve: Start, receiver: MakeReceiver)
 async def test_allow_networks_opens_the_guard(serve: Start, receiver: MakeReceiver) -> None:
     rec = await receiver()
     app = await serve(events_config(allow_networks=["127.0.0.0/8"]))
-    status, ep = await app.post("/endpoints", {"url": rec.url, "events": ["order.*"]})
+    status, ep = await app.post("/endpoints", {"url": rec.url, "events": ["shop.order.*"]})
     assert status == 201, ep
     await one_event(app)
     await rec.wait_for(1)

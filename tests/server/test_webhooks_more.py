@@ -69,7 +69,7 @@ async def test_cloudevents_binary_delivery_verifies_and_parses(
     )
     status, body = await app.post(
         "/events",
-        {"type": "order.placed", "source": "/shop", "subject": "o-1", "data": {"total": 3}},
+        {"type": "shop.order.placed", "source": "/shop", "subject": "o-1", "data": {"total": 3}},
     )
     assert status == 202, body
     await rec.wait_for(1)
@@ -77,7 +77,7 @@ async def test_cloudevents_binary_delivery_verifies_and_parses(
     assert Webhook(SECRET).verify(got.body, got.headers) == {"total": 3}
     ce = from_http(got.headers, got.body)
     assert ce["id"] == body["ids"][0] == got.headers["ce-id"]
-    assert (ce["type"], ce["source"], ce["subject"]) == ("order.placed", "/shop", "o-1")
+    assert (ce["type"], ce["source"], ce["subject"]) == ("shop.order.placed", "/shop", "o-1")
     assert ce.data == {"total": 3}
     assert got.headers["Content-Type"] == "application/json"
 
