@@ -179,12 +179,25 @@ class Process:
 
 
 def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and its live descendants (tidings' sender process)."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for child in _children(pid):
+        total += _cpu_seconds(child)
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as f:
+                out += [int(c) for c in f.read().split()]
+    return out
 
 
 def start_receiver(workdir: Path) -> Process:
@@ -195,13 +208,16 @@ def start_receiver(workdir: Path) -> Process:
     return Process("receiver", argv, port, workdir / "receiver.log")
 
 
-def start_tidings(workdir: Path, name: str, endpoint: dict[str, Any]) -> tuple[Process, str]:
+def start_tidings(
+    workdir: Path, name: str, endpoint: dict[str, Any], sender_process: bool | None = None
+) -> tuple[Process, str]:
     """`tidings serve` with a fresh SQLite store and one endpoint; returns it and the store URL."""
     port = free_port()
     store = f"sqlite:///{workdir / name}.db"
+    server = {"host": HOST, "port": port, "workers": CONCURRENCY, "max_batch": 1000}
     config = {
         "store": {"url": store},
-        "server": {"host": HOST, "port": port, "workers": CONCURRENCY, "max_batch": 1000},
+        "server": {**server, "sender_process": sender_process},
         "events": {"enabled": True, "queue_size": QUEUE_SIZE, "webhooks": {"bench": endpoint}},
     }
     path = workdir / f"{name}.yaml"
@@ -607,6 +623,7 @@ class Options:
     round_limit: float
     failure_limit: float
     quick: bool
+    sender_process: bool | None
 
 
 def parse(argv: Sequence[str]) -> Options:
@@ -617,6 +634,12 @@ def parse(argv: Sequence[str]) -> Options:
     p.add_argument("--rate", type=int, default=500, help="latency offered rate, events/s")
     p.add_argument("--latency-seconds", type=float, help="latency run (default 10; quick 1.5)")
     p.add_argument("--failures", type=int, help="failure-run events (default 10,000; quick 300)")
+    p.add_argument(
+        "--sender-process",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="server.sender_process for tidings (default auto: on with more than one core)",
+    )
     a = p.parse_args(list(argv))
     quick: bool = a.quick
     events = a.events if a.events is not None else (2_000 if quick else 20_000)
@@ -635,6 +658,7 @@ def parse(argv: Sequence[str]) -> Options:
         # An open circuit pauses an endpoint 5 s, doubling while its probes fail.
         failure_limit=30.0 if quick else 300.0,
         quick=quick,
+        sender_process={"auto": None, "on": True, "off": False}[a.sender_process],
     )
 
 
@@ -697,7 +721,9 @@ def run(opts: Options, workdir: Path, progress: Callable[[str], None]) -> Result
         return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
 
     def serve(name: str, endpoint: dict[str, Any]) -> Process:
-        p, store = start_tidings(workdir, name, {"secret": secret, **endpoint})
+        p, store = start_tidings(
+            workdir, name, {"secret": secret, **endpoint}, sender_process=opts.sender_process
+        )
         procs.append(p)
         res.stores.append(store)
         assert session is not None
@@ -798,7 +824,9 @@ def report(opts: Options, res: Results, workdir: Path, load_start: str) -> list[
         f"floor: aiohttp ClientSession, TCPConnector(limit={CONCURRENCY}), {CONCURRENCY} "
         "concurrent posters, keep-alive, requests built (and signed) before the clock",
         f"tidings: python -m tidings --config X serve (own process); server.workers "
-        f"{CONCURRENCY}; one signed endpoint, max_in_flight {CONCURRENCY}, events.queue_size "
+        f"{CONCURRENCY}, server.sender_process "
+        f"{'auto' if opts.sender_process is None else str(opts.sender_process).lower()}; "
+        f"one signed endpoint, max_in_flight {CONCURRENCY}, events.queue_size "
         f"{QUEUE_SIZE:,}; POST /events {BATCH} events per request, {POSTERS} concurrent posters",
         f"stores: {', '.join(res.stores)} (a fresh one per tidings process, SQLite defaults: "
         f"WAL, synchronous=FULL; in {workdir})",

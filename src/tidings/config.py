@@ -263,6 +263,14 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     max_batch: Annotated[int, msgspec.Meta(ge=1)] = 1000  # events per POST
     workers: Annotated[int, msgspec.Meta(ge=1)] = 50  # deliveries in flight at once
     lease: Duration = Duration(60.0)  # a claimed delivery's hold; longer than any timeout
+    # Send webhook requests from a child process, so they use a second core; None: when the
+    # machine has more than one.
+    sender_process: bool | None = None
+
+    def use_sender_process(self) -> bool:
+        if self.sender_process is not None:
+            return self.sender_process
+        return (os.cpu_count() or 1) > 1
 
 
 class BusKwargs(TypedDict):

@@ -9,6 +9,8 @@ limits, and a failing endpoint that must not slow a healthy one.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -185,14 +187,18 @@ async def test_rotated_secret_signs_with_both_until_the_next_rotation(
 # ---- retries, status codes and the dead-letter queue ---------------------------------------
 
 
+@pytest.mark.parametrize("sender_process", [False, True], ids=["in-process", "sender-process"])
 async def test_a_flapping_receiver_gets_the_same_message_id_until_it_succeeds(
-    serve: Start, receiver: MakeReceiver
+    serve: Start, receiver: MakeReceiver, sender_process: bool
 ) -> None:
     async def flap(req: Received, n: int) -> web.StreamResponse:
         return web.Response(status=503 if n <= 2 else 200)
 
     rec = await receiver(flap)
-    app = await serve(events_config({"shop.order.*": [rec.url]}))
+    app = await serve(
+        {**events_config({"shop.order.*": [rec.url]}), "server": {"sender_process": sender_process}}
+    )
+    assert (type(app.service.worker._sender).__name__ == "ProcessSender") is sender_process
     await one_event(app)
     await rec.wait_for(3)
     ids = rec.message_ids()
@@ -528,3 +534,40 @@ async def test_gzip_compression_signs_the_decoded_body(
     Webhook(SECRET).verify(big.body, big.headers)  # the body the handler sees
     assert msgspec.json.decode(big.body)["data"]["blob"] == "x" * 4000
     assert "Content-Encoding" not in small.headers, "small bodies are sent as they are"
+
+
+async def test_a_sender_process_delivers_and_its_death_loses_nothing(
+    serve: Start, receiver: MakeReceiver
+) -> None:
+    """``server.sender_process``: requests go out from a child; killing it mid-flight turns its
+    requests into failed attempts, retried with the same message id by a new child."""
+    slow = asyncio.Event()
+
+    async def sometimes_slow(req: Received, n: int) -> web.StreamResponse:
+        if not slow.is_set():
+            await asyncio.sleep(0.5)
+        return web.Response(status=200)
+
+    rec = await receiver(sometimes_slow)
+    app = await serve(
+        {
+            **events_config(**webhook("p", rec.url, secret=SECRET)),
+            "server": {"sender_process": True},
+        }
+    )
+    sender = app.service.worker._sender
+    assert type(sender).__name__ == "ProcessSender"
+    status, _ = await app.post("/events", [{"type": "a.b", "data": {"n": i}} for i in range(5)])
+    assert status == 202
+    await rec.wait_for(5)  # all five requests are in flight, the receiver is holding them
+    child = sender._proc
+    assert child is not None and child.pid != os.getpid()
+    os.kill(child.pid, signal.SIGKILL)
+    slow.set()
+    await wait_until(
+        lambda: _state(app, "delivered", 5), timeout=4, what="all five delivered after the kill"
+    )
+    ids = rec.message_ids()
+    assert len(set(ids)) == 5 and len(ids) >= 10, "each message sent again, with the same id"
+    for r in rec.requests:
+        Webhook(SECRET).verify(r.body, r.headers)

@@ -68,6 +68,7 @@ class Service:
             guard_config_endpoints=ev.guard_config_endpoints,
             allow_networks=self.allow_networks,
             on_disable=lambda ep, reason: self._refresh_router(),
+            sender_process=s.use_sender_process(),
         )
 
     @property

@@ -19,6 +19,7 @@ import contextlib
 import email.utils
 import gzip
 import ipaddress
+import itertools
 import logging
 import time
 from collections import deque
@@ -26,22 +27,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
 from tidings import __version__
 from tidings.topics import SubscriptionIndex, compile_pattern
 from tidings.webhooks.endpoint import Endpoint
-from tidings.webhooks.guard import GuardedResolver, UnsafeURL, resolve_checked
 from tidings.webhooks.limits import CircuitBreaker, TokenBucket
 from tidings.webhooks.payload import render
 from tidings.webhooks.queue import Attempt, Claimed, DeliveryQueue, Outcome
+from tidings.webhooks.sender import LocalSender, ProcessSender, Request, Sender
 from tidings.webhooks.signing import Signer
 
 __all__ = ["DeliveryWorker", "Router", "WorkerStats"]
 
 log = logging.getLogger("tidings.webhooks")
 
-RESPONSE_BODY_MAX = 2048
 MAX_RETRY_AFTER = 86400.0  # a Retry-After beyond a day is taken as a day
 COMPRESS_MIN = 1024  # smaller bodies gain little and cost CPU on both sides
 USER_AGENT = f"tidings-webhooks/{__version__}"
@@ -146,6 +144,7 @@ class _Answer:
     error: str | None = None
     wait: float | None = None  # Retry-After, seconds
     permanent: bool = False  # retrying cannot help (the SSRF guard refused the address)
+    ours: bool = False  # tidings' own failure: the endpoint's breaker does not count it
 
 
 def retry_after(value: str | None, now: float) -> float | None:
@@ -176,6 +175,7 @@ class DeliveryWorker:
         guard_config_endpoints: bool = False,
         allow_networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
         on_disable: Callable[[Endpoint, str], None] | None = None,
+        sender_process: bool = False,
     ) -> None:
         self.queue = queue
         self.concurrency = concurrency
@@ -185,6 +185,9 @@ class DeliveryWorker:
         self.guard_config_endpoints = guard_config_endpoints
         self.allow_networks = tuple(allow_networks)
         self.on_disable = on_disable
+        sender_class = ProcessSender if sender_process else LocalSender
+        self._sender: Sender = sender_class(concurrency, self.allow_networks)
+        self._request_ids = itertools.count()
         self.stats = WorkerStats()
         self.last_beat = time.monotonic()
         self._states: dict[str, _State] = {}
@@ -197,19 +200,12 @@ class DeliveryWorker:
         self._flush = asyncio.Event()
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
-        self._session: aiohttp.ClientSession | None = None
-        self._guarded: aiohttp.ClientSession | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.reload()
-        connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=0)
-        self._session = aiohttp.ClientSession(connector=connector)
-        guarded = aiohttp.TCPConnector(
-            limit=self.concurrency, resolver=GuardedResolver(self.allow_networks)
-        )
-        self._guarded = aiohttp.ClientSession(connector=guarded)
+        await self._sender.start()
         self._loops = [
             asyncio.ensure_future(self._claim_loop()),
             asyncio.ensure_future(self._flush_loop()),
@@ -244,9 +240,7 @@ class DeliveryWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
         await self._drain_outcomes()
-        for session in (self._session, self._guarded):
-            if session is not None:
-                await session.close()
+        await self._sender.close()
         return len(unsent) + self._released_on_stop
 
     def wake(self) -> None:
@@ -502,34 +496,14 @@ class DeliveryWorker:
         return self._judge(item, st, attempt, answer)
 
     async def _post(self, ep: Endpoint, body: bytes, headers: dict[str, str]) -> _Answer:
-        """One request; every way it can go wrong becomes an error text, never an exception."""
-        answer = _Answer()
+        """One request through the sender (here or in its process); the answer, judged later."""
         guarded = ep.source == "api" or self.guard_config_endpoints
-        session = self._guarded if guarded else self._session
-        assert session is not None, "DeliveryWorker.start() was not called"
-        try:
-            if guarded:
-                await resolve_checked(ep.url, self.allow_networks)
-            async with session.post(
-                ep.url,
-                data=body,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=ep.timeout),
-                allow_redirects=False,
-            ) as resp:
-                answer.status = resp.status
-                raw = await resp.content.read(RESPONSE_BODY_MAX)
-                answer.text = raw.decode("utf-8", "replace") or None
-                answer.wait = retry_after(resp.headers.get("Retry-After"), time.time())
-        except UnsafeURL as exc:
-            answer.error, answer.permanent = str(exc), True
-        except TimeoutError:
-            answer.error = f"timed out after {ep.timeout:g}s"
-        except aiohttp.ClientConnectorError as exc:
-            answer.error = f"cannot connect: {exc.os_error or exc}"
-        except (aiohttp.ClientError, OSError) as exc:
-            answer.error = f"{type(exc).__name__}: {exc}"
-        status = answer.status
+        request = Request(next(self._request_ids), ep.url, headers, body, ep.timeout, guarded)
+        resp = await self._sender.send(request)
+        answer = _Answer(resp.status, resp.text, resp.error, None, resp.permanent, resp.ours)
+        if resp.retry_after is not None:
+            answer.wait = retry_after(resp.retry_after, time.time())
+        status = resp.status
         if status is not None and 300 <= status < 400:
             answer.error = f"HTTP {status}: redirects are not followed"
         elif status is not None and not 200 <= status < 300:
@@ -553,7 +527,8 @@ class DeliveryWorker:
             counters.dead += 1
             self._disable(st, "the receiver answered 410 Gone")
             return Outcome(attempt.delivery_id, token, attempt, "dead")
-        st.lane.breaker.failure()
+        if not answer.ours:
+            st.lane.breaker.failure()
         if answer.wait is not None and st.bucket is not None:
             st.bucket.pause(answer.wait)
         since = st.lane.breaker.failing_since

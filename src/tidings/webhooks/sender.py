@@ -1,0 +1,311 @@
+"""Sending webhook requests: in the worker's process, or in a child process of its own.
+
+The HTTP client is most of a delivery's CPU time. In one process it shares one core (one GIL)
+with ingestion, the store and the delivery bookkeeping; ``ProcessSender`` moves it to a child
+process, so a second core sends while the first accepts and records. The worker does not care
+which it has: both take a ``Request`` and give back a ``Response``, never an exception.
+
+The child speaks length-prefixed msgpack frames on its stdin and stdout: a frame holds a list of
+requests (or responses) so a busy loop pays one write per batch. If the child dies, every request
+it held comes back as a failed attempt (retried later with the same message id: at-least-once),
+and the next request starts a new child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+import struct
+import sys
+import time
+from collections.abc import Sequence
+
+import aiohttp
+import msgspec
+
+from tidings.webhooks.guard import GuardedResolver, UnsafeURL, resolve_checked
+
+__all__ = ["LocalSender", "ProcessSender", "Request", "Response", "Sender"]
+
+log = logging.getLogger("tidings.webhooks.sender")
+
+RESPONSE_BODY_MAX = 2048
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Request(msgspec.Struct, array_like=True, frozen=True):
+    id: int
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    timeout: float
+    guarded: bool  # API endpoints: the SSRF guard checks every address before connecting
+
+
+class Response(msgspec.Struct, array_like=True, frozen=True):
+    id: int
+    status: int | None = None
+    text: str | None = None
+    error: str | None = None
+    retry_after: str | None = None  # the header as sent; the worker interprets it
+    permanent: bool = False  # retrying cannot help (the SSRF guard refused the address)
+    duration: float = 0.0
+    ours: bool = False  # the failure was tidings' (its sender died), not the endpoint's
+
+
+class Sender:
+    """What the worker needs: ``start``, ``send``, ``close``."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def send(self, request: Request) -> Response:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+class LocalSender(Sender):
+    """aiohttp in this process: keep-alive connections, redirects never followed."""
+
+    def __init__(self, concurrency: int, allow_networks: Sequence[Network] = ()) -> None:
+        self.concurrency = concurrency
+        self.allow_networks = tuple(allow_networks)
+        self._session: aiohttp.ClientSession | None = None
+        self._guarded: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=0)
+        self._session = aiohttp.ClientSession(connector=connector)
+        guarded = aiohttp.TCPConnector(
+            limit=self.concurrency, resolver=GuardedResolver(self.allow_networks)
+        )
+        self._guarded = aiohttp.ClientSession(connector=guarded)
+
+    async def close(self) -> None:
+        for session in (self._session, self._guarded):
+            if session is not None:
+                await session.close()
+
+    async def send(self, request: Request) -> Response:
+        """One request; every way it can go wrong becomes an error text."""
+        session = self._guarded if request.guarded else self._session
+        assert session is not None, "LocalSender.start() was not called"
+        t0 = time.perf_counter()
+        try:
+            if request.guarded:  # IP literals skip the resolver: check them here
+                await resolve_checked(request.url, self.allow_networks)
+            async with session.post(
+                request.url,
+                data=request.body,
+                headers=request.headers,
+                timeout=aiohttp.ClientTimeout(total=request.timeout),
+                allow_redirects=False,
+            ) as resp:
+                raw = await resp.content.read(RESPONSE_BODY_MAX)
+                return Response(
+                    request.id,
+                    status=resp.status,
+                    text=raw.decode("utf-8", "replace") or None,
+                    retry_after=resp.headers.get("Retry-After"),
+                    duration=time.perf_counter() - t0,
+                )
+        except UnsafeURL as exc:
+            error, permanent = str(exc), True
+        except TimeoutError:
+            error, permanent = f"timed out after {request.timeout:g}s", False
+        except aiohttp.ClientConnectorError as exc:
+            error, permanent = f"cannot connect: {exc.os_error or exc}", False
+        except (aiohttp.ClientError, OSError) as exc:
+            error, permanent = f"{type(exc).__name__}: {exc}", False
+        return Response(
+            request.id, error=error, permanent=permanent, duration=time.perf_counter() - t0
+        )
+
+
+_HEAD = struct.Struct(">I")
+_MAX_FRAME = 256 * 1024 * 1024
+_requests = msgspec.msgpack.Decoder(list[Request])
+_responses = msgspec.msgpack.Decoder(list[Response])
+_pack = msgspec.msgpack.Encoder()
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> bytes | None:
+    try:
+        head = await reader.readexactly(_HEAD.size)
+        (size,) = _HEAD.unpack(head)
+        if size > _MAX_FRAME:
+            raise ValueError(f"sender frame of {size} bytes")
+        return await reader.readexactly(size)
+    except asyncio.IncompleteReadError:
+        return None
+
+
+class _Batcher:
+    """Collects outgoing messages and writes them as one frame per loop iteration."""
+
+    def __init__(self, write: asyncio.StreamWriter | asyncio.WriteTransport) -> None:
+        self._write = write
+        self._items: list[Request] | list[Response] = []
+        self._scheduled = False
+
+    def add(self, item: Request | Response) -> None:
+        self._items.append(item)  # type: ignore[arg-type]
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        items, self._items = self._items, []
+        if items:
+            frame = _pack.encode(items)
+            self._write.write(_HEAD.pack(len(frame)) + frame)
+
+
+class ProcessSender(Sender):
+    """A child process running a ``LocalSender``; restarted on demand if it dies."""
+
+    def __init__(self, concurrency: int, allow_networks: Sequence[Network] = ()) -> None:
+        self.concurrency = concurrency
+        self.allow_networks = tuple(allow_networks)
+        self._proc: asyncio.subprocess.Process | None = None
+        self._out: _Batcher | None = None
+        self._pending: dict[int, asyncio.Future[Response]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._starting: asyncio.Lock | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        self._starting = asyncio.Lock()
+        await self._spawn()
+
+    async def _spawn(self) -> None:
+        args = [sys.executable, "-m", "tidings.webhooks.sender", str(self.concurrency)]
+        args += [str(n) for n in self.allow_networks]
+        proc = await asyncio.create_subprocess_exec(
+            *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        # The child says it is ready (an empty frame) once its HTTP client is up, so the first
+        # requests do not wait on its start-up and a child that cannot start is an error here.
+        try:
+            hello = await asyncio.wait_for(_read_frame(proc.stdout), 30)
+        except TimeoutError:
+            hello = None
+        if hello != b"":
+            proc.kill()
+            await proc.wait()
+            raise RuntimeError(
+                f"the webhook sender process did not start (exit {proc.returncode}); see its "
+                "error above, or set server.sender_process: false"
+            )
+        self._proc = proc
+        self._out = _Batcher(proc.stdin)
+        self._reader = asyncio.ensure_future(self._read(proc))
+        log.info("webhook sender process %d started", proc.pid)
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while True:
+            frame = await _read_frame(proc.stdout)
+            if frame is None:
+                break
+            for response in _responses.decode(frame):
+                future = self._pending.pop(response.id, None)
+                if future is not None and not future.done():
+                    future.set_result(response)
+        code = await proc.wait()
+        if not self._closing:
+            log.error("webhook sender process %d exited (%s); starting another", proc.pid, code)
+        lost, self._pending = self._pending, {}
+        for request_id, future in lost.items():
+            if not future.done():
+                future.set_result(
+                    Response(
+                        request_id, error="the sender process died during the request", ours=True
+                    )
+                )
+        if self._proc is proc:
+            self._proc = None
+
+    async def send(self, request: Request) -> Response:
+        if self._proc is None:
+            assert self._starting is not None, "ProcessSender.start() was not called"
+            async with self._starting:
+                if self._proc is None and not self._closing:
+                    await self._spawn()
+        if self._proc is None or self._out is None:
+            return Response(request.id, error="the sender process is shutting down", ours=True)
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._pending[request.id] = future
+        self._out.add(request)
+        return await future
+
+    async def close(self) -> None:
+        self._closing = True
+        proc = self._proc
+        if proc is None:
+            return
+        assert proc.stdin is not None
+        proc.stdin.close()  # the child finishes what it holds, answers, and exits
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+
+async def _child(concurrency: int, allow: list[Network]) -> None:
+    """The sender process: requests in on stdin, responses out on stdout, until stdin closes."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=_MAX_FRAME)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+    transport, _ = await loop.connect_write_pipe(asyncio.Protocol, sys.stdout.buffer)
+    out = _Batcher(transport)
+    sender = LocalSender(concurrency, allow)
+    await sender.start()
+    transport.write(_HEAD.pack(0))  # ready
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(request: Request) -> None:
+        out.add(await sender.send(request))
+
+    while True:
+        frame = await _read_frame(reader)
+        if frame is None:
+            break
+        for request in _requests.decode(frame):
+            task = asyncio.ensure_future(one(request))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.wait(set(tasks))
+    await asyncio.sleep(0)  # let the last responses be written
+    await sender.close()
+    transport.close()
+
+
+def main(argv: Sequence[str]) -> None:
+    # Ctrl-C reaches the whole process group; the parent decides when this child ends (by
+    # closing its stdin), so requests in flight still get their answers recorded.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    concurrency = int(argv[0])
+    allow = [ipaddress.ip_network(a, strict=False) for a in argv[1:]]
+    try:
+        import uvloop  # noqa: PLC0415 - optional, faster when installed
+    except ImportError:
+        asyncio.run(_child(concurrency, allow))
+    else:
+        uvloop.run(_child(concurrency, allow))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
