@@ -43,6 +43,8 @@ class Request(msgspec.Struct, array_like=True, frozen=True):
     body: bytes
     timeout: float
     guarded: bool  # API endpoints: the SSRF guard checks every address before connecting
+    endpoint: str = ""  # requests of one endpoint share its in-flight bound ...
+    limit: int = 0  # ... of this many (0: none)
 
 
 class Response(msgspec.Struct, array_like=True, frozen=True):
@@ -54,6 +56,7 @@ class Response(msgspec.Struct, array_like=True, frozen=True):
     permanent: bool = False  # retrying cannot help (the SSRF guard refused the address)
     duration: float = 0.0
     ours: bool = False  # the failure was tidings' (its sender died), not the endpoint's
+    unsent: bool = False  # never sent (the sender was closing): hand the delivery back
 
 
 class Sender:
@@ -68,6 +71,10 @@ class Sender:
     async def close(self) -> None:
         raise NotImplementedError
 
+    def stop_sending(self) -> None:
+        """From now on, requests not yet on the wire come back ``unsent``."""
+        raise NotImplementedError
+
 
 class LocalSender(Sender):
     """aiohttp in this process: keep-alive connections, redirects never followed."""
@@ -77,6 +84,10 @@ class LocalSender(Sender):
         self.allow_networks = tuple(allow_networks)
         self._session: aiohttp.ClientSession | None = None
         self._guarded: aiohttp.ClientSession | None = None
+        # Per endpoint: the worker queues requests ahead (so the next starts the moment one
+        # ends, without a round trip to it); this bound keeps what is on the wire to the limit.
+        self._slots: dict[str, tuple[int, asyncio.Semaphore]] = {}
+        self.closing = False  # set: requests still waiting for a slot are not sent
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=0)
@@ -86,13 +97,28 @@ class LocalSender(Sender):
         )
         self._guarded = aiohttp.ClientSession(connector=guarded)
 
+    def stop_sending(self) -> None:
+        self.closing = True
+
     async def close(self) -> None:
+        self.closing = True
         for session in (self._session, self._guarded):
             if session is not None:
                 await session.close()
 
     async def send(self, request: Request) -> Response:
         """One request; every way it can go wrong becomes an error text."""
+        if not request.limit:
+            return await self._send(request)
+        slot = self._slots.get(request.endpoint)
+        if slot is None or slot[0] != request.limit:
+            slot = self._slots[request.endpoint] = (request.limit, asyncio.Semaphore(request.limit))
+        async with slot[1]:
+            if self.closing:
+                return Response(request.id, unsent=True)
+            return await self._send(request)
+
+    async def _send(self, request: Request) -> Response:
         session = self._guarded if request.guarded else self._session
         assert session is not None, "LocalSender.start() was not called"
         t0 = time.perf_counter()
@@ -239,12 +265,18 @@ class ProcessSender(Sender):
             async with self._starting:
                 if self._proc is None and not self._closing:
                     await self._spawn()
-        if self._proc is None or self._out is None:
-            return Response(request.id, error="the sender process is shutting down", ours=True)
+        if self._proc is None or self._out is None or self._closing:
+            return Response(request.id, unsent=True)
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._pending[request.id] = future
         self._out.add(request)
         return await future
+
+    def stop_sending(self) -> None:
+        self._closing = True
+        proc = self._proc
+        if proc is not None and proc.stdin is not None and not proc.stdin.is_closing():
+            proc.stdin.close()  # the child finishes what is on the wire and sends nothing new
 
     async def close(self) -> None:
         self._closing = True
@@ -252,7 +284,8 @@ class ProcessSender(Sender):
         if proc is None:
             return
         assert proc.stdin is not None
-        proc.stdin.close()  # the child finishes what it holds, answers, and exits
+        if not proc.stdin.is_closing():
+            proc.stdin.close()  # the child finishes what is on the wire, answers, and exits
         try:
             await asyncio.wait_for(proc.wait(), 15)
         except TimeoutError:
@@ -281,6 +314,7 @@ async def _child(concurrency: int, allow: list[Network]) -> None:
     while True:
         frame = await _read_frame(reader)
         if frame is None:
+            sender.closing = True  # the parent is done: finish what is on the wire, no more
             break
         for request in _requests.decode(frame):
             task = asyncio.ensure_future(one(request))

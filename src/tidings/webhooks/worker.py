@@ -130,9 +130,16 @@ class _State:
         self.bucket = TokenBucket(ep.rate_limit, ep.burst) if ep.rate_limit else None
         self.policy = ep.retry_policy()
         self.lane = lane if lane is not None else _Lane()
+        # Senders per endpoint: twice its in-flight bound, so the next request waits at the
+        # sender (which keeps the bound) and starts the moment one ends.
+        self.max_senders = 2 * ep.max_in_flight
         # Claimed but unsent deliveries kept per endpoint: enough that senders never wait on
         # the database, few enough that a claim never hoards another worker's share.
-        self.cap = 2 * ep.max_in_flight
+        self.cap = 3 * ep.max_in_flight
+
+
+class _NotSent(Exception):
+    """The sender was closing and did not send the request."""
 
 
 @dataclass
@@ -218,6 +225,7 @@ class DeliveryWorker:
         """
         self._stopping = True
         self._wake.set()
+        self._sender.stop_sending()  # requests queued at the sender come back unsent
         unsent: list[Claimed] = []
         for st in self._states.values():
             unsent.extend(item for item, _ in st.lane.ready)
@@ -285,9 +293,9 @@ class DeliveryWorker:
             else:
                 room += space
                 total_cap += st.cap
-        room = min(room, 2 * self.concurrency - held, self.batch)
+        room = min(room, 3 * self.concurrency - held, self.batch)
         # Claim in batches, not one row per freed slot: one transaction serves many requests.
-        low = max(1, min(total_cap, 2 * self.concurrency, self.batch) // 4)
+        low = max(1, min(total_cap, 3 * self.concurrency, self.batch) // 4)
         return room, (low if held else 1), skip
 
     async def _claim_loop(self) -> None:
@@ -317,7 +325,7 @@ class DeliveryWorker:
         if self._stopping:
             return {}
         out: dict[str, int] = {}
-        left = 2 * self.concurrency - sum(
+        left = 3 * self.concurrency - sum(
             st.lane.busy + st.lane.reserved for st in self._states.values()
         )
         for ep_id, st in self._states.items():
@@ -378,8 +386,8 @@ class DeliveryWorker:
             return
         for st in self._states.values():
             lane = st.lane
-            want = min(st.endpoint.max_in_flight, lane.busy)
-            while lane.senders < want and self._senders < self.concurrency:
+            want = min(st.max_senders, lane.busy)
+            while lane.senders < want and self._senders < 2 * self.concurrency:
                 lane.senders += 1
                 self._senders += 1
                 self._spawn(self._serve(st.endpoint.id, lane))
@@ -445,6 +453,10 @@ class DeliveryWorker:
             lane.sending += 1
             try:
                 outcome = await self._attempt(item, st)
+            except _NotSent:
+                sent = False  # handed back below; no attempt was made
+                self._released_on_stop += 1
+                return
             finally:
                 lane.sending -= 1
                 self._sending.discard(task)
@@ -498,8 +510,19 @@ class DeliveryWorker:
     async def _post(self, ep: Endpoint, body: bytes, headers: dict[str, str]) -> _Answer:
         """One request through the sender (here or in its process); the answer, judged later."""
         guarded = ep.source == "api" or self.guard_config_endpoints
-        request = Request(next(self._request_ids), ep.url, headers, body, ep.timeout, guarded)
+        request = Request(
+            next(self._request_ids),
+            ep.url,
+            headers,
+            body,
+            ep.timeout,
+            guarded,
+            ep.id,
+            ep.max_in_flight,
+        )
         resp = await self._sender.send(request)
+        if resp.unsent:
+            raise _NotSent
         answer = _Answer(resp.status, resp.text, resp.error, None, resp.permanent, resp.ours)
         if resp.retry_after is not None:
             answer.wait = retry_after(resp.retry_after, time.time())
