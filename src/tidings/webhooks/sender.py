@@ -328,9 +328,11 @@ async def _child(concurrency: int, allow: list[Network]) -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-    # Ctrl-C reaches the whole process group; the parent decides when this child ends (by
-    # closing its stdin), so requests in flight still get their answers recorded.
+    # Ctrl-C (and a service manager's SIGTERM) reach the whole process group; the parent
+    # decides when this child ends by closing its stdin (or by dying: the pipe closes too),
+    # so requests in flight still get their answers recorded.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     concurrency = int(argv[0])
     allow = [ipaddress.ip_network(a, strict=False) for a in argv[1:]]
     try:
