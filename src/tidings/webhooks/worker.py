@@ -1,9 +1,11 @@
 """The delivery worker: claims due deliveries, sends them signed, records every attempt.
 
-Throughput comes from three things: claims and outcomes move in batches (one transaction per
-batch, not per delivery), requests run concurrently on one aiohttp session with keep-alive, and
-each endpoint is paced on its own (token bucket, in-flight bound, circuit breaker) so a slow or
-failing receiver never holds up the others.
+Throughput comes from four things: claims and outcomes move in batches (one transaction per
+batch, not per delivery); deliveries an accept creates are leased to this worker in that same
+transaction, so they start without a claim; requests go through a ``Sender`` (aiohttp with
+keep-alive, here or in a child process on a core of its own); and each endpoint has its own lane
+(token bucket, in-flight bound, circuit breaker), so a slow or failing receiver never holds up
+the others.
 
 Safety comes from the lease. A claimed delivery belongs to this worker until its lease ends; a
 delivery that waited here so long that its lease could run out before the request finishes is
