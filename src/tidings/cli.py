@@ -284,8 +284,18 @@ def _queue(ctx: typer.Context) -> Iterator[Any]:
     from tidings.webhooks.queue import DeliveryQueue  # noqa: PLC0415
 
     settings = settings_from(ctx)
+    url = settings.store.url
+    if url.startswith("sqlite:"):
+        from tidings.store.sqlite import path_of  # noqa: PLC0415
+
+        path = path_of(url)
+        if path != ":memory:" and not Path(path).exists():
+            fail(
+                f"no store at {path!r} (store.url {url}); run this where `tidings serve` runs, "
+                "or pass its config with --config"
+            )
     try:
-        store = open_store(settings.store.url)
+        store = open_store(url)
     except StoreError as exc:
         fail(str(exc))
     try:

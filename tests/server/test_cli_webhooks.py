@@ -240,3 +240,13 @@ def test_serve_beyond_loopback_without_an_api_key_refuses_to_start(
     result = setup.invoke("serve", "--host", "0.0.0.0", "--port", "0")
     assert result.exit_code == 0, result.output
     assert len(started) == 1
+
+
+def test_dlq_without_a_store_says_where_it_looked_and_creates_nothing(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    missing = tmp_path / "nowhere.db"
+    config.write_text(f"store: {{url: 'sqlite:///{missing}'}}\n")
+    result = CliRunner().invoke(app, ["--config", str(config), "dlq", "list"])
+    assert result.exit_code == 2
+    assert "no store at" in result.stderr and str(missing) in result.stderr
+    assert not missing.exists()
