@@ -18,7 +18,14 @@ from hypothesis.stateful import (
 )
 
 from tidings import topics
-from tidings.topics import Pattern, PatternError, SubscriptionIndex, compile_pattern, matches
+from tidings.topics import (
+    Pattern,
+    PatternError,
+    SubscriptionIndex,
+    compile_pattern,
+    matches,
+    memoized,
+)
 
 # --- the reference matcher ----------------------------------------------------------------
 
@@ -444,3 +451,22 @@ def test_compile_pattern_accepts_exactly_the_valid_grammar(text: str) -> None:
     else:
         with pytest.raises(PatternError):
             compile_pattern(text)
+
+
+def test_memoized_matcher_answers_like_the_pattern_and_stays_bounded() -> None:
+    calls: list[str] = []
+    pattern = compile_pattern("order.*")
+
+    def match(name: str) -> bool:
+        calls.append(name)
+        return pattern.matches(name)
+
+    check = memoized(match, size=3)
+    assert [check(n) for n in ("order.a", "order.a", "user.a", "order.a")] == [
+        True, True, False, True,
+    ]  # fmt: skip
+    assert calls == ["order.a", "user.a"], "each name is matched once while it is remembered"
+    for n in ("a", "b", "c", "d"):
+        check(n)
+    check("order.a")
+    assert calls[-1] == "order.a", "a full memo starts over instead of growing"

@@ -8,7 +8,7 @@ publish costs one dict lookup however many subscriptions exist.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -36,6 +36,22 @@ class Pattern:
 
     def matches(self, name: str) -> bool:
         return _match(self.segments, 0, name.split("."), 0)
+
+
+def memoized(match: Callable[[str], bool], size: int = 10_000) -> Callable[[str], bool]:
+    """``match`` remembered per name: consumers test the few types of a namespace once per
+    message, so a dict hit beats walking the pattern. Cleared when it holds ``size`` names."""
+    seen: dict[str, bool] = {}
+
+    def check(name: str) -> bool:
+        hit = seen.get(name)
+        if hit is None:
+            if len(seen) >= size:
+                seen.clear()
+            hit = seen[name] = match(name)
+        return hit
+
+    return check
 
 
 def compile_pattern(pattern: str) -> Pattern:

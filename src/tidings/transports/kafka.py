@@ -63,7 +63,7 @@ from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from aiokafka.partitioner import murmur2  # type: ignore[import-untyped]
 
 from tidings.event import Event, decode, encode
-from tidings.topics import Pattern, compile_pattern
+from tidings.topics import Pattern, compile_pattern, memoized
 from tidings.transport import (
     AsyncHandler,
     Capabilities,
@@ -854,7 +854,7 @@ class _Subscription:
         self._closed = False
         self._prefix_len = len(transport.prefix)
         self._regex: re.Pattern[str] | None = None
-        self._matches: dict[str, bool] = {}
+        self._wanted = memoized(pattern.matches)
         # raw body (by identity) -> (raw, source topic, key), for the dead-letter record
         self._sources: dict[int, tuple[bytes, str, bytes | None]] = {}
 
@@ -1062,15 +1062,6 @@ class _Subscription:
         except Exception:  # revoked meanwhile: the next owner starts from the commit
             return False
         return True
-
-    def _wanted(self, type_: str) -> bool:
-        """``pattern.matches`` memoized: a namespace has few types and this runs per record."""
-        hit = self._matches.get(type_)
-        if hit is None:
-            hit = self._matches[type_] = self._pattern.matches(type_)
-            if len(self._matches) > 10_000:
-                self._matches.clear()
-        return hit
 
     async def _take(self, tp: Any, part: _Partition, rec: Any) -> None:
         part.take(rec.offset)

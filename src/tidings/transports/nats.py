@@ -62,7 +62,7 @@ from nats.js.api import (
 )
 
 from tidings.event import Event, decode, encode
-from tidings.topics import Pattern, compile_pattern
+from tidings.topics import Pattern, compile_pattern, memoized
 from tidings.transport import (
     AsyncHandler,
     Capabilities,
@@ -779,7 +779,7 @@ class _SubscriptionBase:
         self._transport = transport
         self._compiled = pattern
         self._exact = exact
-        self._matches: dict[str, bool] = {}
+        self._subject_matches = memoized(self._subject_matches_pattern)
         self._closed = False
         self._dispatcher = Dispatcher(
             name, handler, options, self._dead_letter, on_error=transport._report
@@ -791,16 +791,11 @@ class _SubscriptionBase:
 
     def _wanted(self, subject: str) -> bool:
         """Exact pattern check on the subject (for filters wider than the pattern)."""
-        if self._exact:
-            return True
-        hit = self._matches.get(subject)
-        if hit is None:
-            type_ = type_for_subject(self._transport.prefix, subject)
-            hit = type_ is not None and self._compiled.matches(type_)
-            if len(self._matches) > 10_000:
-                self._matches.clear()
-            self._matches[subject] = hit
-        return hit
+        return self._exact or self._subject_matches(subject)
+
+    def _subject_matches_pattern(self, subject: str) -> bool:
+        type_ = type_for_subject(self._transport.prefix, subject)
+        return type_ is not None and self._compiled.matches(type_)
 
     async def _dead_letter(self, dead: DeadMessage) -> None:
         raise NotImplementedError

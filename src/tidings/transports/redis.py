@@ -41,7 +41,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from tidings.event import Event, decode, encode
-from tidings.topics import compile_pattern
+from tidings.topics import compile_pattern, memoized
 from tidings.transport import (
     AsyncHandler,
     Capabilities,
@@ -476,8 +476,7 @@ class _StreamSubscription:
         self.options = options
         self.consumer = f"{transport._consumer_base}-{uuid.uuid4().hex[:8]}"
         self.lag: int | None = None
-        self._matches = matches
-        self._match_cache: dict[str, bool] = {}
+        self._wanted = memoized(matches)
         self._dispatcher = Dispatcher(
             name, handler, options, transport._store_dead, on_error=transport.on_error
         )
@@ -531,12 +530,6 @@ class _StreamSubscription:
         ]
 
     # -- delivery ------------------------------------------------------------------------------
-
-    def _wanted(self, type_name: str) -> bool:
-        hit = self._match_cache.get(type_name)
-        if hit is None:
-            hit = self._match_cache[type_name] = self._matches(type_name)
-        return hit
 
     async def _deliver(
         self, entries: Iterable[tuple[bytes, dict[bytes, bytes]]], counts: dict[bytes, int]
@@ -884,8 +877,7 @@ class _PubSubSubscription:
         self.pattern = pattern
         self.group: str | None = None
         self.lag: int | None = 0
-        self._matches = matches
-        self._match_cache: dict[str, bool] = {}
+        self._wanted = memoized(matches)
         self._dispatcher = Dispatcher(
             name, handler, options, transport._store_dead, on_error=transport.on_error
         )
@@ -934,12 +926,6 @@ class _PubSubSubscription:
                 f"subscribe {self.pattern!r}: Redis at {self.transport.server}: {exc}"
             ) from None
         self._task = asyncio.ensure_future(self._loop())
-
-    def _wanted(self, type_name: str) -> bool:
-        hit = self._match_cache.get(type_name)
-        if hit is None:
-            hit = self._match_cache[type_name] = self._matches(type_name)
-        return hit
 
     async def _loop(self) -> None:
         transport = self.transport
