@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -158,3 +159,21 @@ async def serve(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Running
     yield start
     for stop in reversed(stops):
         await stop()
+
+
+async def wait_healthy(
+    url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30
+) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"tidings serve exited: {log.read_text()[-2000:]}")
+            try:
+                async with session.get(url + "/health") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"tidings serve not healthy in {timeout}s: {log.read_text()[-2000:]}")

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from tests.server.conftest import Received, Receiver, free_port
+from tests.server.conftest import Received, Receiver, free_port, wait_healthy
 
 EVENTS = 3000
 
@@ -44,22 +44,6 @@ def _start(config: Path, log: Path) -> subprocess.Popen[bytes]:
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-
-
-async def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(f"tidings serve exited: {log.read_text()[-2000:]}")
-            try:
-                async with session.get(url + "/health") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"tidings serve did not become healthy: {log.read_text()[-2000:]}")
 
 
 @pytest.mark.timeout(180)
@@ -102,7 +86,7 @@ async def test_sigkill_mid_delivery_then_restart_delivers_every_event(tmp_path: 
     url = f"http://127.0.0.1:{serve_port}"
     proc = _start(config, log)
     try:
-        await _wait_healthy(url, proc, log)
+        await wait_healthy(url, proc, log)
         sent: list[str] = []
         async with aiohttp.ClientSession() as session:
             for start in range(0, EVENTS, 100):
@@ -124,7 +108,7 @@ async def test_sigkill_mid_delivery_then_restart_delivers_every_event(tmp_path: 
         assert before < EVENTS, "everything arrived before the kill: the test proves nothing"
         slow.set()
         proc = _start(config, log)
-        await _wait_healthy(url, proc, log)
+        await wait_healthy(url, proc, log)
         delivered_ids = lambda: {r.headers.get("tidings-event-id") for r in received}  # noqa: E731
         deadline = time.monotonic() + 90
         while len(delivered_ids() & set(sent)) < EVENTS:

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.server.conftest import Receiver, free_port
+from tests.server.conftest import Receiver, free_port, wait_healthy
 from tidings.store import open_store
 from tidings.webhooks.queue import DeliveryQueue
 
@@ -58,22 +58,6 @@ def start_serve(
     )
     procs.append(proc)
     return proc
-
-
-async def wait_healthy(url: str, proc: Proc, log: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(f"tidings serve exited: {log.read_text()[-2000:]}")
-            try:
-                async with session.get(url + "/health") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"tidings serve not healthy in {timeout}s: {log.read_text()[-2000:]}")
 
 
 async def get_json(url: str) -> Any:

@@ -22,6 +22,7 @@ from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
 from tests.server.conftest import Received, Receiver, Running
+from tests.test_config import SEED_000_ADVANCED
 
 Start = Callable[..., Awaitable[Running]]
 MakeReceiver = Callable[..., Awaitable[Receiver]]
@@ -68,35 +69,6 @@ async def one_event(app: Running, type_: str = "shop.order.placed", **data: Any)
 
 
 # ---- the seed 000 configuration, as written ------------------------------------------------
-
-SEED_000_ADVANCED = """
-events:
-  enabled: true
-  max_retries: 5
-  retry_delay: 2
-  queue_size: 5000
-  endpoints:
-    component_registered:
-      - "http://audit-service:8080/events"
-      - "http://monitoring-service:8080/webhooks"
-      - "http://sql-database:8080/api/events"
-    component_verified:
-      - "http://audit-service:8080/events"
-    pairing_initiated:
-      - "http://audit-service:8080/events"
-      - "http://real-time-dashboard:8080/events"
-    pairing_completed:
-      - "http://audit-service:8080/events"
-      - "http://analytics-service:8080/events"
-    lct_created:
-      - "http://audit-service:8080/events"
-    trust_tensor_created:
-      - "http://audit-service:8080/events"
-    energy_transfer:
-      - "http://audit-service:8080/events"
-      - "http://energy-monitoring:8080/events"
-      - "http://billing-service:8080/events"
-"""
 
 
 async def test_seed_000_advanced_config_runs_as_written(serve: Start) -> None:
