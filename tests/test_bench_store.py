@@ -8,15 +8,11 @@ skipped: SQLite, PostgreSQL and eventsourcing are all installed here) and every 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.benchrun import one_row, run_bench
 from tests.conftest import require_service
-
-ROOT = Path(__file__).resolve().parent.parent
 
 APPEND_ROWS = [
     "store.sqlite.{n} (FULL)",
@@ -36,41 +32,26 @@ LIVE_ROWS = [
 @pytest.mark.timeout(180)
 def test_store_benchmark_quick_run_prints_every_row_and_counts_everything() -> None:
     require_service("PostgreSQL", "127.0.0.1", 5432)
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "store", "--quick"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=170,
-        cwd=ROOT,
-    )
-    out = proc.stdout
-    assert proc.returncode == 0, out + proc.stderr
+    out = run_bench("store", "--quick", timeout=170)
     assert "count check: every contender wrote, read or handled every event exactly once" in out
     assert "COUNT ERRORS" not in out
     assert "skipped" not in out, out  # every backend and peer is installed and reachable here
-    lines = out.splitlines()
-
-    def row(prefix: str) -> str:
-        found = [line for line in lines if line.startswith(prefix + ":")]
-        assert len(found) == 1, f"expected one row {prefix!r} in:\n{out}"
-        return found[0]
 
     for n in ("append_1", "append_1000"):
         for template in APPEND_ROWS:
-            line = row(template.format(n=n))
+            line = one_row(out, template.format(n=n))
             assert "no figure" not in line, line
             assert re.search(r"tidings[^:]* [\d,]+/s \(min", line), line
             assert "floor" in line, line
-        assert "eventsourcing" in row(f"store.pg.{n}")
-        assert "eventsourcing" in row(f"store.sqlite.{n} (FULL)")
-    assert "psycopg COPY floor" in row("store.pg.append_1000")
+        assert "eventsourcing" in one_row(out, f"store.pg.{n}")
+        assert "eventsourcing" in one_row(out, f"store.sqlite.{n} (FULL)")
+    assert "psycopg COPY floor" in one_row(out, "store.pg.append_1000")
     for backend in ("sqlite", "pg"):
-        line = row(f"store.{backend}.read_all")
+        line = one_row(out, f"store.{backend}.read_all")
         for peer in ("fetch floor", "decode floor", "eventsourcing records", "domain events"):
             assert peer in line, line
     for prefix in LIVE_ROWS:
         for rate in ("1,000", "10,000"):
-            line = row(f"{prefix} @ {rate}/s offered")
+            line = one_row(out, f"{prefix} @ {rate}/s offered")
             assert re.search(r"stamp -> handler p50 .+ · p99 .+ · max ", line), line
     assert re.search(r"total time [\d.]+s", out)

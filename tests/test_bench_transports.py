@@ -8,48 +8,30 @@ the raw redis-py floor, FastStream) has a figure, the latency rows print, and ev
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.benchrun import one_row, run_bench
 from tests.conftest import require_service
 
-ROOT = Path(__file__).resolve().parent.parent
 RATE = r"[\d,]+/s"
 
 
 @pytest.mark.timeout(60)
 def test_transports_benchmark_quick_memory_redis_counts_every_event() -> None:
     require_service("Redis", "127.0.0.1", 6379)
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "transports", "--quick", "--only", "memory,redis"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=55,
-        cwd=ROOT,
-    )
-    out = proc.stdout
-    assert proc.returncode == 0, out + proc.stderr
+    out = run_bench("transports", "--quick", "--only", "memory,redis", timeout=55)
     assert "delivery check: every contender that ran handled every event exactly once" in out
     assert "DELIVERY ERRORS" not in out
-    lines = out.splitlines()
 
-    def row(name: str) -> str:
-        found = [line for line in lines if line.startswith(name + ":")]
-        assert len(found) == 1, f"expected one row {name!r} in:\n{out}"
-        return found[0]
-
-    memory = row("transports.memory")
+    memory = one_row(out, "transports.memory")
     assert re.search(rf"^transports\.memory: tidings {RATE} \(min", memory), memory
     assert re.search(rf"asyncio\.Queue floor {RATE} \(\d\.\d\d\)", memory), memory
-    redis = row("transports.redis")
+    redis = one_row(out, "transports.redis")
     assert re.search(rf"^transports\.redis: tidings {RATE} \(min", redis), redis
     assert re.search(rf"raw redis-py floor {RATE} \(\d+\.\d\d\)", redis), redis
     assert re.search(rf"FastStream {RATE} \([\d.]+x\)", redis), redis  # installed: never skipped
     for name in ("transports.memory.latency", "transports.redis.latency"):
-        lat = row(name)
+        lat = one_row(out, name)
         assert "offered 1,000/s" in lat and "p50 " in lat and "p99 " in lat, lat
     assert "1 round of 2,000 events" in out

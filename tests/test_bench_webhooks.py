@@ -8,47 +8,30 @@ print, and every count matched (the benchmark exits 1 on a lost or duplicated de
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.benchrun import one_row, run_bench
+
 RATE = r"[\d,]+/s"
 DIST = r"p50 [\d.]+ (µs|ms|s) · p99 [\d.]+ (µs|ms|s) · max [\d.]+ (µs|ms|s)"
 
 
 @pytest.mark.timeout(90)
 def test_webhooks_benchmark_quick_delivers_every_event_once() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "webhooks", "--quick"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=85,
-        cwd=ROOT,
-    )
-    out = proc.stdout
-    assert proc.returncode == 0, out + proc.stderr
+    out = run_bench("webhooks", "--quick", timeout=85)
     assert "delivery check: every event arrived exactly once with a 200" in out
     assert "DELIVERY ERRORS" not in out
-    lines = out.splitlines()
 
-    def row(name: str) -> str:
-        found = [line for line in lines if line.startswith(name + ":")]
-        assert len(found) == 1, f"expected one row {name!r} in:\n{out}"
-        return found[0]
-
-    deliver = row("webhooks.deliver")
+    deliver = one_row(out, "webhooks.deliver")
     assert re.search(rf"^webhooks\.deliver: tidings {RATE} \(min [\d,]+, max", deliver), deliver
     assert re.search(rf"aiohttp floor {RATE} \(\d+\.\d\d\)", deliver), deliver
-    assert re.search(rf"POST /events accepted {RATE}", row("webhooks.deliver.ingest"))
-    assert "tidings serve " in row("webhooks.deliver.cpu")
-    assert re.search(DIST, row("webhooks.floor.latency"))
-    latency = row("webhooks.latency")
+    assert re.search(rf"POST /events accepted {RATE}", one_row(out, "webhooks.deliver.ingest"))
+    assert "tidings serve " in one_row(out, "webhooks.deliver.cpu")
+    assert re.search(DIST, one_row(out, "webhooks.floor.latency"))
+    latency = one_row(out, "webhooks.latency")
     assert "offered 500/s paced" in latency and re.search(DIST, latency), latency
-    failures = row("webhooks.failures")
+    failures = one_row(out, "webhooks.failures")
     assert re.search(
         r"300 events, .* delivered 300, lost 0, duplicate message ids among 200s 0", failures
     ), failures
