@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 import signal
@@ -30,7 +31,7 @@ from tidings.store.base import Criteria, StoreError
 from tidings.topics import PatternError, compile_pattern
 from tidings.webhooks.endpoint import Auth, Endpoint, PayloadFormat
 from tidings.webhooks.guard import UnsafeURL, check_url, resolve_checked
-from tidings.webhooks.queue import Delivery, QueueFull
+from tidings.webhooks.queue import QueueFull
 from tidings.webhooks.signing import SigningError, generate_secret, parse_secret
 
 __all__ = ["create_app"]
@@ -137,23 +138,6 @@ def _int(value: str | None, name: str, default: int, lo: int = 0, hi: int = 10_0
     if not lo <= number <= hi:
         raise ApiError(400, f"{name}: expected {lo}..{hi}, got {number}", name)
     return number
-
-
-def _delivery(d: Delivery) -> dict[str, Any]:
-    return {
-        "id": d.id,
-        "event_id": d.event_id,
-        "position": d.position,
-        "endpoint_id": d.endpoint_id,
-        "state": d.state,
-        "attempts": d.attempts,
-        "next_attempt_at": d.next_attempt_at,
-        "created_at": d.created_at,
-        "updated_at": d.updated_at,
-        "last_status": d.last_status,
-        "last_error": d.last_error,
-        "delivered_at": d.delivered_at,
-    }
 
 
 _ENDPOINT_FIELDS = {
@@ -350,7 +334,7 @@ class _Api:
             ) from None
 
         ep = Endpoint(id=f"ep_{uuid_utils.uuid7().hex}", secrets=(secret,), source="api", **changes)
-        await asyncio.to_thread(self.service.save_endpoint, ep)
+        await asyncio.to_thread(self.service.queue.save_endpoint, ep)
         await self.service.endpoints_changed()
         # The secret is shown once, now; the API never returns it again.
         return _reply({**ep.public(), "secret": secret}, 201)
@@ -370,7 +354,7 @@ class _Api:
         if "url" in changes and ep.source == "api":
             await self._check_reachable_safely(changes["url"])
         updated = msgspec.structs.replace(ep, **changes)
-        await asyncio.to_thread(self.service.save_endpoint, updated)
+        await asyncio.to_thread(self.service.queue.save_endpoint, updated)
         await self.service.endpoints_changed()
         return _reply(updated.public())
 
@@ -401,7 +385,7 @@ class _Api:
         ep = await asyncio.to_thread(self._endpoint, request.path_params["id"])
         secret = generate_secret()
         rotated = msgspec.structs.replace(ep, secrets=(secret, *ep.secrets[:1]))
-        await asyncio.to_thread(self.service.save_endpoint, rotated)
+        await asyncio.to_thread(self.service.queue.save_endpoint, rotated)
         await self.service.endpoints_changed()
         return _reply({**rotated.public(), "secret": secret})
 
@@ -424,7 +408,7 @@ class _Api:
         )
         return _reply(
             {
-                "deliveries": [_delivery(d) for d in rows],
+                "deliveries": [dataclasses.asdict(d) for d in rows],
                 "next_before": rows[-1].id if rows else None,
             }
         )
@@ -437,7 +421,7 @@ class _Api:
         attempts = await asyncio.to_thread(self.service.queue.attempts, delivery_id)
         return _reply(
             {
-                **_delivery(d),
+                **dataclasses.asdict(d),
                 "attempt_log": [
                     {
                         "number": a.number,

@@ -20,7 +20,7 @@ from tidings.event import Event
 from tidings.store import open_store
 from tidings.store.base import EventStore
 from tidings.urls import redact_url
-from tidings.webhooks.endpoint import Endpoint, from_settings
+from tidings.webhooks.endpoint import from_settings
 from tidings.webhooks.queue import Claimed, DeliveryQueue, QueueStats
 from tidings.webhooks.worker import DeliveryWorker, Router
 
@@ -107,9 +107,6 @@ class Service:
         """After an API change: route new events accordingly and let the worker see it."""
         await asyncio.to_thread(self._refresh_router)
         await self.worker.reload()
-
-    def save_endpoint(self, ep: Endpoint) -> None:
-        self.queue.save_endpoint(ep)
 
     async def reload_config(self) -> bool:
         """Re-read the config file (SIGHUP or a change on disk); queued deliveries stay queued.
