@@ -11,21 +11,8 @@ import time
 
 import pytest
 
+from tidings.testing import FakeClock
 from tidings.webhooks.limits import CircuitBreaker, TokenBucket
-
-
-class FakeClock:
-    """Monotonic seconds that move only when a test says so."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
 
 # ---- TokenBucket ---------------------------------------------------------------------------
 
@@ -38,7 +25,7 @@ def test_bucket_rejects_a_rate_that_is_not_positive() -> None:
 
 def test_burst_is_available_at_once_then_refills_at_rate() -> None:
     clock = FakeClock()
-    bucket = TokenBucket(10, burst=3, clock=clock)
+    bucket = TokenBucket(10, burst=3, clock=clock.monotonic)
     assert [bucket.try_take() for _ in range(4)] == [True, True, True, False]
     clock.advance(0.05)  # half a token
     assert not bucket.try_take()
@@ -49,7 +36,7 @@ def test_burst_is_available_at_once_then_refills_at_rate() -> None:
 
 def test_refill_never_exceeds_burst() -> None:
     clock = FakeClock()
-    bucket = TokenBucket(100, burst=2, clock=clock)
+    bucket = TokenBucket(100, burst=2, clock=clock.monotonic)
     assert bucket.try_take() and bucket.try_take()
     clock.advance(3600)  # an idle hour earns no more than the bucket holds
     assert [bucket.try_take() for _ in range(3)] == [True, True, False]
@@ -63,7 +50,7 @@ def test_default_burst_is_the_rate_rounded_down_but_at_least_one() -> None:
 
 def test_a_slow_rate_below_one_per_second_paces_in_seconds() -> None:
     clock = FakeClock()
-    bucket = TokenBucket(0.5, clock=clock)  # one request per two seconds
+    bucket = TokenBucket(0.5, clock=clock.monotonic)  # one request per two seconds
     assert bucket.try_take()
     clock.advance(1.9)
     assert not bucket.try_take()
@@ -73,7 +60,7 @@ def test_a_slow_rate_below_one_per_second_paces_in_seconds() -> None:
 
 def test_pause_after_retry_after_gives_no_token_until_it_ends() -> None:
     clock = FakeClock()
-    bucket = TokenBucket(10, burst=5, clock=clock)
+    bucket = TokenBucket(10, burst=5, clock=clock.monotonic)
     bucket.pause(2.0)
     assert not bucket.try_take(), "a full bucket is emptied by Retry-After"
     clock.advance(1.9)
@@ -85,7 +72,7 @@ def test_pause_after_retry_after_gives_no_token_until_it_ends() -> None:
 
 def test_a_shorter_pause_never_shortens_a_longer_one() -> None:
     clock = FakeClock()
-    bucket = TokenBucket(10, burst=1, clock=clock)
+    bucket = TokenBucket(10, burst=1, clock=clock.monotonic)
     bucket.pause(5.0)
     bucket.pause(0.5)
     clock.advance(1.0)
@@ -139,7 +126,7 @@ def trip(breaker: CircuitBreaker) -> None:
 
 def test_stays_closed_below_the_threshold() -> None:
     clock = FakeClock()
-    breaker = CircuitBreaker(threshold=3, cooldown=5, clock=clock)
+    breaker = CircuitBreaker(threshold=3, cooldown=5, clock=clock.monotonic)
     breaker.failure()
     breaker.failure()
     assert breaker.state == "closed"
@@ -148,7 +135,7 @@ def test_stays_closed_below_the_threshold() -> None:
 
 def test_a_success_resets_the_count_of_failures_in_a_row() -> None:
     clock = FakeClock()
-    breaker = CircuitBreaker(threshold=3, cooldown=5, clock=clock)
+    breaker = CircuitBreaker(threshold=3, cooldown=5, clock=clock.monotonic)
     breaker.failure()
     breaker.failure()
     breaker.success()
@@ -159,7 +146,7 @@ def test_a_success_resets_the_count_of_failures_in_a_row() -> None:
 
 def test_opens_at_the_threshold_and_refuses_until_the_cooldown() -> None:
     clock = FakeClock()
-    breaker = CircuitBreaker(threshold=3, cooldown=5, clock=clock)
+    breaker = CircuitBreaker(threshold=3, cooldown=5, clock=clock.monotonic)
     trip(breaker)
     assert breaker.state == "open"
     assert not breaker.allows() and not breaker.claimable()
@@ -171,7 +158,7 @@ def test_opens_at_the_threshold_and_refuses_until_the_cooldown() -> None:
 
 def test_half_open_lets_exactly_one_probe_through() -> None:
     clock = FakeClock()
-    breaker = CircuitBreaker(threshold=2, cooldown=1, clock=clock)
+    breaker = CircuitBreaker(threshold=2, cooldown=1, clock=clock.monotonic)
     trip(breaker)
     clock.advance(1.0)
     assert breaker.claimable()
@@ -182,7 +169,7 @@ def test_half_open_lets_exactly_one_probe_through() -> None:
 
 def test_probe_success_closes_and_restores_the_base_cooldown() -> None:
     clock = FakeClock()
-    breaker = CircuitBreaker(threshold=1, cooldown=1, max_cooldown=60, clock=clock)
+    breaker = CircuitBreaker(threshold=1, cooldown=1, max_cooldown=60, clock=clock.monotonic)
     breaker.failure()
     clock.advance(1.0)
     assert breaker.allows()
@@ -197,7 +184,7 @@ def test_probe_success_closes_and_restores_the_base_cooldown() -> None:
 
 def test_probe_failure_reopens_for_twice_as_long_up_to_the_maximum() -> None:
     clock = FakeClock()
-    breaker = CircuitBreaker(threshold=1, cooldown=1, max_cooldown=5, clock=clock)
+    breaker = CircuitBreaker(threshold=1, cooldown=1, max_cooldown=5, clock=clock.monotonic)
     breaker.failure()
     seen: list[float] = []
     for _ in range(5):
@@ -218,7 +205,7 @@ def since(breaker: CircuitBreaker) -> float | None:
 
 def test_failing_since_marks_the_start_of_the_run_of_failures() -> None:
     clock = FakeClock()
-    breaker = CircuitBreaker(threshold=2, cooldown=1, clock=clock)
+    breaker = CircuitBreaker(threshold=2, cooldown=1, clock=clock.monotonic)
     assert since(breaker) is None
     before = time.time()
     breaker.failure()
@@ -236,3 +223,17 @@ def test_failing_since_marks_the_start_of_the_run_of_failures() -> None:
     breaker.failure()
     restarted = since(breaker)
     assert restarted is not None and restarted >= first
+
+
+def test_random_failures_among_successes_do_not_open_the_circuit() -> None:
+    """Five failures in a row among 50 concurrent requests happen by chance at a 30% error
+    rate; the breaker opens only when failures are also most of the recent outcomes."""
+    breaker = CircuitBreaker(threshold=5, window=20, min_ratio=0.8)
+    for _ in range(15):
+        breaker.success()
+    for _ in range(5):
+        breaker.failure()
+    assert breaker.state == "closed", "5 of the last 20 failed: a flaky receiver, not a dead one"
+    for _ in range(11):
+        breaker.failure()
+    assert breaker.state == "open", "16 of the last 20 failed"
