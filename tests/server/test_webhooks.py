@@ -543,3 +543,21 @@ async def test_a_sender_process_delivers_and_its_death_loses_nothing(
     assert len(set(ids)) == 5 and len(ids) >= 10, "each message sent again, with the same id"
     for r in rec.requests:
         Webhook(SECRET).verify(r.body, r.headers)
+
+
+async def test_a_changed_config_file_is_picked_up_without_a_signal(
+    serve: Start, receiver: MakeReceiver
+) -> None:
+    first, second = await receiver(), await receiver()
+    app = await serve(events_config({"a.*": [first.url]}))
+    written = yaml.safe_load(app.config.read_text())
+    written["events"]["endpoints"]["a.*"].append(second.url)
+    app.config.write_text(yaml.safe_dump(written))
+
+    async def both_enabled() -> bool:
+        _, body = await app.get("/endpoints")
+        return {ep["url"] for ep in body["endpoints"] if ep["enabled"]} == {first.url, second.url}
+
+    await wait_until(both_enabled, timeout=8, what="the file watcher to reload the config")
+    await one_event(app, "a.b")
+    await second.wait_for(1)
