@@ -299,6 +299,11 @@ class PostgresStore:
                 f"PostgreSQL at {self._where_text}: {what} failed, connection lost: {exc}"
             ) from exc
 
+    @property
+    def connect_timeout(self) -> float:
+        """Seconds to wait for a connection from the server or the pool."""
+        return self._connect_timeout
+
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError(f"store {redact_url(self.url)!r} is closed; open_store() it again")

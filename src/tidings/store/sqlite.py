@@ -18,7 +18,8 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -274,6 +275,37 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ writes
 
+    @property
+    def busy_timeout(self) -> float:
+        """Seconds a connection waits for another process's write lock."""
+        return self._busy_timeout
+
+    @contextmanager
+    def transaction(
+        self, on_commit: Callable[[], None] | None = None
+    ) -> Iterator[sqlite3.Connection]:
+        """A write transaction on the store's writer connection, committed when the block ends
+        and rolled back if it raises; ``on_commit`` runs after the commit, still under the lock
+        (so what it queues follows commit order).
+
+        Every in-process writer (appends, checkpoints, the webhook queue) goes through the one
+        writer lock, so they queue on it instead of meeting in SQLite's busy handler, which
+        sleeps 1, 2, 5, 10 … 100 ms between tries. sqlite3 errors are raised as they are.
+        """
+        self._check_open()
+        conn = self._writer
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            if on_commit is not None:
+                on_commit()
+
     def append(
         self,
         events: Event | Sequence[Event],
@@ -294,13 +326,8 @@ class SqliteStore:
         self._check_open()
         now = datetime.now(UTC)
         stamp = _fmt(now)
-        conn = self._writer
-        with self._write_lock:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise self._error("append", exc) from exc
-            try:
+        try:
+            with self.transaction(on_commit=lambda: self._publisher.enqueue(batch)) as conn:
                 current = 0
                 if stream is not None:
                     current = conn.execute(
@@ -310,7 +337,6 @@ class SqliteStore:
                     if expected_version is not None and expected_version != current:
                         raise ConcurrencyError(stream, expected_version, current)
                 if not batch:
-                    conn.execute("COMMIT")
                     return []
                 rows = [
                     (
@@ -335,15 +361,10 @@ class SqliteStore:
                 ]
                 if also is not None:
                     also(conn, recorded)
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.IntegrityError):
-                    raise self._duplicate(batch, exc) from exc
-                if isinstance(exc, sqlite3.Error):
-                    raise self._error("append", exc) from exc
-                raise
-            self._publisher.enqueue(batch)
+        except sqlite3.IntegrityError as exc:
+            raise self._duplicate(batch, exc) from exc
+        except sqlite3.Error as exc:
+            raise self._error("append", exc) from exc
         self._wakeup.notify()
         self._publisher.drain()
         return recorded
@@ -534,24 +555,15 @@ class SqliteStore:
         self.save_checkpoint(name, position)
 
     def handle_in_transaction(self, name: str, rec: Recorded, handler: TxHandler) -> None:
-        self._check_open()
-        conn = self._writer
-        with self._write_lock:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                handler(rec, conn)
-                if not conn.in_transaction:
-                    raise StoreError(
-                        f"subscription {name!r}: the transactional handler ended the transaction "
-                        "itself (COMMIT/ROLLBACK); let tidings commit its writes with the "
-                        "checkpoint"
-                    )
-                conn.execute(_UPSERT_CHECKPOINT, (name, rec.position, _fmt(datetime.now(UTC))))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        with self.transaction() as conn:
+            handler(rec, conn)
+            if not conn.in_transaction:
+                raise StoreError(
+                    f"subscription {name!r}: the transactional handler ended the transaction "
+                    "itself (COMMIT/ROLLBACK); let tidings commit its writes with the "
+                    "checkpoint"
+                )
+            conn.execute(_UPSERT_CHECKPOINT, (name, rec.position, _fmt(datetime.now(UTC))))
 
     # ------------------------------------------------------------------ lifecycle
 

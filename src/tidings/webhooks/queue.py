@@ -249,23 +249,20 @@ class _Database:
 
 
 class _Sqlite(_Database):
-    """One connection, like the store's writer: WAL, busy timeout, the same synchronous mode."""
+    """Writes in the store's own write transactions (one writer lock for the whole process);
+    reads on a connection of our own."""
 
     def __init__(self, store: SqliteStore) -> None:
         self.where = store.path
+        self._store = store
         self._lock = threading.Lock()
-        # Writes also take the store's writer lock: in-process writers then queue on a lock
-        # instead of meeting in SQLite's busy handler, which sleeps 1, 2, 5, 10 … 100 ms and
-        # put tens of milliseconds on an accept's latency.
-        self._write_lock = store._write_lock
         try:
             self._conn = sqlite3.connect(
                 store.path,
-                timeout=store._busy_timeout,
+                timeout=store.busy_timeout,
                 isolation_level=None,
                 check_same_thread=False,  # used from worker threads (to_thread), under _lock
             )
-            self._conn.execute(f"PRAGMA synchronous = {store._synchronous}")
             self._conn.execute("PRAGMA journal_mode = WAL")
             schema = _schema("sqlite.sql")
             with self._lock:
@@ -280,16 +277,8 @@ class _Sqlite(_Database):
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._write_lock, self._lock, self._errors():
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        with self._errors(), self._store.transaction() as conn:
+            yield conn
 
     @contextmanager
     def connection(self) -> Iterator[sqlite3.Connection]:
@@ -347,7 +336,7 @@ class _Postgres(_Database):
         self._psycopg = psycopg
         self._pool_timeout = PoolTimeout
         self.where = describe(store.url)
-        self._timeout = store._connect_timeout
+        self._timeout = store.connect_timeout
         self._pool: ConnectionPool[Any] = ConnectionPool(
             store.url,
             min_size=1,
