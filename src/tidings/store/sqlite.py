@@ -377,7 +377,7 @@ class SqliteStore:
             marks = ",".join("?" * len(ids[:500]))
             dupes = [
                 r[0]
-                for r in self._writer.execute(
+                for r in self._reader().execute(
                     f"SELECT id FROM tidings_events WHERE id IN ({marks})", ids[:500]
                 )
             ]
