@@ -561,3 +561,14 @@ async def test_a_changed_config_file_is_picked_up_without_a_signal(
     await wait_until(both_enabled, timeout=8, what="the file watcher to reload the config")
     await one_event(app, "a.b")
     await second.wait_for(1)
+
+
+async def test_a_repeated_event_id_is_a_conflict_not_an_outage(serve: Start) -> None:
+    app = await serve()
+    event = {"id": "evt-1", "type": "a.b", "data": {"n": 1}}
+    status, _ = await app.post("/events", event)
+    assert status == 202
+    status, body = await app.post("/events", [{"type": "a.b"}, event])
+    assert status == 409 and body["field"] == "id" and "evt-1" in body["error"]
+    status, got = await app.get("/events", params={"type": "a.b"})
+    assert len(got["events"]) == 1, "the batch with the repeat wrote nothing"

@@ -27,7 +27,7 @@ from starlette.routing import Route
 from tidings.event import Event, EventError, from_dict
 from tidings.server.metrics import render_metrics
 from tidings.server.service import Service
-from tidings.store.base import Criteria, StoreError
+from tidings.store.base import Criteria, DuplicateEvent, StoreError
 from tidings.topics import PatternError, compile_pattern
 from tidings.webhooks.endpoint import Auth, Endpoint, PayloadFormat
 from tidings.webhooks.guard import UnsafeURL, check_url, resolve_checked
@@ -249,6 +249,8 @@ def _guarded(
             return _reply({"error": exc.message, "field": exc.field}, exc.status)
         except QueueFull as exc:
             return _reply({"error": str(exc)}, 503)
+        except DuplicateEvent as exc:  # the client's input, not the store's health
+            return _reply({"error": str(exc), "field": "id"}, 409)
         except StoreError as exc:
             log.error("store error on %s %s: %s", request.method, request.url.path, exc)
             return _reply({"error": f"the store is not available: {exc}"}, 503)

@@ -46,6 +46,17 @@ class SchemaMissing(StoreError):
     """The database has no tidings schema: run ``tidings migrate URL``."""
 
 
+class DuplicateEvent(StoreError):
+    """An event id is already stored (or repeated in the batch); nothing was written."""
+
+    def __init__(self, event_id: str) -> None:
+        super().__init__(
+            f"event id {event_id} is already stored; every event needs a unique id "
+            "(leave id unset to get a fresh one); nothing was written"
+        )
+        self.event_id = event_id
+
+
 class ConcurrencyError(StoreError):
     """Optimistic concurrency: the stream moved on since the caller read it."""
 

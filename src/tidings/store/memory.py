@@ -21,6 +21,7 @@ from tidings.store import AfterCommit, as_events
 from tidings.store.base import (
     ConcurrencyError,
     Criteria,
+    DuplicateEvent,
     Recorded,
     StoreError,
     check_criteria,
@@ -104,10 +105,7 @@ class MemoryStore:
             seen: set[str] = set()
             for e in batch:
                 if e.id in data.ids or e.id in seen:
-                    raise StoreError(
-                        f"event id {e.id} is already stored; every event needs a unique id "
-                        "(leave id unset to get a fresh one)"
-                    )
+                    raise DuplicateEvent(e.id)
                 seen.add(e.id)
             now = datetime.now(UTC)
             base = len(data.records)

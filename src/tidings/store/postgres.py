@@ -48,6 +48,7 @@ from tidings.store import AfterCommit, as_events, redact_url
 from tidings.store.base import (
     ConcurrencyError,
     Criteria,
+    DuplicateEvent,
     Recorded,
     SchemaMissing,
     StoreError,
@@ -347,10 +348,7 @@ class PostgresStore:
         if culprit is None and "(id)=" in detail:
             culprit = detail.split("(id)=(", 1)[1].rsplit(") already exists", 1)[0]
         if culprit is not None:
-            return StoreError(
-                f"event id {culprit} is already stored; every event needs a unique id "
-                "(leave id unset to get a fresh one); nothing was written"
-            )
+            return DuplicateEvent(culprit)
         return StoreError(
             f"PostgreSQL at {self._where_text}: append rejected: {exc}; nothing was written"
         )

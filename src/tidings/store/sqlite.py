@@ -30,6 +30,7 @@ from tidings.store import AfterCommit, as_events
 from tidings.store.base import (
     ConcurrencyError,
     Criteria,
+    DuplicateEvent,
     Recorded,
     SchemaMissing,
     StoreError,
@@ -382,10 +383,7 @@ class SqliteStore:
                 )
             ]
         if dupes:
-            return StoreError(
-                f"event id {dupes[0]} is already stored; every event needs a unique id "
-                "(leave id unset to get a fresh one); nothing was written"
-            )
+            return DuplicateEvent(dupes[0])
         return StoreError(f"SQLite {self.path!r}: append rejected: {exc}; nothing was written")
 
     async def aappend(
