@@ -572,3 +572,15 @@ async def test_a_repeated_event_id_is_a_conflict_not_an_outage(serve: Start) -> 
     assert status == 409 and body["field"] == "id" and "evt-1" in body["error"]
     status, got = await app.get("/events", params={"type": "a.b"})
     assert len(got["events"]) == 1, "the batch with the repeat wrote nothing"
+
+
+async def test_an_invalid_config_on_reload_is_refused_and_the_running_one_stays(
+    serve: Start, receiver: MakeReceiver
+) -> None:
+    rec = await receiver()
+    app = await serve(events_config({"a.*": [rec.url]}))
+    app.config.write_text("events:\n  enabled: yes-please\n")
+    assert await app.service.reload_config() is False
+    assert app.service.settings.events.enabled is True
+    await one_event(app, "a.b")
+    await rec.wait_for(1)
