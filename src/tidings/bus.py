@@ -22,12 +22,13 @@ import dataclasses
 import inspect
 import itertools
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from tidings.clock import Clock, Timer, system_clock
 from tidings.delivery import Delivery, DeliveryStatus
@@ -41,6 +42,9 @@ from tidings.retry import RetryPolicy
 from tidings.topics import Pattern, PatternError, SubscriptionIndex, compile_pattern
 from tidings.transport import SubscribeOptions, Transport, TransportError, TransportSubscription
 from tidings.transports import open_transport, redact_url
+
+if TYPE_CHECKING:
+    from tidings.config import Settings
 
 __all__ = ["Bus", "BusClosed", "BusStats", "CloseReport", "QueueFull", "Subscription"]
 
@@ -695,6 +699,23 @@ class Bus:
             self._workers = [_Worker(self, i, per_worker) for i in range(workers)]
             for w in self._workers:
                 w.thread.start()
+
+    @classmethod
+    def from_config(
+        cls,
+        config: str | os.PathLike[str] | Settings | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> Bus:
+        """The bus a YAML file (or loaded ``Settings``; None: ``$TIDINGS_CONFIG``) describes.
+
+        Seed 002's ``event_broker.provider`` picks memory (in-process), redis, nats or database
+        (PostgreSQL); ``enabled: false`` gives a NoopBus. See ``tidings.bus_config`` and
+        docs/config.md for how each key maps.
+        """
+        from tidings.bus_config import build_bus  # noqa: PLC0415 - it builds on Bus (a cycle)
+
+        return build_bus(config, env=env)
 
     # --- subscribing ----------------------------------------------------------------------
 
