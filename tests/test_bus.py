@@ -601,3 +601,114 @@ def test_user_middleware_wraps_in_the_order_given() -> None:
     bus.subscribe("order.placed", lambda e: trail.append("handler"))
     bus.publish(OrderPlaced(order_id="1"))
     assert trail == ["outer>", "inner>", "handler", "<inner", "<outer"]
+
+
+# --- close waits for scheduled retries (issue 9, item 8) ----------------------------------------
+
+
+class _Attempts:
+    """A handler that always raises, counting its attempts by the thread they ran on."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.count = 0
+
+    def __call__(self, event: Event) -> None:
+        with self.lock:
+            self.count += 1
+        raise Boom(f"attempt {self.count}")
+
+
+@pytest.mark.parametrize("mode", ["inline", "async"])
+def test_close_runs_every_scheduled_retry_before_it_returns(mode: str) -> None:
+    bus = Bus(mode, workers=2, retry=RetryPolicy(max_retries=2, initial_delay=0.001))  # type: ignore[arg-type]
+    handler = _Attempts()
+    bus.subscribe("order.placed", handler, name="always-fails")
+    event = OrderPlaced(order_id="1", aggregate_id="k")
+    bus.publish(event)
+    report = bus.close(timeout=5)
+    seen = (handler.count, len(bus.dead_letters), bus.stats.dead)
+    assert report.drained, report.summary()
+    assert report.pending_retries == []
+    # All three attempts and the dead-lettering happened before close returned.
+    assert seen == (3, 1, 1), f"at close: (attempts, dead letters, dead) = {seen}"
+    assert bus.dead_letters.list()[0].attempts == 3
+
+
+async def test_aclose_runs_every_scheduled_retry_of_a_coroutine_handler() -> None:
+    bus = Bus(retry=RetryPolicy(max_retries=2, initial_delay=0.001))
+    attempts = 0
+
+    async def always_fails(event: Event) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise Boom(f"attempt {attempts}")
+
+    bus.subscribe("order.placed", always_fails)
+    await bus.apublish(OrderPlaced(order_id="1"))
+    report = await bus.aclose(5)
+    seen = (attempts, len(bus.dead_letters))
+    assert report.drained, report.summary()
+    assert seen == (3, 1), f"at aclose: (attempts, dead letters) = {seen}"
+
+
+def test_close_reports_a_running_retry_and_no_handler_runs_after_it_returns() -> None:
+    """A retry still running at the deadline is reported, and its failure schedules nothing."""
+    clock = FakeClock()
+    bus = Bus(clock=clock, retry=RetryPolicy(max_retries=3, initial_delay=1, max_delay=1))
+    gate = threading.Event()
+    entered = threading.Event()
+    attempts = 0
+
+    def handler(event: Event) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 2:  # the first retry hangs until the test lets it go
+            entered.set()
+            gate.wait(10)
+        raise Boom(f"attempt {attempts}")
+
+    bus.subscribe("order.placed", handler)
+    event = OrderPlaced(order_id="1")
+    bus.publish(event)
+    firing = threading.Thread(target=clock.advance, args=(1,))  # the timer thread of a real clock
+    firing.start()
+    assert entered.wait(5)
+    report = bus.close(timeout=0.1)
+    gate.set()
+    firing.join(5)
+    assert not report.drained
+    assert report.running_tasks == 1, report
+    assert report.pending_retries == []
+    # The hung retry failed after close returned: nothing is scheduled, nothing runs again.
+    assert clock.pending() == 0, "a retry was scheduled after close() returned"
+    clock.advance(60)
+    assert attempts == 2
+
+
+def test_close_reports_retries_queued_for_async_workers() -> None:
+    """A retry handed to a worker queue but not run by the deadline is a pending retry."""
+    clock = FakeClock()
+    gate = threading.Event()
+    bus = Bus("async", workers=1, clock=clock, retry=RetryPolicy(max_retries=3, initial_delay=1))
+    failed: list[str] = []
+
+    def handler(event: OrderPlaced) -> None:
+        if event.order_id == "block":
+            gate.wait(10)
+            return
+        failed.append(event.order_id)
+        raise Boom("retry me")
+
+    bus.subscribe("order.placed", handler)
+    failing = OrderPlaced(order_id="fails", aggregate_id="a")
+    bus.publish(failing)
+    wait_until(lambda: clock.pending() == 1)
+    bus.publish(OrderPlaced(order_id="block", aggregate_id="b"))
+    wait_until(lambda: bus._workers[0].busy and not bus._workers[0].q)
+    clock.advance(1)  # the retry goes to the worker's queue, behind the blocked handler
+    report = bus.close(timeout=0.1)
+    gate.set()
+    assert [(d.event.id, d.attempts) for d in report.pending_retries] == [(failing.id, 1)], report
+    assert not report.drained
+    assert failed == ["fails"]

@@ -331,3 +331,45 @@ def test_blocking_calls_inside_a_coroutine_handler_are_refused_clearly(bus: Bus)
     wait_until(lambda: len(errors) == 1)
     assert "cannot run inside a coroutine handler" in errors[0]
     assert [s.pattern.text for s in bus.subscriptions()] == ["bt.order.placed"]
+
+
+def test_close_waits_for_the_transports_retries(url: str) -> None:
+    """Issue 9, item 8: every retry (and the dead letter) happens before close returns."""
+    bus = Bus(transport=url, retry=RetryPolicy(max_retries=2, initial_delay=0.001))
+    attempts = 0
+    started = threading.Event()
+
+    @bus.subscribe("bt.order.placed")
+    def refuse(event: Event) -> None:
+        nonlocal attempts
+        attempts += 1
+        started.set()
+        raise RuntimeError("warehouse offline")
+
+    bus.publish(Placed(order_id="o1"))
+    assert started.wait(5)
+    report = bus.close(timeout=5.0)
+    assert report.drained, report.summary()
+    assert attempts == 3
+
+
+def test_close_reports_a_retry_it_could_not_wait_for(url: str) -> None:
+    bus = Bus(transport=url, retry=RetryPolicy(max_retries=3, initial_delay=30, max_delay=30))
+    attempts = 0
+    failed = threading.Event()
+
+    @bus.subscribe("bt.order.placed")
+    def refuse(event: Event) -> None:
+        nonlocal attempts
+        attempts += 1
+        failed.set()
+        raise RuntimeError("warehouse offline")
+
+    sent = Placed(order_id="o1")
+    bus.publish(sent)
+    assert failed.wait(5)
+    report = bus.close(timeout=0.2)
+    assert not report.drained, report.summary()
+    assert [(d.event.id, d.attempts) for d in report.pending_retries] == [(sent.id, 1)]
+    assert "1 retry(ies) cancelled" in report.summary()
+    assert attempts == 1

@@ -19,6 +19,7 @@ from tidings.config import (
     Duration,
     EndpointSettings,
     PayloadFormat,
+    RedisBrokerSettings,
     RetrySettings,
     ServerSettings,
     Settings,
@@ -257,7 +258,7 @@ def test_env_values_in_raw_sections_are_yaml_scalars(tmp_path: Path) -> None:
     path = write(tmp_path, "event_broker:\n  provider: redis\n  redis: {host: localhost}\n")
     broker = load(path, env={"TIDINGS_EVENT_BROKER__REDIS__PORT": "6380"}).event_broker
     assert broker is not None
-    assert broker.redis == {"host": "localhost", "port": 6380}
+    assert broker.redis == RedisBrokerSettings(host="localhost", port=6380)
 
 
 def test_tidings_config_names_the_file(tmp_path: Path) -> None:
@@ -425,7 +426,9 @@ def test_seed_002_combined_maps_onto_settings(tmp_path: Path) -> None:
         max_retries=3, initial_delay=1.0, max_delay=30.0, backoff_factor=2.0
     )
     assert settings.event_broker is not None
-    assert settings.event_broker.redis == {"stream_name": "resolvespec:events", "port": 6379}
+    assert settings.event_broker.redis == RedisBrokerSettings(
+        stream_name="resolvespec:events", port=6379
+    )
     assert settings.event_broker.nats is None
 
 

@@ -22,12 +22,13 @@ import dataclasses
 import inspect
 import itertools
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from tidings.clock import Clock, Timer, system_clock
 from tidings.delivery import Delivery, DeliveryStatus
@@ -41,6 +42,9 @@ from tidings.retry import RetryPolicy
 from tidings.topics import Pattern, PatternError, SubscriptionIndex, compile_pattern
 from tidings.transport import SubscribeOptions, Transport, TransportError, TransportSubscription
 from tidings.transports import open_transport, redact_url
+
+if TYPE_CHECKING:
+    from tidings.config import Settings
 
 __all__ = ["Bus", "BusClosed", "BusStats", "CloseReport", "QueueFull", "Subscription"]
 
@@ -323,6 +327,9 @@ class _TransportLink:
         self.timeout = timeout
         self._remote: dict[Subscription, TransportSubscription] = {}
         self._running: dict[int, Event] = {}  # handler calls in progress, by call id
+        # Deliveries whose last attempt failed and that the transport will retry: what a
+        # close() that cannot wait for them reports as pending retries.
+        self._waiting: dict[tuple[Subscription, str], Delivery] = {}
         self._calls = itertools.count()
         self._pending: set[asyncio.Task[None]] = set()  # publishes started on the loop thread
         self._closed = False
@@ -436,12 +443,33 @@ class _TransportLink:
             changes["retry"] = policy
         if changes:
             opts = dataclasses.replace(opts, **changes)
-        handler = self._wrap(sub, chain)
+        handler = self._wrap(sub, chain, opts.retry)
         remote = self.call(self.transport.subscribe(sub.pattern.text, handler, opts))
         self._remote[sub] = remote
         sub.remote = remote
 
-    def _wrap(self, sub: Subscription, chain: list[Middleware]) -> Callable[[Event], Any]:
+    def _attempt(self, sub: Subscription, event: Event) -> int:
+        """The number of the attempt starting now (the dispatcher retries one at a time)."""
+        waiting = self._waiting.pop((sub, event.id), None)
+        return 1 if waiting is None else waiting.attempts + 1
+
+    def _failed(
+        self, sub: Subscription, event: Event, attempt: int, policy: RetryPolicy, exc: Exception
+    ) -> None:
+        """Note a failed attempt the transport's dispatcher will retry (same policy, same
+        count), so that close() can report it if it has to cancel the retry."""
+        if not policy.should_retry(attempt, exc):
+            return
+        delivery = Delivery(event, sub, sub.name, time.time())
+        delivery.attempts = attempt
+        delivery.status = DeliveryStatus.FAILED
+        delivery.error = str(exc) or type(exc).__name__
+        delivery.error_type = type(exc).__qualname__
+        self._waiting[(sub, event.id)] = delivery
+
+    def _wrap(
+        self, sub: Subscription, chain: list[Middleware], policy: RetryPolicy
+    ) -> Callable[[Event], Any]:
         running = self._running
         calls = self._calls
         if sub.is_async:
@@ -450,13 +478,16 @@ class _TransportLink:
             async def run_async(event: Event) -> None:
                 n = next(calls)
                 running[n] = event
+                attempt = self._attempt(sub, event)
                 token = _current.set(event)
                 try:
                     await acall(event)
                 except asyncio.CancelledError:
                     raise  # stays in `running`: close() reports it unfinished
-                except BaseException:
+                except BaseException as exc:
                     running.pop(n, None)
+                    if isinstance(exc, Exception):
+                        self._failed(sub, event, attempt, policy, exc)
                     raise
                 else:
                     running.pop(n, None)
@@ -476,12 +507,15 @@ class _TransportLink:
         async def run_sync(event: Event) -> None:
             n = next(calls)
             running[n] = event
+            attempt = self._attempt(sub, event)
             try:
                 await asyncio.to_thread(in_thread, event)
             except asyncio.CancelledError:
                 raise  # the thread may still run; close() reports the event unfinished
-            except BaseException:
+            except BaseException as exc:
                 running.pop(n, None)
+                if isinstance(exc, Exception):
+                    self._failed(sub, event, attempt, policy, exc)
                 raise
             else:
                 running.pop(n, None)
@@ -533,8 +567,15 @@ class _TransportLink:
         self._closed = True
         report = CloseReport(drained=True)
         report.unfinished_events = list(self._running.values())
+        # An unsubscribed handler's retries ended with it (the broker keeps the message).
+        report.pending_retries = [d for d in self._waiting.values() if d.subscription.active]
         report.running_tasks = sum(1 for t in self._pending if not t.done())
-        report.drained = error is None and not report.unfinished_events and not report.running_tasks
+        report.drained = (
+            error is None
+            and not report.unfinished_events
+            and not report.pending_retries
+            and not report.running_tasks
+        )
         self._stop_loop(max(deadline - time.monotonic(), 0.5))
         if not report.drained:
             log.warning(
@@ -623,7 +664,13 @@ class Bus:
         self._track = track_deliveries
         self._history: OrderedDict[tuple[str, int], Delivery] = OrderedDict()
         self._history_size = history_size
+        # Retries scheduled on the clock (not yet due), and inline retries running now (by the
+        # thread running them). Every move between "scheduled", "running" and a worker's queue
+        # bumps _retry_gen, so drain() can tell a quiet moment from one it happened to miss.
         self._timers: dict[Delivery, Timer | None] = {}
+        self._firing: dict[Delivery, int] = {}
+        self._retry_gen = 0
+        self._retries_stopped = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop = loop
         self._closing = False
@@ -652,6 +699,23 @@ class Bus:
             self._workers = [_Worker(self, i, per_worker) for i in range(workers)]
             for w in self._workers:
                 w.thread.start()
+
+    @classmethod
+    def from_config(
+        cls,
+        config: str | os.PathLike[str] | Settings | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> Bus:
+        """The bus a YAML file (or loaded ``Settings``; None: ``$TIDINGS_CONFIG``) describes.
+
+        Seed 002's ``event_broker.provider`` picks memory (in-process), redis, nats or database
+        (PostgreSQL); ``enabled: false`` gives a NoopBus. See ``tidings.bus_config`` and
+        docs/config.md for how each key maps.
+        """
+        from tidings.bus_config import build_bus  # noqa: PLC0415 - it builds on Bus (a cycle)
+
+        return build_bus(config, env=env)
 
     # --- subscribing ----------------------------------------------------------------------
 
@@ -1020,18 +1084,41 @@ class Bus:
         return delivery, delay
 
     def _schedule_retry(self, delivery: Delivery, delay: float, worker: _Worker | None) -> None:
+        """Run the next attempt of ``delivery`` after ``delay``, unless close() stops it first.
+
+        The timer's entry leaves ``_timers`` only when the attempt starts (under the lock, so
+        close() either cancels the retry or sees it running, never neither); an inline attempt
+        is then in ``_firing`` until it ends, a worker's is in that worker's queue.
+        """
+
         def fire() -> None:
-            try:
+            with self._lock:
+                if delivery not in self._timers:
+                    return  # cancelled by close()
+                del self._timers[delivery]
+                self._retry_gen += 1
                 if worker is not None:
                     worker.push((None, delivery, None), front=True)
-                else:
-                    self._run_inline(delivery)
+                    return
+                self._firing[delivery] = threading.get_ident()
+            try:
+                self._run_inline(delivery)
             finally:
                 with self._lock:
-                    self._timers.pop(delivery, None)
+                    self._firing.pop(delivery, None)
+                    self._retry_gen += 1
 
         with self._lock:
+            if self._retries_stopped:
+                log.warning(
+                    "handler %s: retry of event %s not scheduled, the bus is closed "
+                    "(close() reported this attempt as still running)",
+                    delivery.handler,
+                    delivery.event.id,
+                )
+                return
             self._timers[delivery] = None
+            self._retry_gen += 1
         timer = self._clock.call_later(delay, fire)
         with self._lock:
             if delivery in self._timers:
@@ -1091,10 +1178,16 @@ class Bus:
     def _idle(self) -> bool:
         if self._link is not None:
             return self._link.idle()
+        me = threading.get_ident()  # a retry that calls close() does not wait for itself
+        with self._lock:
+            gen = self._retry_gen
+            if self._timers or any(t != me for t in self._firing.values()):
+                return False
         if not all(w.is_drained() for w in self._workers):
             return False
         with self._lock:
-            return not self._timers
+            # Nothing moved between a timer, a running retry and a queue while we looked.
+            return gen == self._retry_gen and not self._timers
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until queued events and scheduled retries are done; False on timeout."""
@@ -1115,12 +1208,17 @@ class Bus:
             self._closed = True
             self._report = self._link.close(limit)
             return self._report
+        deadline = time.monotonic() + limit
         drained = self.drain(limit)
         self._closed = True
         report = CloseReport(drained=drained)
+        me = threading.get_ident()
         with self._lock:
+            # From here no retry starts and none is scheduled: what is left is reported.
+            self._retries_stopped = True
             timers = dict(self._timers)
             self._timers.clear()
+            running = sum(1 for t in self._firing.values() if t != me)
         for delivery, timer in timers.items():
             if timer is not None:
                 timer.cancel()
@@ -1132,13 +1230,17 @@ class Bus:
             with w.space:
                 w.space.notify_all()
         for w in self._workers:
-            w.thread.join(max(limit, 0.1))
-            for event, _payload, _ in list(w.q):
+            w.thread.join(max(deadline - time.monotonic(), 0.1))
+            if w.thread.is_alive():
+                running += 1  # a handler still running past the deadline
+            for event, payload, _ in list(w.q):
                 if event is not None:
                     report.unfinished_events.append(event)
+                else:
+                    report.pending_retries.append(payload)
             for parked in w.parked.values():
                 report.unfinished_events.extend(e for e, _, _ in parked if e is not None)
-        report.running_tasks = sum(1 for t in self._tasks if not t.done())
+        report.running_tasks = running + sum(1 for t in self._tasks if not t.done())
         report.drained = (
             drained
             and not report.unfinished_events
@@ -1154,10 +1256,13 @@ class Bus:
     async def aclose(self, timeout: float | None = None) -> CloseReport:
         """``close`` for asyncio code: also waits for handler tasks started on this loop."""
         limit = self.close_timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
         tasks = [t for t in self._tasks if not t.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=limit)
-        return await asyncio.get_running_loop().run_in_executor(None, self.close, limit)
+        # In a thread: retries of coroutine handlers run on this loop, which must stay free.
+        left = max(deadline - time.monotonic(), 0.0)
+        return await asyncio.get_running_loop().run_in_executor(None, self.close, left)
 
     @property
     def closed(self) -> bool:

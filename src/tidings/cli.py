@@ -153,8 +153,9 @@ def _summary(settings: Settings) -> list[tuple[str, str]]:
         rows.append(("event_broker.enabled", _show(broker.enabled)))
         rows.append(("event_broker.provider", broker.provider))
         for name in ("redis", "nats", "database"):
-            if getattr(broker, name) is not None:
-                rows.append((f"event_broker.{name}", _show(getattr(broker, name))))
+            section = getattr(broker, name)
+            if section is not None:
+                rows += [row for row in _rows(section, f"event_broker.{name}.") if row[1] != "-"]
     return rows
 
 

@@ -38,10 +38,13 @@ __all__ = [
     "BusKwargs",
     "BusSettings",
     "ConfigError",
+    "DatabaseBrokerSettings",
     "Duration",
     "EndpointSettings",
     "EventBrokerSettings",
+    "NatsBrokerSettings",
     "PayloadFormat",
+    "RedisBrokerSettings",
     "RetrySettings",
     "ServerSettings",
     "Settings",
@@ -154,12 +157,49 @@ class BusSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     retry: RetrySettings | None = None  # None: no bus-wide retries (Bus's default)
 
 
+class RedisBrokerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """``event_broker.redis``: where the Redis Streams provider connects and which stream it
+    uses. ``url`` or ``host``/``port``/``username``/``password``/``db``, not both; how each key
+    maps onto the Redis transport is in docs/config.md (``tidings.bus_config`` applies it)."""
+
+    url: str | None = None
+    host: str | None = None
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
+    username: str | None = None
+    password: str | None = None
+    db: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    stream_name: str | None = None  # "<prefix>:events"
+    consumer_group: str | None = None
+
+
+class NatsBrokerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """``event_broker.nats``: the NATS JetStream provider (server, stream, subject prefix)."""
+
+    url: str | None = None
+    stream_name: str | None = None
+    subject_prefix: str | None = None  # default: the stream name in lower case
+    consumer_group: str | None = None
+
+
+class DatabaseBrokerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """``event_broker.database``: the PostgreSQL provider (tables woken by LISTEN/NOTIFY).
+
+    ``url`` defaults to ``store.url`` when that is a PostgreSQL URL; ``table_name`` names the
+    schema holding the queue's tables, ``channel`` the NOTIFY channel.
+    """
+
+    url: str | None = None
+    table_name: str | None = None
+    channel: str | None = None
+    consumer_group: str | None = None
+
+
 class EventBrokerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """The seed-002 ``event_broker`` section, kept as written.
 
     Its bus-related keys are also copied onto ``bus`` and ``instance_id`` by ``load``
-    (``worker_count`` -> ``bus.workers``, ``retry_policy`` -> ``bus.retry``, ...). The provider
-    sub-sections stay raw mappings until the transports that read them exist.
+    (``worker_count`` -> ``bus.workers``, ``retry_policy`` -> ``bus.retry``, ...).
+    ``Bus.from_config`` reads ``enabled``, ``provider`` and the chosen provider's section.
     """
 
     enabled: bool = True
@@ -169,9 +209,9 @@ class EventBrokerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=Tru
     buffer_size: Annotated[int, msgspec.Meta(ge=1)] | None = None
     instance_id: str | None = None
     retry_policy: RetrySettings | None = None
-    redis: dict[str, Any] | None = None
-    nats: dict[str, Any] | None = None
-    database: dict[str, Any] | None = None
+    redis: RedisBrokerSettings | None = None
+    nats: NatsBrokerSettings | None = None
+    database: DatabaseBrokerSettings | None = None
 
 
 # --- webhooks, store, server (what ``tidings serve`` reads) ------------------------------
@@ -329,6 +369,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
                 webhooks={name: _redact_endpoint(e) for name, e in events.webhooks.items()},
             ),
             store=msgspec.structs.replace(self.store, url=redact_url(self.store.url)),
+            event_broker=_redact_broker(self.event_broker),
             server=msgspec.structs.replace(
                 self.server, api_key=None if self.server.api_key is None else _MASK
             ),
@@ -356,6 +397,28 @@ _AUTH_FORMS = (("bearer",), ("username", "password"), ("header", "value"))
 
 def _mask(value: str | None) -> str | None:
     return None if value is None else _MASK
+
+
+def _redact_broker(broker: EventBrokerSettings | None) -> EventBrokerSettings | None:
+    if broker is None:
+        return None
+    redis, nats, database = broker.redis, broker.nats, broker.database
+    return msgspec.structs.replace(
+        broker,
+        redis=None
+        if redis is None
+        else msgspec.structs.replace(
+            redis,
+            url=None if redis.url is None else redact_url(redis.url),
+            password=_mask(redis.password),
+        ),
+        nats=None
+        if nats is None or nats.url is None
+        else msgspec.structs.replace(nats, url=redact_url(nats.url)),
+        database=None
+        if database is None or database.url is None
+        else msgspec.structs.replace(database, url=redact_url(database.url)),
+    )
 
 
 def _redact_endpoint(spec: EndpointSettings) -> EndpointSettings:
@@ -632,7 +695,8 @@ _LEGACY: list[tuple[KeyPath, KeyPath]] = [
 
 _SETTINGS_TYPE = mi.type_info(Settings)
 _MISSING = object()
-_HIDDEN = frozenset({"api_key", "secret", "auth", "headers"})  # errors never show these values
+# Errors never show the values under these keys.
+_HIDDEN = frozenset({"api_key", "secret", "auth", "headers", "password"})
 
 
 def _dotted(path: tuple[Any, ...]) -> str:
@@ -998,6 +1062,7 @@ class _Loader:
     def _check(self, settings: Settings) -> None:
         """Rules across keys, which the per-key schema cannot express."""
         self._check_bus(settings.bus)
+        self._check_broker(settings.event_broker)
         endpoints = self._check_events(settings.events)
         self._check_server(settings, endpoints)
         scheme, sep, _ = settings.store.url.partition("://")
@@ -1027,6 +1092,18 @@ class _Loader:
             retry.policy()
         except ValueError as exc:
             raise self._error(("bus", "retry"), str(exc)) from None
+
+    def _check_broker(self, broker: EventBrokerSettings | None) -> None:
+        redis = broker.redis if broker is not None else None
+        if redis is None or redis.url is None:
+            return
+        parts = [k for k in ("host", "port", "username", "password", "db") if getattr(redis, k)]
+        if parts:
+            raise self._error(
+                ("event_broker", "redis", parts[0]),
+                f"given together with url; write the server either as url "
+                f"(redis://user:password@host:port/db) or as {', '.join(parts)}, not both",
+            )
 
     def _check_events(
         self, events: WebhookSettings

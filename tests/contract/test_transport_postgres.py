@@ -306,6 +306,35 @@ async def test_notify_wakes_consumers_and_listen_survives_a_dropped_connection(
         await t.close()
 
 
+async def test_channel_option_names_the_notify_channel(ns: Namespace) -> None:
+    """?channel= (seed 002's database.channel): publishes NOTIFY there and consumers LISTEN."""
+    channel = f"ch_{ns.schema}"
+    t = await _started(f"{ns.url}&channel={channel}", poll_interval=30.0)
+    try:
+        got = Collector()
+        await t.subscribe("pg.chan", got)
+        async with await psycopg.AsyncConnection.connect(ADMIN, autocommit=True) as spy:
+            await spy.execute(f'LISTEN "{channel}"')
+            deadline = time.monotonic() + 5
+            while not await _sql(  # the transport's own LISTEN is in place
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = %s AND query = %s",
+                (ns.app, f'LISTEN "{channel}"'),
+            ):
+                assert time.monotonic() < deadline, "the transport never LISTENed on the channel"
+                await asyncio.sleep(0.02)
+            began = time.monotonic()
+            await t.publish(make_event("pg.chan"))
+            heard = [n.channel async for n in spy.notifies(timeout=3.0, stop_after=1)]
+        assert heard == [channel]
+        while got.count() < 1:  # poll_interval=30: only the NOTIFY can wake it this soon
+            assert time.monotonic() - began < 3, "NOTIFY on the channel did not wake the consumer"
+            await asyncio.sleep(0.01)
+    finally:
+        await t.close()
+    with pytest.raises(TransportError, match="channel 'Bad-Name' must be lower-case"):
+        open_transport(f"{ns.url}&channel=Bad-Name")
+
+
 async def test_poll_finds_rows_without_notify(ns: Namespace) -> None:
     """A lost NOTIFY costs at most poll_interval: the poll finds the row anyway."""
     t = await _started(ns.url, poll_interval=0.2)

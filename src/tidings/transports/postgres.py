@@ -73,6 +73,7 @@ _REGEX_SPECIAL = set("\\^$.|?*+()[]{}")
 # Options this transport reads from the URL query; every other query parameter goes to libpq.
 _URL_OPTIONS = {
     "schema": str,
+    "channel": str,
     "poll_interval": float,
     "batch_size": int,
     "retention": float,
@@ -133,6 +134,7 @@ class _Settings:
     redacted: str
     where: str  # host:port, for error messages
     schema: str
+    channel: str
     poll_interval: float
     batch_size: int
     retention: float | None
@@ -181,6 +183,12 @@ def _parse(url: str, options: dict[str, Any]) -> _Settings:
             f"PostgreSQL transport: schema {schema!r} must be lower-case letters, digits and "
             "underscores, starting with a letter or underscore (at most 63 characters)"
         )
+    channel = ours.get("channel") or f"tidings_q_{schema}"[:63]
+    if not _SCHEMA_RE.match(channel):
+        raise TransportError(
+            f"PostgreSQL transport: channel {channel!r} must be lower-case letters, digits and "
+            "underscores, starting with a letter or underscore (at most 63 characters)"
+        )
     retention = float(ours.get("retention", 7 * 86400.0))
     host = unquote(parts.hostname or "localhost")
     where = f"{host}:{parts.port or 5432}"
@@ -190,6 +198,7 @@ def _parse(url: str, options: dict[str, Any]) -> _Settings:
         redacted=redact_url(url),
         where=where,
         schema=schema,
+        channel=channel,
         poll_interval=float(ours.get("poll_interval", 1.0)),
         batch_size=int(ours.get("batch_size", 256)),
         retention=retention if retention > 0 else None,
@@ -211,9 +220,9 @@ def _parse(url: str, options: dict[str, Any]) -> _Settings:
 class _Sql:
     """Every statement, written once per schema (the schema name is validated, then quoted)."""
 
-    def __init__(self, schema: str) -> None:
+    def __init__(self, schema: str, channel: str) -> None:
         s = f'"{schema}"'
-        self.channel = f"tidings_q_{schema}"[:63]
+        self.channel = channel
         self.ddl = [
             f"CREATE SCHEMA IF NOT EXISTS {s}",
             f"""CREATE TABLE IF NOT EXISTS {s}.messages (
@@ -406,6 +415,8 @@ class PostgresTransport:
     parameters (``sslmode``, ``application_name``, ...) go to libpq unchanged.
 
     - ``schema``: where the queue tables live (created on ``start``).
+    - ``channel``: the LISTEN/NOTIFY channel (default ``tidings_q_<schema>``); every process
+      of one queue must use the same one.
     - ``poll_interval``: seconds between polls when no NOTIFY arrives (the fallback).
     - ``batch_size``: most messages one claim takes.
     - ``retention``: seconds a fully acked message is kept for ``start="earliest"``
@@ -424,7 +435,7 @@ class PostgresTransport:
         self._cfg = _parse(url, options)
         self._raw_url = url
         self.url = self._cfg.redacted  # public and printable: the password shows as ***
-        self._sql = _Sql(self._cfg.schema)
+        self._sql = _Sql(self._cfg.schema, self._cfg.channel)
         self._on_error = on_error
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._state = TransportState.CLOSED
