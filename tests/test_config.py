@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import tidings
+import tidings.headers
 from tidings.config import (
     ConfigError,
     Duration,
@@ -131,20 +132,27 @@ def test_to_builtins_gives_plain_seconds(tmp_path: Path) -> None:
     assert type(data["bus"]["retry"]["max_delay"]) is float
 
 
-def test_config_module_stays_on_the_ground_floor() -> None:
-    source = Path(tidings.config.__file__).read_text(encoding="utf-8")
+def _tidings_imports(module: typing.Any) -> set[str]:
+    source = Path(module.__file__).read_text(encoding="utf-8")
     imported = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module)
         elif isinstance(node, ast.Import):
             imported.update(alias.name for alias in node.names)
+    return {m for m in imported if m.startswith("tidings")}
+
+
+def test_config_module_stays_on_the_ground_floor() -> None:
     # The ground floor imports nothing above it; webhooks builds its endpoints from config.
-    assert {m for m in imported if m.startswith("tidings")} == {
+    assert _tidings_imports(tidings.config) == {
+        "tidings.headers",
         "tidings.retry",
         "tidings.topics",
         "tidings.urls",
     }
+    # The header rules are shared with the HTTP API, so they sit on the ground floor too.
+    assert _tidings_imports(tidings.headers) == set()
     code = "import sys, tidings.config; print('tidings.webhooks' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "False"
@@ -1144,6 +1152,67 @@ def test_type_errors_under_secret_keys_hide_the_value(tmp_path: Path, text: str,
     assert "8675309" not in message
 
 
+@pytest.mark.parametrize(
+    ("spec", "key", "expected"),
+    [
+        ("headers: {Host: evil.example}", "headers.Host", "'Host' is set by the HTTP client"),
+        ("headers: {content-length: '0'}", "headers.content-length", "'content-length' is set"),
+        (
+            "headers: {Transfer-Encoding: chunked}",
+            "headers.Transfer-Encoding",
+            "'Transfer-Encoding' is set",
+        ),
+        ("headers: {Connection: close}", "headers.Connection", "'Connection' is set by the"),
+        (
+            "headers: {Content-Type: text/plain}",
+            "headers.Content-Type",
+            "'Content-Type' follows from",
+        ),
+        (
+            "headers: {Webhook-Signature: 'v1,x'}",
+            "headers.Webhook-Signature",
+            "'Webhook-Signature' is one of the Standard Webhooks signature headers",
+        ),
+        ("headers: {webhook-id: m}", "headers.webhook-id", "'webhook-id' is one of the"),
+        ("headers: {WEBHOOK-TIMESTAMP: '1'}", "headers.WEBHOOK-TIMESTAMP", "'WEBHOOK-TIMESTAMP'"),
+        ("headers: {tidings-attempt: '1'}", "headers.tidings-attempt", "'tidings-attempt' is set"),
+        ("headers: {ce-id: x}", "headers.ce-id", "'ce-id': ce-* headers carry"),
+        (
+            'headers: {X-A: "bell\\a"}',
+            "headers.X-A",
+            "a header value cannot hold line breaks, NUL or other control characters (tabs are "
+            "fine); found control character U+0007 at position 4 (the value is not shown)",
+        ),
+        ('headers: {X-A: "a\\0"}', "headers.X-A", "a header value cannot hold line breaks"),
+        ('auth: {bearer: "t\\r\\nX: 1"}', "auth.bearer", "a header value cannot hold"),
+        ("auth: {username: 'a:b', password: p}", "auth.username", "expected a user name"),
+        ("auth: {header: webhook-id, value: v}", "auth.header", "'webhook-id' is one of"),
+        (
+            "auth: {bearer: t}, headers: {authorization: x}",
+            "headers.authorization",
+            "'authorization' is also set by auth; give it in one place",
+        ),
+    ],
+)
+def test_endpoint_header_rules(tmp_path: Path, spec: str, key: str, expected: str) -> None:
+    """The rules the HTTP API applies too (tidings.headers): a header that would split the
+    request, or replace one that tidings or the HTTP client sets, is refused when loading."""
+    path = write(tmp_path, f"events:\n  webhooks:\n    w: {{url: 'http://x', {spec}}}\n")
+    message = error(path)
+    assert message.startswith(f"{path}: events.webhooks.w.{key}: {expected}"), message
+    for hidden in ("evil.example", "chunked", "text/plain", "bell", "v1,x"):
+        assert hidden not in message.partition(": ")[2].partition(": ")[2], message
+
+
+def test_header_values_may_hold_tabs_and_non_ascii(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "events:\n  webhooks:\n    w: {url: 'http://x', headers: {X-A: \"a\\tb caf\u00e9\"}}\n",
+    )
+    (ep,) = from_settings(load(path, env={}).events)
+    assert ep.headers == {"X-A": "a\tb caf\u00e9"}
+
+
 def test_same_url_with_different_settings_names_both_keys(tmp_path: Path) -> None:
     path = write(
         tmp_path,
@@ -1199,6 +1268,18 @@ def test_lease_must_outlast_every_timeout(tmp_path: Path) -> None:
     path = write(tmp_path, "server: {lease: 10s}\nevents: {timeout: 10s}\n")
     assert "not longer than events.timeout (10s)" in error(path)
     assert load(write(tmp_path, "server: {lease: 11s}\nevents: {timeout: 10s}\n"), env={})
+
+
+def test_a_short_lease_says_why_and_what_to_do(tmp_path: Path) -> None:
+    """Endpoints registered through the API take events.timeout (10 s by default), so a lease of
+    3 s wedges them too: refused naming both settings, the reason and the way out."""
+    path = write(tmp_path, "server: {lease: 3s}\n")
+    assert error(path) == (
+        f"{path}: server.lease: expected a duration longer than every webhook timeout, got "
+        "'3s', not longer than events.timeout (10s): a worker holds a claimed delivery for "
+        "server.lease, which must outlast the request plus a margin to record its outcome, or "
+        "the request is never started; raise server.lease or lower that timeout"
+    )
 
 
 def test_errors_from_the_environment_name_the_variable() -> None:

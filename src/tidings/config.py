@@ -1,10 +1,11 @@
 """Settings from a YAML file plus ``TIDINGS_*`` environment variables; see docs/config.md.
 
-Ground floor: this module imports nothing of tidings but the ground-floor ``retry``, ``topics``
-and ``urls``, so the bus, stores, webhooks, server and CLI can all read settings without import
-cycles (``tidings.webhooks.endpoint.from_settings`` turns ``events`` into endpoints). Every user
-mistake becomes one ``ConfigError`` whose message names the file (or environment variable), the
-key path and what was expected, so ``tidings config check`` can print it without a traceback.
+Ground floor: this module imports nothing of tidings but the ground-floor ``headers``,
+``retry``, ``topics`` and ``urls``, so the bus, stores, webhooks, server and CLI can all read
+settings without import cycles (``tidings.webhooks.endpoint.from_settings`` turns ``events``
+into endpoints). Every user mistake becomes one ``ConfigError`` whose message names the file
+(or environment variable), the key path and what was expected, so ``tidings config check`` can
+print it without a traceback.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import msgspec
 import msgspec.inspect as mi
 import yaml
 
+from tidings.headers import headers_problem
 from tidings.retry import RetryPolicy
 from tidings.topics import PatternError, compile_pattern
 from tidings.urls import redact_url
@@ -34,6 +36,7 @@ from tidings.urls import redact_url
 __all__ = [
     "CONFIG_ENV",
     "ENV_PREFIX",
+    "LEASE_RULE",
     "AuthSettings",
     "BusKwargs",
     "BusSettings",
@@ -51,6 +54,7 @@ __all__ = [
     "StoreSettings",
     "WebhookSettings",
     "endpoint_id_for_url",
+    "fits_lease",
     "load",
     "parse_duration",
 ]
@@ -386,13 +390,11 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
 
 _MASK = "***"
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
 _WEBHOOK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _SECRET_PREFIX = "whsec_"
 _NEW_SECRET = (
     "python -c \"import base64, os; print('whsec_' + base64.b64encode(os.urandom(32)).decode())\""
 )
-_AUTH_FORMS = (("bearer",), ("username", "password"), ("header", "value"))
 
 
 def _mask(value: str | None) -> str | None:
@@ -495,25 +497,9 @@ def _check_spec(spec: EndpointSettings, path: tuple[Any, ...]) -> None:
                 compile_pattern(pattern)
             except PatternError as exc:
                 raise _Invalid((*path, "events", i), str(exc)) from None
-    for name, value in spec.headers.items():
-        if not _HEADER_NAME.fullmatch(name):
-            raise _Invalid((*path, "headers", name), "expected an HTTP header name")
-        if any(ch in value for ch in "\r\n\0"):
-            raise _Invalid(
-                (*path, "headers", name), "a header value cannot hold line breaks or NUL"
-            )
-    if spec.auth is not None:
-        auth = spec.auth
-        chosen = [f for f in _AUTH_FORMS if any(getattr(auth, k) is not None for k in f)]
-        if len(chosen) != 1 or any(getattr(auth, k) is None for k in chosen[0]):
-            given = [k for k in AuthSettings.__struct_fields__ if getattr(auth, k) is not None]
-            raise _Invalid(
-                (*path, "auth"),
-                "expected exactly one of {bearer}, {username, password} or {header, value}, "
-                f"got {', '.join(given) or 'no keys'}",
-            )
-        if auth.header is not None and not _HEADER_NAME.fullmatch(auth.header):
-            raise _Invalid((*path, "auth", "header"), "expected an HTTP header name")
+    problem = headers_problem(spec.headers, spec.auth)
+    if problem is not None:
+        raise _Invalid((*path, *problem[0]), problem[1])
     if spec.timeout is not None and spec.timeout <= 0:
         raise _Invalid((*path, "timeout"), f"expected a duration > 0, got {spec.timeout:g}s")
     if spec.rate_limit is not None and not math.isfinite(spec.rate_limit):
@@ -1161,14 +1147,26 @@ class _Loader:
             for path, _, ep in endpoints
         ]
         for what, timeout in limits:
-            if timeout >= server.lease:
+            if not fits_lease(timeout, server.lease):
                 raise self._error(
                     lease,
                     f"expected a duration longer than every webhook timeout, got "
-                    f"{self._written(lease, server.lease)}, not longer than {what}: a delivery "
-                    "would be handed to a second worker while the first still waits; raise "
-                    "server.lease or lower that timeout",
+                    f"{self._written(lease, server.lease)}, not longer than {what}: "
+                    f"{LEASE_RULE}; raise server.lease or lower that timeout",
                 )
+
+
+LEASE_RULE = (
+    "a worker holds a claimed delivery for server.lease, which must outlast the request plus a "
+    "margin to record its outcome, or the request is never started"
+)
+
+
+def fits_lease(timeout: float, lease: float) -> bool:
+    """Whether a webhook ``timeout`` leaves ``lease`` room for the margin. The worker starts a
+    request only while ``(lease - timeout) / 2`` of the lease is left, so any timeout below the
+    lease can be sent; a few seconds less leaves room to wait for a free slot."""
+    return timeout < lease
 
 
 def _is_loopback(host: str) -> bool:

@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -182,7 +183,13 @@ async def test_a_flapping_receiver_gets_the_same_message_id_until_it_succeeds(
     assert status == 200
     log = detail["attempt_log"]
     assert [a["status_code"] for a in log] == [503, 503, 200]
-    assert all(a["duration"] >= 0 and a["started_at"] > 0 for a in log)
+    assert all(a["duration"] >= 0 and _epoch(a["started_at"]) > 0 for a in log)
+
+
+def _epoch(rfc3339: str) -> float:
+    """Seconds from an API time (RFC 3339, UTC, ``Z``)."""
+    assert rfc3339.endswith("Z"), rfc3339
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
 
 
 async def _state(app: Running, state: str, count: int = 1) -> bool:
@@ -334,7 +341,8 @@ async def test_bad_events_get_a_clear_error_naming_the_field(serve: Start) -> No
     assert status == 400 and body["field"] == "type"
     status, body = await app.post("/events", [{"type": "a", "time": "yesterday"}])
     assert status == 400 and body["field"].startswith("[0].") and "time" in body["field"]
-    async with app.session.post(app.url + "/events", data=b"{not json") as resp:
+    json_type = {"Content-Type": "application/json"}
+    async with app.session.post(app.url + "/events", data=b"{not json", headers=json_type) as resp:
         assert resp.status == 400 and "JSON" in (await resp.json())["error"]
     status, body = await app.post("/events", [])
     assert status == 400

@@ -1,8 +1,9 @@
 """The HTTP API of `tidings serve` (Starlette): events in, endpoints, deliveries, health, metrics.
 
-Bodies are decoded with msgspec and validated by tidings' own rules; every rejection is a JSON
-``{"error": ..., "field": ...}`` with a 4xx status, never a traceback. When an API key is set,
-every route but ``/health`` needs it (``Authorization: Bearer <key>`` or ``X-API-Key``).
+Bodies must be declared JSON, are read and decoded by ``tidings.server.body`` and validated by
+tidings' own rules; every rejection is a JSON ``{"error": ..., "field": ...}`` with a 4xx status,
+never a traceback. When an API key is set, every route but ``/health`` needs it
+(``Authorization: Bearer <key>`` or ``X-API-Key``). Times are RFC 3339 in UTC.
 """
 
 from __future__ import annotations
@@ -24,14 +25,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tidings.event import Event, EventError, from_dict
+from tidings.config import LEASE_RULE, fits_lease
+from tidings.event import SPECVERSION, Event, EventError, from_dict
+from tidings.headers import headers_problem
+from tidings.server.body import EVENT_TYPES, ApiError, json_body
 from tidings.server.metrics import render_metrics
 from tidings.server.service import Service
 from tidings.store.base import Criteria, DuplicateEvent, StoreError
 from tidings.topics import PatternError, compile_pattern
-from tidings.webhooks.endpoint import Auth, Endpoint, PayloadFormat
+from tidings.webhooks.endpoint import Auth, Endpoint, PayloadFormat, inherit
 from tidings.webhooks.guard import UnsafeURL, check_url, resolve_checked
-from tidings.webhooks.queue import QueueFull
+from tidings.webhooks.queue import Delivery, QueueFull
 from tidings.webhooks.signing import SigningError, generate_secret, parse_secret
 
 __all__ = ["create_app"]
@@ -39,44 +43,34 @@ __all__ = ["create_app"]
 log = logging.getLogger("tidings.server")
 
 _json = msgspec.json.Encoder()
-_any = msgspec.json.Decoder()
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.field = field
 
 
 def _reply(data: Any, status: int = 200) -> Response:
     return Response(_json.encode(data), status, media_type="application/json")
 
 
-async def _body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 past ``limit`` bytes (checked while reading)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"request body of {declared} bytes is over the {limit}-byte limit")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"request body is over the {limit}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def _json_object(request: Request, limit: int) -> dict[str, Any]:
-    raw = await _body(request, limit)
-    try:
-        data = _any.decode(raw) if raw else {}
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, f"body is not valid JSON: {exc}") from None
+    data = await json_body(request, limit)
     if not isinstance(data, dict):
         raise ApiError(400, "body: expected a JSON object")
+    return data
+
+
+def _rfc3339(seconds: float | None) -> str | None:
+    """Epoch seconds as ``2026-01-15T10:30:00.123Z`` (what the rest of the API reads and writes)."""
+    if seconds is None:
+        return None
+    text = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+_DELIVERY_TIMES = ("next_attempt_at", "created_at", "updated_at", "delivered_at")
+
+
+def _delivery(d: Delivery) -> dict[str, Any]:
+    data: dict[str, Any] = dataclasses.asdict(d)
+    for name in _DELIVERY_TIMES:
+        data[name] = _rfc3339(data[name])
     return data
 
 
@@ -94,11 +88,7 @@ def _from_seed(item: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _events(raw: bytes, max_batch: int) -> list[Event]:
-    try:
-        data = _any.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, f"body is not valid JSON: {exc}") from None
+def _events(data: Any, max_batch: int) -> list[Event]:
     items = data if isinstance(data, list) else [data]
     if not items:
         raise ApiError(400, "body: expected an event or a non-empty list of events")
@@ -109,6 +99,14 @@ def _events(raw: bytes, max_batch: int) -> list[Event]:
         where = f"[{i}]." if isinstance(data, list) else ""
         if not isinstance(item, dict):
             raise ApiError(400, f"{where or 'body'}: expected a JSON object", where or None)
+        version = item.get("specversion", SPECVERSION)
+        if version != SPECVERSION:
+            raise ApiError(
+                400,
+                f"{where}specversion: expected {SPECVERSION!r} (CloudEvents 1.0), got "
+                f"{version!r}; send specversion 1.0 or leave it out",
+                f"{where}specversion",
+            )
         try:  # from_dict fills in id, time, source and specversion when a producer leaves them
             events.append(from_dict(_from_seed(item)))
         except EventError as exc:
@@ -226,6 +224,32 @@ def _endpoint_changes(data: dict[str, Any], creating: bool) -> dict[str, Any]:
     return out
 
 
+def _check_endpoint(ep: Endpoint, lease: float, given: dict[str, Any]) -> None:
+    """Rules across keys, on the endpoint as it would be saved (what the request gave plus what
+    it keeps or inherits): the same header rules as the config file, a timeout the worker's
+    lease can hold, retry delays in order."""
+    problem = headers_problem(ep.headers, ep.auth)
+    if problem is not None:
+        key = ".".join(problem[0])
+        raise ApiError(422, f"{key}: {problem[1]}", key)
+    if not fits_lease(ep.timeout, lease):
+        raise ApiError(
+            422,
+            f"timeout: {ep.timeout:g}s is not shorter than server.lease ({lease:g}s): "
+            f"{LEASE_RULE}; use a timeout below {lease:g}s (a few seconds less leaves room to "
+            "wait for a free slot), or raise server.lease in the config file",
+            "timeout",
+        )
+    if ep.max_delay < ep.retry_delay:
+        key = "max_delay" if "max_delay" in given else "retry_delay"
+        raise ApiError(
+            422,
+            f"{key}: expected max_delay ({ep.max_delay:g}s) >= retry_delay ({ep.retry_delay:g}s) "
+            "(keys the request leaves out come from the endpoint or the config's events section)",
+            key,
+        )
+
+
 def _guarded(
     service: Service, handler: Callable[[Request], Awaitable[Response]]
 ) -> Callable[[Request], Awaitable[Response]]:
@@ -268,7 +292,8 @@ class _Api:
     # ---- events ----------------------------------------------------------------------------
 
     async def post_events(self, request: Request) -> Response:
-        events = _events(await _body(request, self.limit), self.service.settings.server.max_batch)
+        data = await json_body(request, self.limit, EVENT_TYPES)
+        events = _events(data, self.service.settings.server.max_batch)
         accepted = await self.service.aaccept(events)
         return _reply(
             {"accepted": len(accepted.ids), "ids": accepted.ids, "deliveries": accepted.deliveries},
@@ -325,7 +350,13 @@ class _Api:
         data = await _json_object(request, self.limit)
         secret = data.pop("secret", None)
         changes = _endpoint_changes(data, creating=True)
-        await self._check_reachable_safely(changes["url"])
+        settings = self.service.settings
+        # What the request leaves out comes from the config's events section, as in the file.
+        ep = Endpoint(
+            id=f"ep_{uuid_utils.uuid7().hex}", source="api", **inherit(settings.events, changes)
+        )
+        _check_endpoint(ep, float(settings.server.lease), changes)
+        await self._check_reachable_safely(ep.url)
         if secret is None:
             secret = generate_secret()
         try:
@@ -335,7 +366,7 @@ class _Api:
                 422, "secret: expected whsec_<base64>, or leave it out", "secret"
             ) from None
 
-        ep = Endpoint(id=f"ep_{uuid_utils.uuid7().hex}", secrets=(secret,), source="api", **changes)
+        ep = msgspec.structs.replace(ep, secrets=(secret,))
         await asyncio.to_thread(self.service.queue.save_endpoint, ep)
         await self.service.endpoints_changed()
         # The secret is shown once, now; the API never returns it again.
@@ -353,9 +384,14 @@ class _Api:
                 422, "secret: change it with POST /endpoints/{id}/rotate-secret", "secret"
             )
         changes = _endpoint_changes(data, creating=False)
-        if "url" in changes and ep.source == "api":
-            await self._check_reachable_safely(changes["url"])
         updated = msgspec.structs.replace(ep, **changes)
+        _check_endpoint(updated, float(self.service.settings.server.lease), changes)
+        if "url" in changes:
+            # A URL that arrives through the API is untrusted whatever endpoint it lands on; a
+            # config endpoint's is then guarded at connect time too.
+            await self._check_reachable_safely(changes["url"])
+            if ep.source == "config":
+                updated = msgspec.structs.replace(updated, url_from_api=True)
         await asyncio.to_thread(self.service.queue.save_endpoint, updated)
         await self.service.endpoints_changed()
         return _reply(updated.public())
@@ -410,7 +446,7 @@ class _Api:
         )
         return _reply(
             {
-                "deliveries": [dataclasses.asdict(d) for d in rows],
+                "deliveries": [_delivery(d) for d in rows],
                 "next_before": rows[-1].id if rows else None,
             }
         )
@@ -423,11 +459,11 @@ class _Api:
         attempts = await asyncio.to_thread(self.service.queue.attempts, delivery_id)
         return _reply(
             {
-                **dataclasses.asdict(d),
+                **_delivery(d),
                 "attempt_log": [
                     {
                         "number": a.number,
-                        "started_at": a.started_at,
+                        "started_at": _rfc3339(a.started_at),
                         "duration": a.duration,
                         "status_code": a.status_code,
                         "response_body": a.response_body,

@@ -7,6 +7,7 @@ One frozen value shared by the config loader (endpoints an operator writes in YA
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import msgspec
@@ -16,7 +17,15 @@ from tidings.retry import RetryPolicy
 from tidings.topics import Pattern, compile_pattern
 from tidings.urls import redact_url
 
-__all__ = ["Auth", "Endpoint", "PayloadFormat", "endpoint_id_for_url", "from_settings"]
+__all__ = [
+    "INHERITED",
+    "Auth",
+    "Endpoint",
+    "PayloadFormat",
+    "endpoint_id_for_url",
+    "from_settings",
+    "inherit",
+]
 
 # "seed": seed 000's body {"event_type", "timestamp", "data"}; "cloudevents": structured mode
 # (the whole envelope as application/cloudevents+json); "cloudevents-binary": data as the body,
@@ -69,6 +78,13 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     failure_window: float = 86400.0  # auto-disable after failing this long without a success
     source: Literal["config", "api"] = "config"
     disabled_reason: str | None = None
+    url_from_api: bool = False  # a config endpoint whose URL was changed through the API
+
+    def guarded(self, guard_config_endpoints: bool) -> bool:
+        """Whether the SSRF guard checks this endpoint's address when connecting: a URL that
+        came through the API is untrusted whatever endpoint it lands on; the file's are the
+        operator's unless ``events.guard_config_endpoints`` says otherwise."""
+        return self.source == "api" or self.url_from_api or guard_config_endpoints
 
     def pattern_list(self) -> list[Pattern]:
         return [compile_pattern(p) for p in self.events]
@@ -96,15 +112,38 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         return data
 
 
+# The endpoint keys the ``events`` section gives every endpoint that leaves them out.
+INHERITED = (
+    "timeout", "format", "compress", "max_retries", "retry_delay", "max_delay", "jitter",
+    "failure_window",
+)  # fmt: skip
+
+
+def inherit(section: WebhookSettings, given: Mapping[str, Any]) -> dict[str, Any]:
+    """``given`` endpoint keys, plus the ``events`` section's value for each key of
+    ``INHERITED`` that ``given`` leaves out (or sets to None): the one rule by which endpoints
+    from the file and endpoints registered through the API take the config's defaults."""
+    merged = {name: getattr(section, name) for name in INHERITED}
+    merged.update({name: value for name, value in given.items() if value is not None})
+    # Durations are a float subclass; an endpoint holds plain seconds.
+    return {name: float(v) if isinstance(v, float) else v for name, v in merged.items()}
+
+
 def from_settings(section: WebhookSettings) -> list[Endpoint]:
     """The endpoints of a config's ``events`` section (``source="config"``)."""
     out: list[Endpoint] = []
     for endpoint_id, spec in section.resolved_endpoints():
         secret = spec.secret
         auth = spec.auth
-        extra: dict[str, Any] = {}
-        if spec.max_in_flight is not None:
-            extra["max_in_flight"] = spec.max_in_flight
+        own = {
+            "timeout": spec.timeout,
+            "format": spec.format,
+            "compress": spec.compress,
+            "max_retries": spec.max_retries,
+            "retry_delay": spec.retry_delay,
+            "max_delay": spec.max_delay,
+            "max_in_flight": spec.max_in_flight,
+        }
         out.append(
             Endpoint(
                 id=endpoint_id,
@@ -117,25 +156,11 @@ def from_settings(section: WebhookSettings) -> list[Endpoint]:
                 else tuple(secret),
                 headers=dict(spec.headers),
                 auth=None if auth is None else Auth(**msgspec.structs.asdict(auth)),
-                timeout=float(spec.timeout or section.timeout),
                 rate_limit=spec.rate_limit,
                 burst=spec.burst,
                 enabled=spec.enabled,
-                format=spec.format or section.format,
-                compress=spec.compress or section.compress,
-                max_retries=spec.max_retries
-                if spec.max_retries is not None
-                else section.max_retries,
-                retry_delay=float(
-                    spec.retry_delay if spec.retry_delay is not None else section.retry_delay
-                ),
-                max_delay=float(
-                    spec.max_delay if spec.max_delay is not None else section.max_delay
-                ),
-                jitter=float(section.jitter),
-                failure_window=float(section.failure_window),
                 source="config",
-                **extra,
+                **inherit(section, own),
             )
         )
     return out

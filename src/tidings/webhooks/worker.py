@@ -511,7 +511,7 @@ class DeliveryWorker:
 
     async def _post(self, ep: Endpoint, body: bytes, headers: dict[str, str]) -> _Answer:
         """One request through the sender (here or in its process); the answer, judged later."""
-        guarded = ep.source == "api" or self.guard_config_endpoints
+        guarded = ep.guarded(self.guard_config_endpoints)
         request = Request(
             next(self._request_ids),
             ep.url,
