@@ -9,6 +9,7 @@ traceback. ``main`` catches the same errors again as a last resort.
 
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -459,6 +460,9 @@ def dlq_retry(
         fail(f"no such delivery: {', '.join(missing)}")
 
 
+REPLAY_POLL = 0.5  # seconds between looks at the queue while a replay waits for room
+
+
 @app.command("replay")
 def replay_command(
     ctx: typer.Context,
@@ -469,13 +473,24 @@ def replay_command(
     types: Annotated[
         list[str] | None, typer.Option("--type", help="Event type or pattern (repeatable).")
     ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Print how many deliveries each endpoint would get; create none."
+        ),
+    ] = False,
 ) -> None:
-    """Deliver stored events again to every endpoint they match (new deliveries)."""
+    """Deliver stored events again to every endpoint they match (new deliveries).
+
+    The queue's bound holds: a replay fills it to 80% of events.queue_size at most (the rest is
+    kept for live events) and waits, with its progress shown, while `tidings serve` drains it.
+    """
     from datetime import UTC, datetime  # noqa: PLC0415
 
-    from rich.progress import Progress  # noqa: PLC0415
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn  # noqa: PLC0415
 
     from tidings.store.base import Criteria  # noqa: PLC0415
+    from tidings.webhooks.queue import REPLAY_SHARE, replay_bound  # noqa: PLC0415
     from tidings.webhooks.worker import Router  # noqa: PLC0415
 
     def when(text: str | None, name: str) -> datetime | None:
@@ -491,15 +506,59 @@ def replay_command(
         criteria = Criteria(
             types=tuple(types or ()), since=when(since, "--since"), until=when(until, "--until")
         )
+    size = settings_from(ctx).events.queue_size
+    bound = replay_bound(size)
+    out = _out()
     with _queue(ctx) as queue:
         router = Router(queue.endpoints())
         total = queue.store.count(criteria) if hasattr(queue.store, "count") else None
-        with Progress(console=_err(), transient=True) as progress:
-            task = progress.add_task("replaying", total=total)
-            count = queue.redeliver(
-                criteria, router, progress=lambda n: progress.update(task, completed=n)
-            )
-    _out().print(f"{count} deliveries created", markup=False)
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("events"),
+            console=_err(),
+            transient=True,
+        )
+        with progress:
+            task = progress.add_task("counting" if dry_run else "replaying", total=total)
+
+            def advance(read: int) -> None:
+                progress.update(task, completed=read, description="replaying")
+
+            if dry_run:
+                plan = queue.plan_redeliver(criteria, router, progress=advance)
+            else:
+                waiting = False
+
+                def wait(open_now: int, most: int) -> bool:
+                    nonlocal waiting
+                    if not waiting:
+                        progress.console.print(
+                            f"the webhook queue holds {open_now} open deliveries; a replay fills "
+                            f"it to {most} ({REPLAY_SHARE:.0%} of events.queue_size={size}): "
+                            "waiting for `tidings serve` to deliver some",
+                            markup=False,
+                        )
+                    waiting = True
+                    progress.update(task, description=f"waiting for room ({open_now}/{most})")
+                    time.sleep(REPLAY_POLL)
+                    return True
+
+                try:
+                    count = queue.redeliver(
+                        criteria, router, progress=advance, max_pending=bound, wait=wait
+                    )
+                except KeyboardInterrupt:
+                    fail("replay interrupted; the deliveries created so far stay queued", 130)
+    if dry_run:
+        would = sum(plan.values())
+        out.print(f"dry run: {would} deliveries would be created, none were", markup=False)
+        width = max((len(ep) for ep in plan), default=0)
+        for ep, n in sorted(plan.items()):
+            out.print(f"  {ep:<{width}}  {n}", markup=False)
+        return
+    out.print(f"{count} deliveries created", markup=False)
 
 
 def main(args: Sequence[str] | None = None) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -205,6 +206,63 @@ def test_replay_type_and_until_narrow_the_events(setup: Setup, queue: DeliveryQu
     assert [d.endpoint_id for d in queue.deliveries()] == ["beta"]
     result = setup.invoke("replay", "--since", "2000-01-01", "--until", "2000-01-02")
     assert result.exit_code == 0 and "0 deliveries created" in result.stdout
+
+
+def test_replay_dry_run_counts_per_endpoint_and_creates_nothing(
+    setup: Setup, queue: DeliveryQueue
+) -> None:
+    queue.accept(
+        [Event(type="shop.order.placed"), Event(type="shop.order.paid"), Event(type="user.x")],
+        lambda e: [],
+    )
+    result = setup.invoke("replay", "--since", "2000-01-01T00:00:00Z", "--dry-run")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "dry run: 5 deliveries would be created, none were", lines
+    assert [line.split() for line in lines[1:]] == [["alpha", "2"], ["beta", "3"]]
+    assert queue.deliveries() == []
+
+
+def test_replay_waits_for_room_and_never_overfills_the_queue(
+    setup: Setup, queue: DeliveryQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """events.queue_size 5: a replay fills the queue to 4 (80%) at most, then waits while a
+    worker (here: the test, once the queue is at that mark) delivers what is open."""
+    config = {"store": {"url": setup.store_url}, "events": {"queue_size": 5}}
+    setup.config.write_text(yaml.safe_dump(config))
+    monkeypatch.setattr("tidings.cli.REPLAY_POLL", 0.02, raising=False)
+    queue.accept([Event(type="user.created", data={"n": i}) for i in range(10)], lambda e: [])
+    results: list[Any] = []
+    replay = threading.Thread(
+        target=lambda: results.append(setup.invoke("replay", "--since", "2000-01-01"))
+    )
+    replay.start()
+    peak = delivered = 0
+    deadline = time.monotonic() + 30
+    try:
+        while replay.is_alive() or queue.count_open(100):
+            assert time.monotonic() < deadline, f"replay still running; {delivered} delivered"
+            if queue.count_open(100) >= 4 or not replay.is_alive():
+                claimed = queue.claim(100, 30.0)
+                peak = max(peak, len(claimed))
+                queue.finish([_delivered(c) for c in claimed])
+                delivered += len(claimed)
+            else:
+                time.sleep(0.005)  # polling the queue, as a worker would
+    finally:
+        replay.join(30)
+    (result,) = results
+    assert result.exit_code == 0, result.output
+    assert "10 deliveries created" in result.stdout
+    assert peak <= 4, f"the replay filled the queue to {peak} open deliveries"
+    assert delivered == 10
+    assert "waiting for `tidings serve`" in result.stderr, result.stderr
+    assert "events.queue_size=5" in result.stderr, result.stderr
+
+
+def _delivered(c: Claimed) -> Outcome:
+    attempt = Attempt(c.delivery.id, 1, time.time(), 0.01, 200, "ok", None)
+    return Outcome(c.delivery.id, c.lease_token, attempt, "delivered")
 
 
 @pytest.mark.parametrize("option", ["--since", "--until"])
