@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -108,6 +111,29 @@ def test_dlq_list_table_shows_each_dead_delivery(setup: Setup, queue: DeliveryQu
     assert result.stdout.count("alpha") == 2 and "beta" not in result.stdout
 
 
+def test_dlq_list_prints_whole_ids_on_a_narrow_terminal(
+    setup: Setup, queue: DeliveryQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ids are what `dlq retry` takes: never cut, whatever the width (80 columns here)."""
+    long_error = "HTTP 503: " + "the receiver said no " * 10
+    dead = kill(queue, "alpha", 2, error=long_error)
+    monkeypatch.setenv("COLUMNS", "80")
+    result = setup.invoke("dlq", "list")
+    assert result.exit_code == 0, result.output
+    events = {d.event_id for d in queue.deliveries(state="dead")}
+    for whole in (*dead, *events):
+        assert whole in result.stdout, result.stdout
+    assert "…" not in result.stdout and "HTTP 503: the receiver said no" in result.stdout
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80, result.stdout
+    retried = setup.invoke("dlq", "retry", _first_id(result.stdout, dead))
+    assert retried.exit_code == 0 and "1 deliveries queued again" in retried.stdout
+
+
+def _first_id(listing: str, ids: list[str]) -> str:
+    """The first delivery id as it appears in the listing (what a user would copy)."""
+    return min((listing.index(i), i) for i in ids)[1]
+
+
 def test_dlq_list_json_one_object_per_line(setup: Setup, queue: DeliveryQueue) -> None:
     dead_a = kill(queue, "alpha", 2)
     dead_b = kill(queue, "beta", 1, error="cannot connect")
@@ -160,6 +186,26 @@ def test_dlq_retry_all(setup: Setup, queue: DeliveryQueue) -> None:
     assert "4 deliveries queued again" in result.stdout
     assert {queue.delivery(d).state for d in dead} == {"pending"}  # type: ignore[union-attr]
     assert queue.deliveries(state="dead") == []
+
+
+def test_dlq_retry_of_only_unknown_ids_prints_only_the_error(
+    setup: Setup, queue: DeliveryQueue
+) -> None:
+    kill(queue, "alpha", 1)
+    result = setup.invoke("dlq", "retry", "missing-id")
+    assert result.exit_code == 2, result.output
+    assert result.stdout == "", "no '0 deliveries queued again' next to the error"
+    assert "no such delivery: missing-id" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_dlq_retry_all_with_endpoint_is_refused(setup: Setup, queue: DeliveryQueue) -> None:
+    dead = kill(queue, "alpha", 1) + kill(queue, "beta", 1)
+    result = setup.invoke("dlq", "retry", "--all", "--endpoint", "alpha")
+    assert result.exit_code == 2, result.output
+    assert "--all" in result.stderr and "--endpoint alpha" in result.stderr, result.stderr
+    assert "one of them" in result.stderr
+    assert {queue.delivery(d).state for d in dead} == {"dead"}, "nothing retried"  # type: ignore[union-attr]
 
 
 def test_dlq_retry_unknown_id_is_a_clear_error(setup: Setup, queue: DeliveryQueue) -> None:
@@ -298,6 +344,44 @@ def test_serve_beyond_loopback_without_an_api_key_refuses_to_start(
     result = setup.invoke("serve", "--host", "0.0.0.0", "--port", "0")
     assert result.exit_code == 0, result.output
     assert len(started) == 1
+
+
+def test_serve_on_a_taken_port_says_which_and_touches_no_store(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    started: list[object] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, *a, **kw: started.append(self))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = setup.invoke("serve", "--port", str(port))
+    assert result.exit_code == 2, result.output
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr, result.stderr
+    assert "--port" in result.stderr and "server.port" in result.stderr
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert started == [], "uvicorn is never started"
+    assert not (tmp_path / "tidings.db").exists(), "the store is not opened"
+
+
+def test_serve_process_on_a_taken_port_exits_without_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "tidings.yaml"
+    config.write_text(yaml.safe_dump({"store": {"url": f"sqlite:///{tmp_path / 'tidings.db'}"}}))
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TIDINGS_")}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "tidings", "--config", str(config), "serve", "--port",
+             str(port)],
+            check=False, capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path,
+        )  # fmt: skip
+    assert done.returncode != 0, done
+    assert f"port {port}" in done.stderr and "--port" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout and "Errno" not in done.stderr
+    assert not (tmp_path / "tidings.db").exists()
 
 
 def test_dlq_without_a_store_says_where_it_looked_and_creates_nothing(tmp_path: Path) -> None:
