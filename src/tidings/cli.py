@@ -607,7 +607,12 @@ def replay_command(
 
                 try:
                     count = queue.redeliver(
-                        criteria, router, progress=advance, max_pending=bound, wait=wait
+                        criteria,
+                        router,
+                        progress=advance,
+                        batch=max(1, min(1000, bound // 4)),  # pages well inside the room
+                        max_pending=bound,
+                        wait=wait,
                     )
                 except KeyboardInterrupt:
                     fail("replay interrupted; the deliveries created so far stay queued", 130)
