@@ -7,8 +7,11 @@ function with ``@app.command()``, or build a ``typer.Typer`` group and ``app.add
 traceback. ``main`` catches the same errors again as a last resort.
 """
 
+import errno
 import os
+import socket
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -355,35 +358,70 @@ def serve_command(
             f"serve: listening on {server.host} (beyond loopback) needs an API key; set "
             "server.api_key in the config or TIDINGS_SERVER__API_KEY"
         )
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # The port is taken before anything else (the store, the sender process), so a port in
+    # use is one clear line and leaves nothing behind; uvicorn then serves on this socket.
+    sock = _listen(server.host, server.port)
     try:
-        service = Service(settings, _config_path(ctx))
-    except (StoreError, TypeError) as exc:
-        fail(str(exc))
-    endpoints = len(service.queue.endpoints())
-    _out().print(
-        f"tidings serve: http://{server.host}:{server.port} · store "
-        f"{redact(settings.store.url)} · {endpoints} endpoint(s) · "
-        f"webhooks from config {'on' if settings.events.enabled else 'off (events.enabled)'}",
-        markup=False,
-    )
-    config = uvicorn.Config(
-        create_app(service),
-        host=server.host,
-        port=server.port,
-        log_level=log_level.lower(),
-        access_log=False,
-    )
-    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown so that the previous
-    # handler runs; a no-op handler there makes a clean shutdown exit 0 (not -15) for
-    # supervisors that treat a signal death as a crash.
-    import signal  # noqa: PLC0415
+        logging.basicConfig(
+            level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        try:
+            service = Service(settings, _config_path(ctx))
+        except (StoreError, TypeError) as exc:
+            fail(str(exc))
+        endpoints = len(service.queue.endpoints())
+        bound_port = sock.getsockname()[1]
+        _out().print(
+            f"tidings serve: http://{server.host}:{bound_port} · store "
+            f"{redact(settings.store.url)} · {endpoints} endpoint(s) · "
+            f"webhooks from config {'on' if settings.events.enabled else 'off (events.enabled)'}",
+            markup=False,
+        )
+        config = uvicorn.Config(
+            create_app(service),
+            host=server.host,
+            port=bound_port,
+            log_level=log_level.lower(),
+            access_log=False,
+        )
+        # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown so that the previous
+        # handler runs; a no-op handler there makes a clean shutdown exit 0 (not -15) for
+        # supervisors that treat a signal death as a crash.
+        import signal  # noqa: PLC0415
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)
-    uvicorn.Server(config).run()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (as uvicorn binds one), or a clear error naming the
+    port and how to choose another."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        how = "--port N, or server.port in the config (TIDINGS_SERVER__PORT)"
+        if exc.errno == errno.EADDRINUSE:
+            fail(
+                f"serve: port {port} on {host} is already in use (another tidings serve, or "
+                f"another program); choose another with {how}"
+            )
+        if exc.errno == errno.EACCES:
+            fail(
+                f"serve: port {port} needs privileges to listen on; choose one above 1023 "
+                f"with {how}"
+            )
+        fail(
+            f"serve: cannot listen on {host}:{port}: {exc.strerror or exc}; check --host "
+            f"(server.host) or choose another port with {how}"
+        )
+    return sock
 
 
 dlq_app = typer.Typer(help="Dead webhook deliveries: list and retry.", no_args_is_help=True)
@@ -425,10 +463,27 @@ def dlq_list(
     if not rows:
         out.print("no dead deliveries", markup=False)
         return
-    table = Table("delivery", "endpoint", "event", "attempts", "last error")
+    # Ids are printed whole, to be copied into `dlq retry`: a table when the terminal is wide
+    # enough for both ids and a readable error, else one record per delivery.
+    widths = [max(len(getattr(d, name)) for d in rows) for name in ("id", "event_id")]
+    endpoint_width = max(len(d.endpoint_id) for d in rows)
+    if out.width >= sum(widths) + endpoint_width + len("attempts") + 20 + 16:
+        table = Table()
+        table.add_column("delivery", no_wrap=True, min_width=widths[0])
+        table.add_column("endpoint", overflow="fold")
+        table.add_column("event", no_wrap=True, min_width=widths[1])
+        table.add_column("attempts")
+        table.add_column("last error", overflow="fold")
+        for d in rows:
+            error = (d.last_error or "")[:80]
+            table.add_row(d.id, d.endpoint_id, d.event_id, str(d.attempts), error)
+        out.print(table)
+        return
     for d in rows:
-        table.add_row(d.id, d.endpoint_id, d.event_id, str(d.attempts), (d.last_error or "")[:80])
-    out.print(table)
+        out.print(f"{d.id}  endpoint {d.endpoint_id}  attempts {d.attempts}", markup=False)
+        out.print(f"  event {d.event_id}", markup=False)
+        if d.last_error:
+            out.print(f"  last error: {d.last_error[:200]}", markup=False, soft_wrap=False)
 
 
 @dlq_app.command("retry")
@@ -445,6 +500,11 @@ def dlq_retry(
     """Send dead deliveries again (same message id, a fresh retry budget)."""
     if not ids and endpoint is None and not all_dead:
         fail("dlq retry: name delivery ids, or --endpoint ID, or --all")
+    if all_dead and endpoint is not None:
+        fail(
+            f"dlq retry: --all retries the dead deliveries of every endpoint, --endpoint "
+            f"{endpoint} only that endpoint's; give one of them"
+        )
     with _queue(ctx) as queue:
         count = 0
         missing = []
@@ -455,9 +515,13 @@ def dlq_retry(
                 missing.append(delivery_id)
         if endpoint is not None or all_dead:
             count += queue.retry_dead(endpoint)
-    _out().print(f"{count} deliveries queued again", markup=False)
+    if count or not missing:  # nothing queued because nothing was found: only the error
+        _out().print(f"{count} deliveries queued again", markup=False)
     if missing:
-        fail(f"no such delivery: {', '.join(missing)}")
+        fail(f"no such delivery: {', '.join(missing)}; list dead ones with `tidings dlq list`")
+
+
+REPLAY_POLL = 0.5  # seconds between looks at the queue while a replay waits for room
 
 
 @app.command("replay")
@@ -470,13 +534,24 @@ def replay_command(
     types: Annotated[
         list[str] | None, typer.Option("--type", help="Event type or pattern (repeatable).")
     ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Print how many deliveries each endpoint would get; create none."
+        ),
+    ] = False,
 ) -> None:
-    """Deliver stored events again to every endpoint they match (new deliveries)."""
+    """Deliver stored events again to every endpoint they match (new deliveries).
+
+    The queue's bound holds: a replay fills it to 80% of events.queue_size at most (the rest is
+    kept for live events) and waits, with its progress shown, while `tidings serve` drains it.
+    """
     from datetime import UTC, datetime  # noqa: PLC0415
 
-    from rich.progress import Progress  # noqa: PLC0415
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn  # noqa: PLC0415
 
     from tidings.store.base import Criteria  # noqa: PLC0415
+    from tidings.webhooks.queue import REPLAY_SHARE, replay_bound  # noqa: PLC0415
     from tidings.webhooks.worker import Router  # noqa: PLC0415
 
     def when(text: str | None, name: str) -> datetime | None:
@@ -492,15 +567,64 @@ def replay_command(
         criteria = Criteria(
             types=tuple(types or ()), since=when(since, "--since"), until=when(until, "--until")
         )
+    size = settings_from(ctx).events.queue_size
+    bound = replay_bound(size)
+    out = _out()
     with _queue(ctx) as queue:
         router = Router(queue.endpoints())
         total = queue.store.count(criteria) if hasattr(queue.store, "count") else None
-        with Progress(console=_err(), transient=True) as progress:
-            task = progress.add_task("replaying", total=total)
-            count = queue.redeliver(
-                criteria, router, progress=lambda n: progress.update(task, completed=n)
-            )
-    _out().print(f"{count} deliveries created", markup=False)
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("events"),
+            console=_err(),
+            transient=True,
+        )
+        with progress:
+            task = progress.add_task("counting" if dry_run else "replaying", total=total)
+
+            def advance(read: int) -> None:
+                progress.update(task, completed=read, description="replaying")
+
+            if dry_run:
+                plan = queue.plan_redeliver(criteria, router, progress=advance)
+            else:
+                waiting = False
+
+                def wait(open_now: int, most: int) -> bool:
+                    nonlocal waiting
+                    if not waiting:
+                        progress.console.print(
+                            f"the webhook queue holds {open_now} open deliveries; a replay fills "
+                            f"it to {most} ({REPLAY_SHARE:.0%} of events.queue_size={size}): "
+                            "waiting for `tidings serve` to deliver some",
+                            markup=False,
+                        )
+                    waiting = True
+                    progress.update(task, description=f"waiting for room ({open_now}/{most})")
+                    time.sleep(REPLAY_POLL)
+                    return True
+
+                try:
+                    count = queue.redeliver(
+                        criteria,
+                        router,
+                        progress=advance,
+                        batch=max(1, min(1000, bound // 4)),  # pages well inside the room
+                        max_pending=bound,
+                        wait=wait,
+                    )
+                except KeyboardInterrupt:
+                    fail("replay interrupted; the deliveries created so far stay queued", 130)
+    if dry_run:
+        would = sum(plan.values())
+        out.print(f"dry run: {would} deliveries would be created, none were", markup=False)
+        width = max((len(ep) for ep in plan), default=0)
+        for ep, n in sorted(plan.items()):
+            out.print(f"  {ep:<{width}}  {n}", markup=False)
+        return
+    out.print(f"{count} deliveries created", markup=False)
 
 
 def main(args: Sequence[str] | None = None) -> None:

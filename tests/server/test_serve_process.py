@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from aiohttp import web
 
 from tests.server.conftest import Receiver, free_port, wait_healthy
 from tidings.store import open_store
@@ -219,3 +221,65 @@ async def test_sigterm_exit_status_is_0(tmp_path: Path, processes: list[Proc]) -
     await wait_healthy(f"http://127.0.0.1:{port}", proc, log)
     proc.send_signal(signal.SIGTERM)
     assert await wait_exit(proc, 20) == 0
+
+
+def _alive(pid: int) -> bool:
+    """Running (not exited, and not a zombie waiting for whoever adopted it to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("answered", [True, False], ids=["answers-arrive", "still-held"])
+async def test_the_sender_process_exits_quietly_when_serve_is_killed(
+    tmp_path: Path, processes: list[Proc], receiver: Any, answered: bool
+) -> None:
+    """`kill -9` of `tidings serve` while its sender child has requests in flight: the child
+    notices its parent is gone and exits promptly without a traceback, whether the answers to
+    its requests then arrive (nobody to pass them to) or not (it does not wait for them)."""
+    hold = asyncio.Event()
+
+    async def held(req: Any, n: int) -> Any:
+        await hold.wait()
+        return web.Response(status=200)
+
+    rec: Receiver = await receiver(held)
+    port = free_port()
+    config, log = tmp_path / "tidings.yaml", tmp_path / "serve.log"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "store": {"url": f"sqlite:///{tmp_path / 'tidings.db'}"},
+                "server": {"port": port, "sender_process": True},
+                "events": {"enabled": True, "webhooks": {"h": {"url": rec.url, "events": ["**"]}}},
+            }
+        )
+    )
+    proc = start_serve(processes, config, log)
+    url = f"http://127.0.0.1:{port}"
+    child = 0
+    try:
+        await wait_healthy(url, proc, log)
+        await post_json(url + "/events", [{"type": "a.b", "data": {"n": i}} for i in range(3)])
+        await rec.wait_for(3)  # three requests on the wire, held by the receiver
+        found = re.search(r"webhook sender process (\d+) started", log.read_text())
+        assert found is not None, log.read_text()[-2000:]
+        child = int(found.group(1))
+        assert _alive(child)
+        before = len(log.read_text())
+        proc.kill()
+        await wait_exit(proc, 10)
+        if answered:
+            hold.set()  # the child's requests get their answers, with nobody to pass them to
+        deadline = time.monotonic() + 5  # well below the 10 s request timeout
+        while _alive(child):
+            assert time.monotonic() < deadline, "the sender process outlived its parent"
+            await asyncio.sleep(0.05)
+        after = log.read_text()[before:]
+        assert "Traceback" not in after and "handler is closed" not in after, after[-3000:]
+    finally:
+        hold.set()
+        if child and _alive(child):
+            os.kill(child, signal.SIGKILL)

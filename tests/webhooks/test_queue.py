@@ -365,6 +365,55 @@ def test_redeliver_since_a_time(store: EventStore, queue: DeliveryQueue) -> None
     assert len({d.id for d in queue.deliveries(limit=1000)}) == 10
 
 
+def test_plan_redeliver_counts_per_endpoint_and_writes_nothing(
+    store: EventStore, queue: DeliveryQueue
+) -> None:
+    store.append(events(3) + events(2, type="user.created"))
+    seen: list[int] = []
+
+    def route(e: Event) -> list[str]:
+        return ["a", "b"] if e.type == "order.created" else ["b"]
+
+    plan = queue.plan_redeliver(Criteria(), route, progress=seen.append, batch=2)
+    assert plan == {"a": 3, "b": 5} and seen == [2, 4, 5]
+    assert count_rows(queue) == 0
+
+
+def test_redeliver_waits_for_room_under_max_pending(
+    store: EventStore, queue: DeliveryQueue
+) -> None:
+    """Each wait drains what is open (as a worker would); the queue never holds more than the
+    bound, and every delivery is created in the end."""
+    store.append(events(7))
+    waits: list[tuple[int, int]] = []
+    peak = 0
+
+    def wait(open_now: int, bound: int) -> bool:
+        nonlocal peak
+        waits.append((open_now, bound))
+        claimed = queue.claim(100, 30.0)
+        peak = max(peak, len(claimed))
+        queue.finish([outcome(c, "delivered") for c in claimed])
+        return True
+
+    assert queue.redeliver(Criteria(), to_a, max_pending=3, wait=wait, batch=5) == 7
+    assert waits == [(3, 3), (3, 3)], "a page is written as far as there is room"
+    assert peak == 3
+    assert queue.stats().pending == 1
+
+
+def test_redeliver_without_room_and_no_wait_is_queue_full(
+    store: EventStore, queue: DeliveryQueue
+) -> None:
+    store.append(events(5))
+    with pytest.raises(QueueFull, match="2 were written first") as info:
+        queue.redeliver(Criteria(), to_a, max_pending=2)
+    assert (info.value.pending, info.value.written) == (2, 2)
+    assert queue.stats().pending == 2
+    with pytest.raises(QueueFull, match="nothing was written"):
+        queue.redeliver(Criteria(), to_a, max_pending=2, wait=lambda o, b: False)
+
+
 async def test_async_wrappers(queue: DeliveryQueue) -> None:
     await queue.aaccept(events(2), to_a)
     claimed = await queue.aclaim(10, 30.0)

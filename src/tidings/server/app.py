@@ -506,9 +506,17 @@ class _Api:
             )
         except (PatternError, ValueError) as exc:
             raise ApiError(400, str(exc)) from None
-        count = await asyncio.to_thread(self.service.queue.redeliver, criteria, self.service.router)
+        dry_run = data.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise ApiError(400, "dry_run: expected true or false", "dry_run")
+        # Refused whole (503, QueueFull) when it does not fit in the queue's bound now.
+        done = await asyncio.to_thread(self.service.replay, criteria, dry_run=dry_run)
+        if dry_run:
+            return _reply(
+                {"dry_run": True, "deliveries": done.deliveries, "per_endpoint": done.per_endpoint}
+            )
         self.service.worker.wake()
-        return _reply({"deliveries": count}, 202)
+        return _reply({"deliveries": done.deliveries}, 202)
 
     # ---- operations ------------------------------------------------------------------------
 

@@ -18,17 +18,18 @@ from typing import Any
 from tidings.config import Settings, load
 from tidings.event import Event
 from tidings.store import open_store
-from tidings.store.base import EventStore
+from tidings.store.base import Criteria, EventStore
 from tidings.urls import redact_url
 from tidings.webhooks.endpoint import from_settings
-from tidings.webhooks.queue import Claimed, DeliveryQueue, QueueStats
+from tidings.webhooks.queue import Claimed, DeliveryQueue, QueueFull, QueueStats, replay_bound
 from tidings.webhooks.worker import DeliveryWorker, Router
 
-__all__ = ["Accepted", "Service"]
+__all__ = ["Accepted", "Replay", "Service"]
 
 log = logging.getLogger("tidings.server")
 
 STALLED_AFTER = 15.0  # seconds without a worker heartbeat before /health says unhealthy
+DEGRADED_AT = 0.9  # share of events.queue_size open before /health says degraded
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,13 @@ class Accepted:
     ids: list[str]
     positions: list[int]
     deliveries: int
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    deliveries: int  # created (or, in a dry run, that would be)
+    per_endpoint: dict[str, int]
+    dry_run: bool
 
 
 class Service:
@@ -155,13 +163,18 @@ class Service:
             self._open_counted_at = now
         most = len(events) * self.router.enabled
         exact = self._open_guess + most > 0.8 * max_pending
-        done, claimed = self.queue.accept_and_claim(
-            events,
-            self.router,
-            max_pending=max_pending if exact else None,
-            take=take,
-            lease=self.worker.lease,
-        )
+        try:
+            done, claimed = self.queue.accept_and_claim(
+                events,
+                self.router,
+                max_pending=max_pending if exact else None,
+                take=take,
+                lease=self.worker.lease,
+            )
+        except QueueFull as exc:  # name the bound as the config does
+            raise QueueFull(
+                exc.pending, exc.max_pending, exc.adding, setting="events.queue_size"
+            ) from None
         self._open_guess += sum(len(ids) for _, ids in done)
         accepted = Accepted(
             ids=[rec.event.id for rec, _ in done],
@@ -184,12 +197,50 @@ class Service:
             self.worker.wake()
         return accepted
 
+    # ---- replay ----------------------------------------------------------------------------
+
+    def replay(self, criteria: Criteria, *, dry_run: bool = False) -> Replay:
+        """New deliveries for stored events matching ``criteria``, all or none.
+
+        A replay may fill the queue to ``replay_bound(events.queue_size)``, leaving the rest to
+        live events. An HTTP request cannot wait for the queue to drain, so a replay that does
+        not fit now is refused whole (``QueueFull``); ``tidings replay`` waits for room instead.
+        """
+        plan = self.queue.plan_redeliver(criteria, self.router)
+        total = sum(plan.values())
+        if dry_run or not total:
+            return Replay(total, plan, dry_run)
+        size = self.settings.events.queue_size
+        bound = replay_bound(size)
+        open_now = self.queue.count_open(bound + 1)
+        room = max(0, bound - open_now)
+        if total > room:
+            raise QueueFull(
+                open_now,
+                bound,
+                total,
+                message=(
+                    f"replay refused: it would create {total} deliveries and the webhook queue "
+                    f"has room for {room} ({open_now} deliveries open; a replay may fill "
+                    f"{bound} of events.queue_size={size}, the rest is kept for live events); "
+                    "nothing was written. Narrow it (since, until, types), raise "
+                    "events.queue_size, or run `tidings replay`, which waits for room"
+                ),
+            )
+        created = self.queue.redeliver(criteria, self.router)
+        return Replay(created, plan, False)
+
     # ---- health ----------------------------------------------------------------------------
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
-        """(healthy, report): a stalled worker or an unreachable store is unhealthy."""
+        """(healthy, report): a stalled worker or an unreachable store is unhealthy; a queue
+        filled to ``DEGRADED_AT`` of its bound is degraded (still healthy: it serves, but live
+        events are about to be refused). ``report["reasons"]`` says why it is not ok."""
         report: dict[str, Any] = {"store": {"url": redact_url(self.settings.store.url)}}
+        reasons: list[str] = []
         healthy = True
+        degraded = False
+        size = self.settings.events.queue_size
         try:
             stats: QueueStats = await asyncio.wait_for(self.queue.astats(), 5.0)
             report["store"]["reachable"] = True
@@ -199,15 +250,28 @@ class Service:
                 "dead": stats.dead,
                 "delivered": stats.delivered,
                 "oldest_pending_age": stats.oldest_pending_age,
-                "capacity": self.settings.events.queue_size,
+                "capacity": size,
             }
+            open_now = stats.pending + stats.delivering
+            if open_now >= DEGRADED_AT * size:
+                degraded = True
+                how = "full" if open_now >= size else f"{open_now / size:.0%} full"
+                reasons.append(
+                    f"webhook queue {how}: {open_now} deliveries pending or in flight of "
+                    f"events.queue_size={size}; POST /events answers 503 while it is full. "
+                    "Look for failing endpoints (GET /deliveries?state=pending) or raise "
+                    "events.queue_size"
+                )
         except Exception as exc:
             healthy = False
             report["store"]["reachable"] = False
             report["store"]["error"] = str(exc)
+            reasons.append(f"the store is not reachable: {exc}")
         beat_age = time.monotonic() - self.worker.last_beat
         alive = beat_age < STALLED_AFTER
-        healthy = healthy and alive
+        if not alive:
+            healthy = False
+            reasons.append(f"the delivery worker has not looked for work for {beat_age:.0f}s")
         report["workers"] = {
             "alive": alive,
             "last_heartbeat_age": round(beat_age, 3),
@@ -215,7 +279,8 @@ class Service:
             "claimed": self.worker.claimed,
             "concurrency": self.worker.concurrency,
         }
-        report["status"] = "ok" if healthy else "unhealthy"
+        report["status"] = "unhealthy" if not healthy else "degraded" if degraded else "ok"
+        report["reasons"] = reasons
         report["uptime"] = round(time.time() - self.started_at, 1)
         return healthy, report
 

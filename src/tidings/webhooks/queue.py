@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from tidings.store.postgres import PostgresStore
 
 __all__ = [
+    "REPLAY_SHARE",
     "STATES",
     "Attempt",
     "Claimed",
@@ -50,6 +51,7 @@ __all__ = [
     "Outcome",
     "QueueFull",
     "QueueStats",
+    "replay_bound",
 ]
 
 log = logging.getLogger("tidings.webhooks.queue")
@@ -218,17 +220,44 @@ class QueueStats:
 
 
 class QueueFull(StoreError):
-    """``accept(max_pending=...)`` would exceed the bound; nothing was written."""
+    """``accept(max_pending=...)`` would exceed the bound; nothing was written (``redeliver``:
+    ``written`` deliveries were, before the queue filled up).
 
-    def __init__(self, pending: int, max_pending: int, adding: int) -> None:
+    ``setting`` names the bound as the caller's user knows it (``tidings serve``: the config's
+    ``events.queue_size``).
+    """
+
+    def __init__(
+        self,
+        pending: int,
+        max_pending: int,
+        adding: int,
+        *,
+        setting: str = "max_pending",
+        written: int = 0,
+        message: str | None = None,
+    ) -> None:
+        done = f"{written} were written first" if written else "nothing was written"
         super().__init__(
-            f"webhook delivery queue is full: {pending} deliveries pending or in flight, "
-            f"{adding} more would exceed max_pending={max_pending}; nothing was written. "
-            "Retry later, raise max_pending, or disable the endpoints that are failing"
+            message
+            or f"webhook delivery queue is full: {pending} deliveries pending or in flight, "
+            f"{adding} more would exceed {setting}={max_pending}; {done}. "
+            f"Retry later, raise {setting}, or disable the endpoints that are failing"
         )
         self.pending = pending
         self.max_pending = max_pending
         self.adding = adding
+        self.written = written
+
+
+# A replay fills the queue to this share of its bound at most: the rest stays free for live
+# events, which would otherwise be refused until the replay drains.
+REPLAY_SHARE = 0.8
+
+
+def replay_bound(queue_size: int) -> int:
+    """Open deliveries a replay may bring the queue to, for a queue bounded at ``queue_size``."""
+    return max(1, int(queue_size * REPLAY_SHARE))
 
 
 # ---------------------------------------------------------------------- the two databases
@@ -866,6 +895,55 @@ class DeliveryQueue:
         with self._db.transaction() as conn:
             return int(self._db.execute(conn, sql, params).rowcount)
 
+    def _replay_pages(
+        self,
+        criteria: Criteria,
+        route: Callable[[Event], Sequence[str]],
+        batch: int,
+        what: str,
+    ) -> Iterator[tuple[list[Recorded], list[list[str]]]]:
+        """Stored events matching ``criteria`` by position, a page at a time, each with the
+        endpoints ``route`` gives it."""
+        if not isinstance(criteria, Criteria):
+            raise TypeError(f"{what}: expected a Criteria, got {type(criteria).__name__}")
+        if batch < 1:
+            raise ValueError(f"{what}(batch=): expected >= 1, got {batch}")
+        after = criteria.after_position
+        remaining = criteria.limit
+        while remaining is None or remaining > 0:
+            size = batch if remaining is None else min(batch, remaining)
+            page = self.store.load(dataclasses.replace(criteria, after_position=after, limit=size))
+            if not page:
+                break
+            routes = [_routes(route, rec.event) for rec in page]
+            self._check_endpoints((i for r in routes for i in r), what)
+            yield page, routes
+            after = page[-1].position
+            if remaining is not None:
+                remaining -= len(page)
+            if len(page) < size:
+                break
+
+    def plan_redeliver(
+        self,
+        criteria: Criteria,
+        route: Callable[[Event], Sequence[str]],
+        *,
+        progress: Callable[[int], None] | None = None,
+        batch: int = 1000,
+    ) -> dict[str, int]:
+        """What ``redeliver`` would create, per endpoint id; writes nothing (a dry run)."""
+        counts: dict[str, int] = {}
+        read = 0
+        for page, routes in self._replay_pages(criteria, route, batch, "plan_redeliver"):
+            for eps in routes:
+                for ep in eps:
+                    counts[ep] = counts.get(ep, 0) + 1
+            read += len(page)
+            if progress is not None:
+                progress(read)
+        return counts
+
     def redeliver(
         self,
         criteria: Criteria,
@@ -873,44 +951,44 @@ class DeliveryQueue:
         *,
         progress: Callable[[int], None] | None = None,
         batch: int = 1000,
+        max_pending: int | None = None,
+        wait: Callable[[int, int], bool] | None = None,
     ) -> int:
         """New deliveries (new ids) for stored events matching ``criteria``; returns how many.
 
         Pages through the store by position, one transaction per page; ``progress`` gets the
         number of events read so far after each page (``store.count(criteria)`` is the total).
+
+        ``max_pending`` bounds the deliveries pending or in flight: a page is written as far as
+        there is room, and while there is none ``wait(open, max_pending)`` is called; it should
+        block a while (deliveries drain meanwhile) and return True to look again, or False to
+        give up with ``QueueFull`` (what was written stays). Without ``wait``, no room is
+        ``QueueFull`` at once.
         """
-        if not isinstance(criteria, Criteria):
-            raise TypeError(f"redeliver: expected a Criteria, got {type(criteria).__name__}")
-        if batch < 1:
-            raise ValueError(f"redeliver(batch=): expected >= 1, got {batch}")
-        after = criteria.after_position
-        remaining = criteria.limit
-        read = created = 0
-        while remaining is None or remaining > 0:
-            size = batch if remaining is None else min(batch, remaining)
-            page = self.store.load(dataclasses.replace(criteria, after_position=after, limit=size))
-            if not page:
-                break
-            routes = [_routes(route, rec.event) for rec in page]
-            self._check_endpoints((i for r in routes for i in r), "redeliver")
+        created = read = 0
+        for page, routes in self._replay_pages(criteria, route, batch, "redeliver"):
             now = time.time()
             rows = [
                 (new_id(), rec.event.id, rec.position, ep, now, now, now)
                 for rec, eps in zip(page, routes, strict=True)
                 for ep in eps
             ]
-            if rows:
+            while rows:
+                room = len(rows)
+                if max_pending is not None:
+                    open_now = self.count_open(max_pending + 1)
+                    room = min(room, max_pending - open_now)
+                    if room <= 0:
+                        if wait is None or not wait(open_now, max_pending):
+                            raise QueueFull(open_now, max_pending, len(rows), written=created)
+                        continue
                 with self._db.transaction() as conn:
-                    self._db.executemany(conn, _INSERT_DELIVERY, rows)
-            created += len(rows)
+                    self._db.executemany(conn, _INSERT_DELIVERY, rows[:room])
+                created += room
+                rows = rows[room:]
             read += len(page)
-            after = page[-1].position
-            if remaining is not None:
-                remaining -= len(page)
             if progress is not None:
                 progress(read)
-            if len(page) < size:
-                break
         return created
 
     def stats(self) -> QueueStats:

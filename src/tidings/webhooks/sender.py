@@ -17,11 +17,13 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import signal
 import struct
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -148,6 +150,9 @@ class LocalSender(Sender):
             error, permanent = f"cannot connect: {exc.os_error or exc}", False
         except (aiohttp.ClientError, OSError) as exc:
             error, permanent = f"{type(exc).__name__}: {exc}", False
+        except Exception as exc:  # anything else (a header the client refuses, a bug) is a
+            # failed attempt too: the worker records and retries it, it never hangs
+            error, permanent = f"{type(exc).__name__}: {exc}", False
         return Response(
             request.id, error=error, permanent=permanent, duration=time.perf_counter() - t0
         )
@@ -172,10 +177,20 @@ async def _read_frame(reader: asyncio.StreamReader) -> bytes | None:
 
 
 class _Batcher:
-    """Collects outgoing messages and writes them as one frame per loop iteration."""
+    """Collects outgoing messages and writes them as one frame per loop iteration.
 
-    def __init__(self, write: asyncio.StreamWriter | asyncio.WriteTransport) -> None:
+    A message that cannot be encoded goes to ``unsendable`` instead of taking the rest of its
+    frame down with it; once the pipe is closed (the other side is gone) messages are dropped,
+    as there is no one left to read them.
+    """
+
+    def __init__(
+        self,
+        write: asyncio.StreamWriter | asyncio.WriteTransport,
+        unsendable: Callable[[Any, Exception], None] | None = None,
+    ) -> None:
         self._write = write
+        self._unsendable = unsendable
         self._items: list[Request] | list[Response] = []
         self._scheduled = False
 
@@ -188,9 +203,27 @@ class _Batcher:
     def _flush(self) -> None:
         self._scheduled = False
         items, self._items = self._items, []
-        if items:
+        if not items or self._write.is_closing():
+            return
+        try:
             frame = _pack.encode(items)
+        except Exception:  # find the culprit(s), send the rest
+            good = []
+            for item in items:
+                try:
+                    _pack.encode(item)
+                except Exception as exc:
+                    if self._unsendable is not None:
+                        self._unsendable(item, exc)
+                else:
+                    good.append(item)
+            if not good:
+                return
+            frame = _pack.encode(good)
+        try:
             self._write.write(_HEAD.pack(len(frame)) + frame)
+        except (OSError, RuntimeError):  # closed under us (uvloop raises RuntimeError)
+            return
 
 
 class ProcessSender(Sender):
@@ -231,33 +264,50 @@ class ProcessSender(Sender):
                 "error above, or set server.sender_process: false"
             )
         self._proc = proc
-        self._out = _Batcher(proc.stdin)
+        self._out = _Batcher(proc.stdin, self._unsendable)
         self._reader = asyncio.ensure_future(self._read(proc))
         log.info("webhook sender process %d started", proc.pid)
 
+    def _unsendable(self, request: Request, exc: Exception) -> None:
+        """A request the pipe cannot carry is a failed attempt, not a request waiting forever."""
+        future = self._pending.pop(request.id, None)
+        if future is not None and not future.done():
+            error = f"cannot be handed to the sender process: {type(exc).__name__}: {exc}"
+            future.set_result(Response(request.id, error=error))
+
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
-        while True:
-            frame = await _read_frame(proc.stdout)
-            if frame is None:
-                break
-            for response in _responses.decode(frame):
-                future = self._pending.pop(response.id, None)
-                if future is not None and not future.done():
-                    future.set_result(response)
-        code = await proc.wait()
-        if not self._closing:
-            log.error("webhook sender process %d exited (%s); starting another", proc.pid, code)
-        lost, self._pending = self._pending, {}
-        for request_id, future in lost.items():
-            if not future.done():
-                future.set_result(
-                    Response(
-                        request_id, error="the sender process died during the request", ours=True
+        try:
+            while True:
+                frame = await _read_frame(proc.stdout)
+                if frame is None:
+                    break
+                for response in _responses.decode(frame):
+                    future = self._pending.pop(response.id, None)
+                    if future is not None and not future.done():
+                        future.set_result(response)
+        except Exception as exc:  # a garbled frame: start over with a new child
+            log.error("webhook sender process %d: unreadable answer: %s", proc.pid, exc)
+            if proc.returncode is None:
+                proc.kill()
+        finally:
+            # However reading ended, every request the child held is answered (failed, retried
+            # later with the same message id) so that no delivery waits for good.
+            code = await proc.wait()
+            if not self._closing:
+                log.error("webhook sender process %d exited (%s); starting another", proc.pid, code)
+            lost, self._pending = self._pending, {}
+            for request_id, future in lost.items():
+                if not future.done():
+                    future.set_result(
+                        Response(
+                            request_id,
+                            error="the sender process died during the request",
+                            ours=True,
+                        )
                     )
-                )
-        if self._proc is proc:
-            self._proc = None
+            if self._proc is proc:
+                self._proc = None
 
     async def send(self, request: Request) -> Response:
         if self._proc is None:
@@ -296,20 +346,46 @@ class ProcessSender(Sender):
                 await self._reader
 
 
+class _ParentPipe(asyncio.Protocol):
+    """Our stdout; the event loop reports the parent closing its end (it died) as a lost
+    connection."""
+
+    def __init__(self) -> None:
+        self.gone = asyncio.Event()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gone.set()
+
+
 async def _child(concurrency: int, allow: list[Network]) -> None:
-    """The sender process: requests in on stdin, responses out on stdout, until stdin closes."""
+    """The sender process: requests in on stdin, responses out on stdout, until stdin closes.
+
+    Stdin closes in two cases. The parent is stopping: it still reads stdout, so requests on the
+    wire are finished and answered. Or the parent died (``kill -9``): nobody will read an
+    answer, so requests in flight are dropped (their leases run out and a new service sends
+    them again) and the process exits at once, quietly.
+    """
+    parent = os.getppid()
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=_MAX_FRAME)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
-    transport, _ = await loop.connect_write_pipe(asyncio.Protocol, sys.stdout.buffer)
+    transport, pipe = await loop.connect_write_pipe(_ParentPipe, sys.stdout.buffer)
     out = _Batcher(transport)
     sender = LocalSender(concurrency, allow)
     await sender.start()
     transport.write(_HEAD.pack(0))  # ready
     tasks: set[asyncio.Task[None]] = set()
 
+    def parent_gone() -> bool:
+        return pipe.gone.is_set() or os.getppid() != parent
+
     async def one(request: Request) -> None:
-        out.add(await sender.send(request))
+        try:
+            response = await sender.send(request)
+        except Exception as exc:  # never leave the parent waiting for an answer
+            error = f"the sender process failed: {type(exc).__name__}: {exc}"
+            response = Response(request.id, error=error, ours=True)
+        out.add(response)
 
     while True:
         frame = await _read_frame(reader)
@@ -320,9 +396,17 @@ async def _child(concurrency: int, allow: list[Network]) -> None:
             task = asyncio.ensure_future(one(request))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
-    if tasks:
+    gone = asyncio.ensure_future(pipe.gone.wait())
+    while tasks and not parent_gone():
+        # getppid() is checked as well: the pipe may close a moment after stdin does
+        await asyncio.wait({*tasks, gone}, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+    gone.cancel()
+    if tasks:  # the parent is gone: nobody to answer
+        for task in tasks:
+            task.cancel()
         await asyncio.wait(set(tasks))
-    await asyncio.sleep(0)  # let the last responses be written
+    else:
+        await asyncio.sleep(0)  # let the last responses be written
     await sender.close()
     transport.close()
 

@@ -120,15 +120,29 @@ class _Lane:
         return len(self.ready) + self.active
 
 
+def max_timeout(lease: float) -> float:
+    """The longest request a worker holding ``lease`` starts: the lease less a margin (a
+    quarter, at most a second) to wait for a sender slot and to record the outcome."""
+    return lease - min(lease / 4, 1.0)
+
+
 class _State:
     """Per-endpoint settings-derived state, rebuilt when the endpoint's settings change."""
 
-    def __init__(self, ep: Endpoint, lane: _Lane | None = None) -> None:
+    def __init__(self, ep: Endpoint, lane: _Lane | None = None, lease: float = 60.0) -> None:
         self.endpoint = ep
         self.signer = Signer(ep.secrets) if ep.secrets else None
         self.extra = dict(ep.headers)
         if ep.auth is not None:
             self.extra.update(ep.auth.headers())
+        # Values an error text must not show (an exception may quote the header it refused).
+        auth = () if ep.auth is None else (ep.auth.bearer, ep.auth.password, ep.auth.value)
+        values = (*self.extra.values(), *ep.secrets, *auth)
+        self.hidden = sorted({v for v in values if v and len(v) >= 4}, key=len, reverse=True)
+        # A request that could outlive the lease is never started (see _deliver): with a
+        # timeout at or near the lease none would ever start, and the worker would claim and
+        # release the same deliveries in a busy loop. Whatever the database holds, cut it.
+        self.timeout = min(ep.timeout, max_timeout(lease))
         self.bucket = TokenBucket(ep.rate_limit, ep.burst) if ep.rate_limit else None
         self.policy = ep.retry_policy()
         self.lane = lane if lane is not None else _Lane()
@@ -154,6 +168,13 @@ class _Answer:
     wait: float | None = None  # Retry-After, seconds
     permanent: bool = False  # retrying cannot help (the SSRF guard refused the address)
     ours: bool = False  # tidings' own failure: the endpoint's breaker does not count it
+
+
+def _hide(text: str, hidden: Sequence[str]) -> str:
+    """``text`` with every secret value of the endpoint masked."""
+    for value in hidden:
+        text = text.replace(value, "***")
+    return text
 
 
 def retry_after(value: str | None, now: float) -> float | None:
@@ -209,6 +230,7 @@ class DeliveryWorker:
         self._flush = asyncio.Event()
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
+        self._warned: set[tuple[str, float]] = set()  # (endpoint, timeout) cut to the lease
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -266,9 +288,21 @@ class DeliveryWorker:
             if old is not None and old.endpoint == ep:
                 states[ep.id] = old
             else:
-                states[ep.id] = _State(ep, old.lane if old is not None else None)
+                states[ep.id] = st = _State(ep, old.lane if old is not None else None, self.lease)
+                self._warn_timeout(st)
         self._states = states
         self._wake.set()
+
+    def _warn_timeout(self, st: _State) -> None:
+        ep = st.endpoint
+        if st.timeout == ep.timeout or (ep.id, ep.timeout) in self._warned:
+            return
+        self._warned.add((ep.id, ep.timeout))
+        log.warning(
+            "webhook endpoint %s: timeout %gs is not safely below server.lease %gs; its requests "
+            "are cut at %gs. Lower the endpoint's timeout or raise server.lease",
+            ep.id, ep.timeout, self.lease, st.timeout,
+        )  # fmt: skip
 
     @property
     def in_flight(self) -> int:
@@ -437,14 +471,14 @@ class DeliveryWorker:
             self._feed()
 
     async def _deliver(self, item: Claimed, st: _State, claimed_at: float) -> None:
-        ep, lane = st.endpoint, st.lane
+        lane = st.lane
         sent = False
         try:
             if st.bucket is not None:
                 await st.bucket.take()
-            # The request may take ep.timeout: never start one that could outlive the lease
+            # The request may take st.timeout: never start one that could outlive the lease
             # (half the slack is kept as a margin for the outcome to be recorded).
-            if time.monotonic() - claimed_at > (self.lease - ep.timeout) / 2:
+            if time.monotonic() - claimed_at > (self.lease - st.timeout) / 2:
                 return
             if not lane.breaker.allows() or self._stopping:
                 return
@@ -473,31 +507,27 @@ class DeliveryWorker:
                 await self._release_many([item], reload=False)
 
     async def _attempt(self, item: Claimed, st: _State) -> Outcome:
+        """One attempt, always judged: whatever fails while the request is built or sent is
+        recorded as a failed attempt (and retried by policy), never left in flight."""
         ep = st.endpoint
         delivery = item.delivery
         number = delivery.attempts + 1
-        body, headers = render(item.event, ep.format)
-        headers.update(st.extra)
-        headers["User-Agent"] = USER_AGENT
-        headers["tidings-event-id"] = item.event.id
-        headers["tidings-event-type"] = item.event.type
-        headers["tidings-attempt"] = str(number)
         started = time.time()
-        if st.signer is not None:
-            headers.update(st.signer.headers(delivery.id, int(started), body))
-        else:  # unsigned: the message id still lets receivers drop repeats
-            headers["webhook-id"] = delivery.id
-            headers["webhook-timestamp"] = str(int(started))
-        if ep.compress == "gzip" and len(body) >= COMPRESS_MIN:
-            # Signed before compressing: most servers (aiohttp, Express) hand the handler the
-            # decoded body, and that is what a receiver verifies.
-            body = gzip.compress(body, compresslevel=5)
-            headers["Content-Encoding"] = "gzip"
         self.stats.endpoint(ep.id).attempts += 1
         if number == 1:
             self.stats.observe_latency(max(0.0, started - delivery.created_at))
         t0 = time.perf_counter()
-        answer = await self._post(ep, body, headers)
+        try:
+            body, headers = self._request(item, st, number, started)
+            answer = await self._post(st, body, headers)
+        except _NotSent:
+            raise
+        except Exception as exc:  # see the docstring
+            answer = _Answer(error=_hide(f"{type(exc).__name__}: {exc}", st.hidden))
+            log.warning(
+                "delivery %s to endpoint %s: the request could not be made: %s",
+                delivery.id, ep.id, answer.error,
+            )  # fmt: skip
         attempt = Attempt(
             delivery.id,
             number,
@@ -509,15 +539,39 @@ class DeliveryWorker:
         )
         return self._judge(item, st, attempt, answer)
 
-    async def _post(self, ep: Endpoint, body: bytes, headers: dict[str, str]) -> _Answer:
+    def _request(
+        self, item: Claimed, st: _State, number: int, started: float
+    ) -> tuple[bytes, dict[str, str]]:
+        """The body and headers of one attempt: rendered, signed, maybe compressed."""
+        ep, delivery = st.endpoint, item.delivery
+        body, headers = render(item.event, ep.format)
+        headers.update(st.extra)
+        headers["User-Agent"] = USER_AGENT
+        headers["tidings-event-id"] = item.event.id
+        headers["tidings-event-type"] = item.event.type
+        headers["tidings-attempt"] = str(number)
+        if st.signer is not None:
+            headers.update(st.signer.headers(delivery.id, int(started), body))
+        else:  # unsigned: the message id still lets receivers drop repeats
+            headers["webhook-id"] = delivery.id
+            headers["webhook-timestamp"] = str(int(started))
+        if ep.compress == "gzip" and len(body) >= COMPRESS_MIN:
+            # Signed before compressing: most servers (aiohttp, Express) hand the handler the
+            # decoded body, and that is what a receiver verifies.
+            body = gzip.compress(body, compresslevel=5)
+            headers["Content-Encoding"] = "gzip"
+        return body, headers
+
+    async def _post(self, st: _State, body: bytes, headers: dict[str, str]) -> _Answer:
         """One request through the sender (here or in its process); the answer, judged later."""
+        ep = st.endpoint
         guarded = ep.guarded(self.guard_config_endpoints)
         request = Request(
             next(self._request_ids),
             ep.url,
             headers,
             body,
-            ep.timeout,
+            st.timeout,
             guarded,
             ep.id,
             ep.max_in_flight,
@@ -525,7 +579,8 @@ class DeliveryWorker:
         resp = await self._sender.send(request)
         if resp.unsent:
             raise _NotSent
-        answer = _Answer(resp.status, resp.text, resp.error, None, resp.permanent, resp.ours)
+        error = None if resp.error is None else _hide(resp.error, st.hidden)
+        answer = _Answer(resp.status, resp.text, error, None, resp.permanent, resp.ours)
         if resp.retry_after is not None:
             answer.wait = retry_after(resp.retry_after, time.time())
         status = resp.status
