@@ -29,7 +29,7 @@ import yaml
 
 from tidings.retry import RetryPolicy
 from tidings.topics import PatternError, compile_pattern
-from tidings.urls import redact_url
+from tidings.urls import redact_mapping, redact_url
 
 __all__ = [
     "CONFIG_ENV",
@@ -313,10 +313,21 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
 
     def redacted(self) -> Settings:
         """A copy safe to print or log: API key, secrets, auth values and header values become
-        ``***``, and URL passwords too."""
+        ``***``, and URL passwords and credential query parameters too."""
         events = self.events
+        broker = self.event_broker
+        if broker is not None:
+            broker = msgspec.structs.replace(
+                broker,
+                **{
+                    name: redact_mapping(section)
+                    for name in ("redis", "nats", "database")
+                    if (section := getattr(broker, name)) is not None
+                },
+            )
         return msgspec.structs.replace(
             self,
+            event_broker=broker,
             events=msgspec.structs.replace(
                 events,
                 endpoints={
