@@ -228,3 +228,9 @@ def test_the_memory_transport_keeps_extensions() -> None:
     bus.publish(with_extensions())
     bus.close(timeout=5)
     assert [e.extensions for e in seen] == [EXTENSIONS]
+
+
+def test_broken_json_after_an_extension_is_an_event_error() -> None:
+    with pytest.raises(EventError) as info:
+        decode(b'{"specversion":"1.0","id":"1","source":"s","type":"t","myext":"x", oops')
+    assert info.value.field == "$" and "not valid JSON" in str(info.value)

@@ -522,13 +522,15 @@ def decode(raw: bytes | str | memoryview) -> Event:
         # Extensions: a second pass, paid only by events that carry some.
         try:
             wire = _wire_decoder.decode(raw)
+            extensions = {
+                name: _any_decoder.decode(value)
+                for name, value in _attributes_decoder.decode(raw).items()
+                if name not in _RESERVED_NAMES
+            }
         except msgspec.ValidationError as exc2:
             raise _wire_error(exc2) from None
-        extensions = {
-            name: _any_decoder.decode(value)
-            for name, value in _attributes_decoder.decode(raw).items()
-            if name not in _RESERVED_NAMES
-        }
+        except msgspec.DecodeError as exc2:  # the rest of the text is not JSON
+            raise EventError("$", f"not valid JSON ({exc2})") from None
     except msgspec.DecodeError as exc:
         raise EventError("$", f"not valid JSON ({exc})") from None
     return _from_wire(wire, wire.data, "data", extensions)
