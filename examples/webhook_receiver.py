@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 
 from aiohttp import web
@@ -31,7 +32,8 @@ def main() -> None:
     parser.add_argument("--secret", default=DEMO_SECRET)
     parser.add_argument("--count", type=int, default=0, help="exit after this many events")
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.secret, args.count))
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a user stops it
+        asyncio.run(serve(args.port, args.secret, args.count))
 
 
 async def serve(port: int, secret: str, count: int) -> None:
@@ -62,7 +64,7 @@ async def serve(port: int, secret: str, count: int) -> None:
     await web.TCPSite(runner, "127.0.0.1", port).start()
     print(f"receiving on http://127.0.0.1:{port}/webhook", flush=True)
     try:
-        await done.wait() if count else asyncio.Event().wait()
+        await done.wait()  # set after --count events; without --count, runs until Ctrl-C
     finally:
         await runner.cleanup()
 

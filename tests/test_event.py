@@ -429,9 +429,10 @@ def test_decode_reads_every_attribute() -> None:
     assert event.data == {"ok": True}
 
 
-def test_decode_ignores_unknown_extensions() -> None:
+def test_decode_keeps_unknown_extensions() -> None:
     event = decode(wire(type="a.b", someextension="x"))
     assert event.type == "a.b"
+    assert event.extensions == {"someextension": "x"}  # more in tests/test_event_extensions.py
 
 
 def test_decode_without_time_fills_in_now() -> None:

@@ -37,6 +37,8 @@ def reference_regex(pattern: str) -> re.Pattern[str]:
     a literal is ``seg\\.``, ``*`` is one segment ``[^.]+\\.``, ``**`` is zero or more segments
     ``(?:[^.]+\\.)*``. No dot juggling around ``**`` is needed.
     """
+    if pattern == "*":  # a bare '*' is every event, as the seeds write "all events"
+        pattern = "**"
     parts = []
     for seg in pattern.split("."):
         if seg == "**":
@@ -64,7 +66,8 @@ def test_reference_matcher_agrees_with_the_documented_examples() -> None:
     assert not reference_match("a.*", "a")
     assert not reference_match("a.*", "a.b.c")
     assert reference_match("*.*", "a.b")
-    assert not reference_match("*", "a.b")
+    assert reference_match("*", "a.b")  # a bare '*' is every event
+    assert not reference_match("*.*", "a")
     assert reference_match("a.**.**.b", "a.b")
 
 
@@ -205,7 +208,10 @@ TestIndexMachine = IndexMachine.TestCase
         ("**", "anything", True),
         ("**", "any.thing.at.all", True),
         ("*", "heartbeat", True),
-        ("*", "user.created", False),
+        ("*", "user.created", True),  # a bare '*' means every event, as the seeds write it
+        ("*", "order.line.added", True),
+        ("*.*", "heartbeat", False),  # '*' inside a longer pattern is still one segment
+        ("*.*", "user.created", True),
         ("*.*.create", "public.users.create", True),
         ("public.*.*", "public.users.create", True),
         ("**.failed", "failed", True),
@@ -470,3 +476,14 @@ def test_memoized_matcher_answers_like_the_pattern_and_stays_bounded() -> None:
         check(n)
     check("order.a")
     assert calls[-1] == "order.a", "a full memo starts over instead of growing"
+
+
+def test_a_bare_star_is_every_event_on_the_index_and_compiles_like_double_star() -> None:
+    compiled = compile_pattern("*")
+    assert compiled.text == "*"  # shown as the user wrote it
+    assert compiled.segments == compile_pattern("**").segments
+    index: SubscriptionIndex[str] = SubscriptionIndex()
+    index.add(compiled, "all")
+    assert [index.match(n) for n in ("a", "a.b", "a.b.c")] == [("all",)] * 3
+    assert index.remove(compile_pattern("*"), "all")
+    assert index.match("a.b") == ()

@@ -295,8 +295,8 @@ def _queue(ctx: typer.Context) -> Iterator[Any]:
         path = path_of(url)
         if path != ":memory:" and not Path(path).exists():
             fail(
-                f"no store at {path!r} (store.url {url}); run this where `tidings serve` runs, "
-                "or pass its config with --config"
+                f"no store at {path!r} (store.url {redact(url)}); run this where "
+                "`tidings serve` runs, or pass its config with --config"
             )
     try:
         store = open_store(url)

@@ -357,7 +357,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
 
     def redacted(self) -> Settings:
         """A copy safe to print or log: API key, secrets, auth values and header values become
-        ``***``, and URL passwords too."""
+        ``***``, and URL passwords and credential query parameters too."""
         events = self.events
         return msgspec.structs.replace(
             self,
@@ -414,10 +414,10 @@ def _redact_broker(broker: EventBrokerSettings | None) -> EventBrokerSettings | 
             url=None if redis.url is None else redact_url(redis.url),
             password=_mask(redis.password),
         ),
-        nats=None
+        nats=nats
         if nats is None or nats.url is None
         else msgspec.structs.replace(nats, url=redact_url(nats.url)),
-        database=None
+        database=database
         if database is None or database.url is None
         else msgspec.structs.replace(database, url=redact_url(database.url)),
     )

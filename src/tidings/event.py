@@ -4,11 +4,15 @@ The envelope is a msgspec Struct because events are built and encoded on every h
 builds them an order of magnitude faster than pydantic and validates only at the edges (JSON and
 dict decoding), where untrusted input arrives. The JSON form is structured-mode CloudEvents: the
 extensions use CloudEvents' lowercase attribute names (``correlationid``, ``aggregateid`` ...).
+Extension attributes tidings does not know (``traceparent``, ``partitionkey``, any ``myext``)
+are kept in ``Event.extensions`` and written back as top-level attributes, as the CloudEvents
+spec asks of an intermediary.
 """
 
 from __future__ import annotations
 
 import base64
+import math
 import re
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -21,6 +25,7 @@ import uuid_utils
 __all__ = [
     "Event",
     "EventError",
+    "ExtensionValue",
     "current_event",
     "decode",
     "decode_many",
@@ -36,6 +41,12 @@ SPECVERSION = "1.0"
 DEFAULT_SOURCE = "tidings"
 
 _TYPE_RE = re.compile(r"^[^\s]+$")
+
+#: What an extension attribute may hold: CloudEvents' String, Integer and Boolean (URI, Timestamp
+#: and Binary travel as strings); numbers beyond integers are accepted, as JSON carries them.
+ExtensionValue = str | int | float | bool
+# CloudEvents attribute names: lowercase ASCII letters and digits (20 at most is only advised).
+_EXTENSION_NAME = re.compile(r"[a-z0-9]+")
 
 
 class EventError(ValueError):
@@ -132,6 +143,9 @@ class Event(msgspec.Struct, metaclass=_EventMeta, kw_only=True):
     request_id: str | None = None
     trace_id: str | None = None
     metadata: dict[str, Any] | None = None
+    #: CloudEvents extension attributes tidings has no field for, by their attribute name
+    #: (``{"traceparent": "00-…", "partitionkey": "k"}``); kept through every encoding.
+    extensions: dict[str, ExtensionValue] | None = None
     #: The payload of an untyped event. Typed events carry their payload in their own fields.
     data: Any = None
 
@@ -151,6 +165,10 @@ class Event(msgspec.Struct, metaclass=_EventMeta, kw_only=True):
             raise EventError(
                 "time", "is a naive datetime", "Use an aware UTC time: datetime.now(UTC)."
             )
+        if self.specversion != SPECVERSION:
+            raise _specversion_error(self.specversion)
+        if self.extensions is not None:
+            _check_extensions(self.extensions, "extensions[{!r}]")
 
     @property
     def key(self) -> str | None:
@@ -195,6 +213,56 @@ class Event(msgspec.Struct, metaclass=_EventMeta, kw_only=True):
 
 
 _ENVELOPE_FIELDS = frozenset(Event.__struct_fields__)
+
+
+def _specversion_error(value: object) -> EventError:
+    return EventError(
+        "specversion",
+        f"{value!r} is not supported; tidings reads and writes CloudEvents 1.0",
+        "Send specversion '1.0' (or leave it out).",
+    )
+
+
+def _check_extensions(extensions: Mapping[str, Any], where: str) -> None:
+    """Raise EventError naming the first extension whose name or value CloudEvents forbids.
+
+    ``where`` formats the attribute name into the field the error names: ``"{}"`` on the wire,
+    ``"extensions[{!r}]"`` for the Python argument.
+    """
+    if not isinstance(extensions, Mapping):
+        raise EventError(
+            "extensions",
+            f"expected a mapping of attribute name to value, got {type(extensions).__name__}",
+        )
+    for name, value in extensions.items():
+        if name in _RESERVED_NAMES:
+            raise EventError(
+                where.format(name),
+                "is an attribute of the envelope itself, not an extension",
+                f"Set it as Event.{_FIELD_OF_WIRE.get(name, name)} instead.",
+            )
+        if not isinstance(name, str) or not _EXTENSION_NAME.fullmatch(name):
+            raise EventError(
+                where.format(name),
+                "is not a valid CloudEvents attribute name",
+                "Extension attribute names are lowercase ASCII letters and digits only "
+                "(a-z, 0-9), e.g. 'traceparent' or 'partitionkey'.",
+            )
+        if isinstance(value, bool | int | str) or (
+            isinstance(value, float) and math.isfinite(value)
+        ):
+            continue
+        kind = "null" if value is None else type(value).__name__
+        if isinstance(value, Mapping):
+            kind = "an object"
+        elif isinstance(value, list | tuple):
+            kind = "an array"
+        raise EventError(
+            where.format(name),
+            f"extension attribute value is {kind}; CloudEvents extension values are strings, "
+            "numbers or booleans",
+            "Put structured values in data (or metadata), or encode them as a string.",
+        )
 
 
 def _finish_subclass(cls: type[Event], type_name: str | None) -> None:
@@ -290,8 +358,18 @@ class _Wire(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     data_base64: str | None = None
 
 
+class _StrictWire(_Wire, forbid_unknown_fields=True):
+    """``_Wire`` refusing unknown attributes: the fast path for events without extensions."""
+
+
+# Names an extension cannot take: every attribute the wire shape knows, and CloudEvents' own.
+_RESERVED_NAMES = frozenset(_Wire.__struct_fields__) | {"data_base64", "data"}
+_FIELD_OF_WIRE = {wire: attr for attr, wire in _OPTIONAL_ATTRS}
+
 _encoder = msgspec.json.Encoder()
 _wire_decoder = msgspec.json.Decoder(_Wire)
+_strict_wire_decoder = msgspec.json.Decoder(_StrictWire)
+_attributes_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _any_decoder = msgspec.json.Decoder()
 _data_decoders: dict[type[Event], msgspec.json.Decoder[Any]] = {}
 
@@ -311,6 +389,8 @@ def to_dict(event: Event) -> dict[str, Any]:
             out[wire] = value
     if event.metadata is not None:
         out["metadata"] = event.metadata
+    if event.extensions is not None:
+        out.update(event.extensions)
     payload = event.payload()
     if isinstance(payload, bytes | bytearray | memoryview):
         out["data_base64"] = base64.b64encode(bytes(payload)).decode("ascii")
@@ -323,6 +403,8 @@ def encode(event: Event) -> bytes:
     """Structured-mode CloudEvents JSON for ``event``."""
     if not isinstance(event, Event):
         raise TypeError(f"expected a tidings Event, got {type(event).__name__}")
+    if event.extensions is not None:  # set after construction, perhaps: checked again here
+        _check_extensions(event.extensions, "extensions[{!r}]")
     if event.__data_fields__ and event.data is not None:
         raise EventError(
             "data",
@@ -347,7 +429,18 @@ def _field_of(message: str) -> tuple[str, str]:
     return "$", message
 
 
-def _from_wire(wire: _Wire, data: Any, data_path: str) -> Event:
+def _from_wire(
+    wire: _Wire, data: Any, data_path: str, extensions: dict[str, Any] | None = None
+) -> Event:
+    if wire.specversion != SPECVERSION:
+        raise _specversion_error(wire.specversion)
+    if extensions:
+        # JSON null is the attribute being absent (CloudEvents JSON format).
+        extensions = {k: v for k, v in extensions.items() if v is not None} or None
+        if extensions:
+            _check_extensions(extensions, "{}")
+    else:
+        extensions = None
     cls = _registry.get(wire.type)
     fields: dict[str, Any] = {}
     if cls is not None and cls.__data_fields__:
@@ -400,6 +493,7 @@ def _from_wire(wire: _Wire, data: Any, data_path: str) -> Event:
         request_id=wire.requestid,
         trace_id=wire.traceid,
         metadata=wire.metadata,
+        extensions=extensions,
         data=payload,
         **fields,
     )
@@ -415,14 +509,31 @@ def _wire_error(exc: msgspec.ValidationError) -> EventError:
 
 
 def decode(raw: bytes | str | memoryview) -> Event:
-    """Decode structured-mode CloudEvents JSON into its typed class (or a plain ``Event``)."""
+    """Decode structured-mode CloudEvents JSON into its typed class (or a plain ``Event``).
+
+    Attributes without a field of their own are extensions, kept in ``Event.extensions``.
+    """
+    extensions: dict[str, Any] | None = None
     try:
-        wire = _wire_decoder.decode(raw)
+        wire: _Wire = _strict_wire_decoder.decode(raw)
     except msgspec.ValidationError as exc:
-        raise _wire_error(exc) from None
+        if not str(exc).startswith("Object contains unknown field"):
+            raise _wire_error(exc) from None
+        # Extensions: a second pass, paid only by events that carry some.
+        try:
+            wire = _wire_decoder.decode(raw)
+            extensions = {
+                name: _any_decoder.decode(value)
+                for name, value in _attributes_decoder.decode(raw).items()
+                if name not in _RESERVED_NAMES
+            }
+        except msgspec.ValidationError as exc2:
+            raise _wire_error(exc2) from None
+        except msgspec.DecodeError as exc2:  # the rest of the text is not JSON
+            raise EventError("$", f"not valid JSON ({exc2})") from None
     except msgspec.DecodeError as exc:
         raise EventError("$", f"not valid JSON ({exc})") from None
-    return _from_wire(wire, wire.data, "data")
+    return _from_wire(wire, wire.data, "data", extensions)
 
 
 _list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
@@ -452,8 +563,16 @@ def from_dict(obj: Mapping[str, Any]) -> Event:
     body.setdefault("specversion", SPECVERSION)
     body.setdefault("source", DEFAULT_SOURCE)
     body.setdefault("id", new_id())
+    extensions: dict[str, Any] | None = None
+    if not _RESERVED_NAMES.issuperset(body):
+        extensions = {k: body.pop(k) for k in body.keys() - _RESERVED_NAMES}
+        nested = extensions.pop("extensions", None)
+        if isinstance(nested, Mapping):  # the Python form, as msgspec.to_builtins(event) gives
+            extensions = {**nested, **extensions}
+        elif nested is not None:
+            extensions["extensions"] = nested
     try:
         wire = msgspec.convert(body, _Wire)
     except msgspec.ValidationError as exc:
         raise _wire_error(exc) from None
-    return _from_wire(wire, data, "data")
+    return _from_wire(wire, data, "data", extensions)

@@ -1,6 +1,8 @@
 """Glob patterns over dot-separated event types, and an index that matches them cheaply.
 
 ``*`` matches exactly one segment, ``**`` matches zero or more, anything else matches itself.
+A pattern that is exactly ``*`` means every event (as ``**`` does): the seeds' configs write it
+for "all events", and a bare ``*`` that matched only dotless types would silently drop the rest.
 The index keeps wildcard patterns in a segment trie and caches the answer per event type, so a
 publish costs one dict lookup however many subscriptions exist.
 """
@@ -62,6 +64,8 @@ def compile_pattern(pattern: str) -> Pattern:
         raise PatternError("pattern is empty; use '**' to match every event type")
     if any(ch.isspace() for ch in pattern):
         raise PatternError(f"pattern {pattern!r} contains whitespace; event types never do")
+    if pattern == "*":
+        return Pattern(pattern, ("**",))  # "all events", as the seeds write it
     segments = pattern.split(".")
     for index, seg in enumerate(segments):
         if seg in ("*", "**"):

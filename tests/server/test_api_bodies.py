@@ -198,7 +198,6 @@ async def test_a_specversion_other_than_1_0_is_refused(serve: Start) -> None:
     assert got["events"] == [], "a refused batch stores nothing"
 
 
-@pytest.mark.xfail(strict=True, reason="extensions kept by event.py change on branch i9-small")
 async def test_extension_attributes_round_trip_through_the_api(serve: Start) -> None:
     app = await serve()
     extensions = {

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -175,18 +176,40 @@ async def test_sigterm_shuts_down_cleanly_and_claimed_but_unsent_deliveries_stay
     assert all(d.attempts == 0 for d in pending), "unsent deliveries keep their retry budget"
 
 
+def readme_receiver_command(port: int) -> list[str]:
+    """The receiver command line exactly as README.md writes it, with this interpreter for
+    ``.venv/bin/python``; only ``--port`` is added, so parallel test runs do not share 9000."""
+    readme = (ROOT / "README.md").read_text()
+    lines = [ln for ln in readme.splitlines() if "examples/webhook_receiver.py" in ln]
+    command = [ln for ln in lines if ln.startswith(".venv/bin/python ")]
+    assert len(command) == 1, f"README's receiver command line not found in {lines}"
+    argv = shlex.split(command[0], comments=True)
+    assert argv[0] == ".venv/bin/python", argv
+    return [sys.executable, *argv[1:], "--port", str(port)]
+
+
+async def wait_for_line(proc: Proc, log: Path, text: str, timeout: float) -> str:
+    """The process's output once ``text`` appears in it; fails if the process exits first."""
+    deadline = time.monotonic() + timeout
+    while text not in (out := log.read_text()):
+        assert proc.poll() is None, f"exited {proc.returncode} before {text!r}: {out}"
+        assert time.monotonic() < deadline, f"no {text!r} after {timeout}s: {out}"
+        await asyncio.sleep(0.05)
+    return out
+
+
 async def test_readme_flow_with_the_example_config_and_receiver(
     tmp_path: Path, processes: list[Proc]
 ) -> None:
     server_port, receiver_port = free_port(), free_port()
     receiver_log = tmp_path / "receiver.log"
     rec = subprocess.Popen(
-        [sys.executable, str(ROOT / "examples" / "webhook_receiver.py"), "--port",
-         str(receiver_port), "--count", "1"],
+        readme_receiver_command(receiver_port),
         stdout=receiver_log.open("ab"),
         stderr=subprocess.STDOUT,
         env=_clean_env(),
-    )  # fmt: skip
+        cwd=ROOT,
+    )
     processes.append(rec)
     log = tmp_path / "serve.log"
     env = {
@@ -197,17 +220,18 @@ async def test_readme_flow_with_the_example_config_and_receiver(
     serve = start_serve(processes, ROOT / "examples" / "serve.yaml", log, env)
     url = f"http://127.0.0.1:{server_port}"
     await wait_healthy(url, serve, log)
-    deadline = time.monotonic() + 15
-    while "receiving on" not in receiver_log.read_text():
-        assert rec.poll() is None and time.monotonic() < deadline, receiver_log.read_text()
-        await asyncio.sleep(0.05)
+    await wait_for_line(rec, receiver_log, "receiving on", 15)
 
     data = {"order_id": "o-1", "total": 42}
     await post_json(url + "/events", {"type": "order.placed", "data": data})
-    assert await wait_exit(rec, 15) == 0, receiver_log.read_text()
-    out = receiver_log.read_text()
-    assert f"verified order.placed: {json.dumps(data)}" in out
+    verified = f"verified order.placed: {json.dumps(data)}"
+    out = await wait_for_line(rec, receiver_log, verified, 15)
     assert "rejected" not in out
+    assert "never awaited" not in out
+    assert rec.poll() is None, "the receiver keeps running until it is stopped"
+    rec.send_signal(signal.SIGINT)  # Ctrl-C, as a user stops it
+    assert await wait_exit(rec, 15) == 0, receiver_log.read_text()
+    assert "Traceback" not in receiver_log.read_text()
     serve.send_signal(signal.SIGTERM)
     await wait_exit(serve, 20)
     clean_exit(serve, log)

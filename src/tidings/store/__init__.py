@@ -138,8 +138,9 @@ def open_store(url: str, **options: Any) -> EventStore:
     is logged; the append stands.
     """
     if not isinstance(url, str) or "://" not in url:
+        shown = redact_url(url) if isinstance(url, str) else url
         raise StoreError(
-            f"store URL: expected scheme://..., got {url!r} "
+            f"store URL: expected scheme://..., got {shown!r} "
             "(e.g. 'memory://', 'sqlite:///events.db', 'postgresql://user@host/db')"
         )
     scheme = urlsplit(url).scheme.lower()

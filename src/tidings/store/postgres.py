@@ -197,7 +197,8 @@ class PostgresStore:
             "postgresql",
             "postgres",
         ):
-            raise StoreError(f"PostgresStore: expected a postgresql:// URL, got {url!r}")
+            shown = redact_url(url) if isinstance(url, str) else url
+            raise StoreError(f"PostgresStore: expected a postgresql:// URL, got {shown!r}")
         self.url = url
         self._where_text = describe(url)
         self._connect_timeout = connect_timeout

@@ -47,6 +47,7 @@ from tidings.store.subscription import (
     Wakeup,
 )
 from tidings.topics import compile_pattern
+from tidings.urls import redact_url
 
 __all__ = ["SqliteStore", "migrate", "path_of"]
 
@@ -73,17 +74,17 @@ def path_of(url: str) -> str:
     """The file path in a ``sqlite:///relative`` or ``sqlite:////absolute`` URL."""
     parts = urlsplit(url)
     if parts.scheme != "sqlite":
-        raise StoreError(f"expected a sqlite:/// URL, got {url!r}")
+        raise StoreError(f"expected a sqlite:/// URL, got {redact_url(url)!r}")
     if parts.netloc:
         raise StoreError(
-            f"SQLite URL {url!r} has a host part {parts.netloc!r}; use sqlite:///relative.db "
+            f"SQLite URL {redact_url(url)!r} has a host part; use sqlite:///relative.db "
             "or sqlite:////absolute/path.db (three or four slashes)"
         )
     path = parts.path[1:] if parts.path.startswith("/") else parts.path
     if not path or path == ":memory:" or path.startswith("file:"):
         raise StoreError(
-            f"SQLite URL {url!r} names no database file; the store needs a file so every "
-            "connection and process shares it: sqlite:///events.db (use memory:// for an "
+            f"SQLite URL {redact_url(url)!r} names no database file; the store needs a file so "
+            "every connection and process shares it: sqlite:///events.db (use memory:// for an "
             "in-process store)"
         )
     return path
@@ -194,7 +195,7 @@ class SqliteStore:
         busy_timeout = float(query.pop("busy_timeout", busy_timeout))
         if query:
             raise StoreError(
-                f"SQLite URL {url!r}: unknown option(s) {', '.join(sorted(query))}; "
+                f"SQLite URL {redact_url(url)!r}: unknown option(s) {', '.join(sorted(query))}; "
                 "known: synchronous, busy_timeout"
             )
         if synchronous not in _SYNCHRONOUS:

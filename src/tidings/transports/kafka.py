@@ -76,6 +76,7 @@ from tidings.transport import (
     subscription_name,
 )
 from tidings.transports.dispatch import Dispatcher
+from tidings.urls import redact_url
 
 __all__ = ["KafkaTransport", "topic_regex"]
 
@@ -244,8 +245,9 @@ class KafkaTransport:
             )
         hosts, username, password = _parse_netloc(parts.netloc)
         self.bootstrap = ",".join(hosts)
-        self.url = f"kafka://{'***@' if username else ''}{self.bootstrap}" + (
-            f"?{parts.query}" if parts.query else ""
+        self.url = redact_url(
+            f"kafka://{'***@' if username else ''}{self.bootstrap}"
+            + (f"?{parts.query}" if parts.query else "")
         )
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         known = {

@@ -75,6 +75,7 @@ from tidings.transport import (
     subscription_name,
 )
 from tidings.transports.dispatch import Dispatcher, DispatchStats
+from tidings.urls import redact_url
 
 __all__ = ["NatsTransport", "filter_subject", "subject_for_type", "type_for_subject"]
 
@@ -184,13 +185,15 @@ def filter_subject(prefix: str, pattern: Pattern) -> tuple[str, bool]:
 
 
 def _redact(url: str) -> str:
+    """NATS puts a token or a user alone in the userinfo, so all of it goes; the query's
+    credential parameters too (``redact_url``)."""
     parts = urlsplit(url)
     if parts.password is None and parts.username is None:
-        return url
+        return redact_url(url)
     host = parts.hostname or ""
     if parts.port is not None:
         host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, ""))
+    return redact_url(urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, "")))
 
 
 def _header_value(text: str) -> str:
