@@ -91,9 +91,11 @@ store:
 event_broker:
   provider: redis
   redis:
-    url: "redis://:s3cr3t@cache:6379/0"
+    host: cache
     password: sasl-pw
     stream_name: "resolvespec:events"
+  database:
+    url: "postgresql://app:s3cr3t@db/events"
 events:
   enabled: true
   endpoints:
