@@ -30,8 +30,8 @@ from tidings.store.base import (
 from tidings.store.subscription import (
     DEFAULT_PAGE_SIZE,
     ErrorCallback,
-    PollingSubscription,
     PageTxHandler,
+    PollingSubscription,
     TxHandler,
     Wakeup,
 )
