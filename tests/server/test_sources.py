@@ -339,3 +339,19 @@ async def test_kill_9_mid_stream_then_restart_loses_and_duplicates_nothing(
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+async def test_an_unreachable_broker_leaves_serve_running_and_health_says_why(
+    serve: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()  # nothing listens there
+    app = await serve({"events": {"source": f"redis://:hunter2@127.0.0.1:{port}/0"}})
+    status, health = await app.get("/health")
+    assert status == 503 and health["status"] == "unhealthy", health
+    source = health["source"]
+    assert source["ok"] is False and source["url"] == f"redis://:***@127.0.0.1:{port}/0"
+    assert f"cannot reach Redis at 127.0.0.1:{port}" in source["error"], source
+    status, body = await app.post("/events", {"type": "order.placed", "source": "t"})
+    assert status == 202, body  # POST /events goes on meanwhile
+    await wait_until(lambda: "trying again" in caplog.text, what="the retry log line")
+    assert "hunter2" not in caplog.text and "Traceback" not in caplog.text

@@ -31,7 +31,7 @@ from tidings.event import Event
 from tidings.retry import RetryPolicy
 from tidings.store.base import Criteria, Recorded
 from tidings.store.subscription import PollingSubscription
-from tidings.transport import SubscribeOptions, TransportSubscription
+from tidings.transport import SubscribeOptions, TransportError, TransportSubscription
 from tidings.transports import open_transport
 from tidings.urls import redact_url
 from tidings.webhooks.queue import DeliveryQueue
@@ -182,7 +182,10 @@ class TransportFeed:
         self.url = redact_url(url)
         self.created = 0
         self.received = 0
+        self.error: str | None = None
         self.transport = open_transport(url)  # a bad scheme or missing client fails here
+        self._url = url
+        self._connecting: asyncio.Future[None] | None = None
         self._options = SubscribeOptions(
             group=consumer, ack_wait=ack_wait, retry=FEED_RETRY, max_in_flight=max_in_flight
         )
@@ -190,13 +193,33 @@ class TransportFeed:
         self._sub: TransportSubscription | None = None
 
     async def start(self) -> None:
-        await self.transport.start()
+        """Connect and subscribe; if the broker is not there yet, keep trying in the background
+        (``health`` says so) rather than keep ``tidings serve`` from starting."""
+        if not await self._connect():
+            self._connecting = asyncio.ensure_future(self._keep_connecting())
+
+    async def _connect(self) -> bool:
         try:
+            await self.transport.start()
             self._sub = await self.transport.subscribe("**", self._handle, self._options)
-        except BaseException:
-            await self.transport.close()
-            raise
+        except TransportError as exc:
+            self.error = str(exc)
+            with contextlib.suppress(Exception):
+                await self.transport.close()
+            self.transport = open_transport(self._url)
+            return False
+        self.error = None
         log.info("webhooks consume %s as group %r", self.url, self.consumer)
+        return True
+
+    async def _keep_connecting(self) -> None:
+        delay = RESTART_DELAY[0]
+        while True:
+            log.error("webhooks: %s; trying again in %.1fs", self.error, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RESTART_DELAY[1])
+            if await self._connect():
+                return
 
     async def _handle(self, event: Event) -> None:
         """Commit the event and its deliveries; the message is acked only after this returns."""
@@ -208,6 +231,10 @@ class TransportFeed:
                 self._on_deliveries()
 
     async def stop(self, timeout: float = 5.0) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connecting
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.close(timeout)
@@ -219,12 +246,12 @@ class TransportFeed:
             "kind": "transport",
             "url": self.url,
             "consumer": self.consumer,
-            "ok": h.ok,
+            "ok": h.ok and self._sub is not None,
             "state": h.state.value,
             "lag": h.lag,
             "received": self.received,
             "deliveries_created": self.created,
-            "error": h.last_error,
+            "error": self.error or h.last_error,
         }
 
 
