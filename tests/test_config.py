@@ -1297,3 +1297,51 @@ def test_from_settings_on_unloaded_settings_raises_config_error() -> None:
     with pytest.raises(ConfigError) as info:
         from_settings(section)
     assert str(info.value).startswith("settings: events.webhooks.w.url: expected an http://")
+
+
+# --- events.source: where tidings serve takes its events ---------------------------------
+
+
+def test_events_source_defaults_to_http_and_takes_store_or_a_transport_url(
+    tmp_path: Path,
+) -> None:
+    assert load(env={}).events.source == "http"
+    assert load(env={}).events.source_consumer == "tidings-webhooks"
+    store = load(write(tmp_path, "events: {source: store, source_consumer: shop-1}"), env={})
+    assert (store.events.source, store.events.source_consumer) == ("store", "shop-1")
+    url = "redis://:hunter2@localhost:6379/0?prefix=shop"
+    settings = load(env={"TIDINGS_EVENTS__SOURCE": url, "TIDINGS_EVENTS__SOURCE_ACK_WAIT": "5s"})
+    assert settings.events.source == url
+    assert settings.events.source_ack_wait == 5.0
+    assert "hunter2" not in json.dumps(settings.to_builtins())
+    assert settings.redacted().events.source == "redis://:***@localhost:6379/0?prefix=shop"
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("kafka", "expected http (events come in through POST /events), store"),
+        ("redis://", "or a transport URL such as redis://localhost:6379/0, got 'redis://'"),
+        ("sqlite:///events.db", "write `source: store`"),
+        ("redis://:hunter2@x:6379", None),  # accepted; the password is never echoed anyway
+    ],
+)
+def test_a_bad_events_source_names_the_key_and_what_fits(
+    tmp_path: Path, value: str, says: str | None
+) -> None:
+    path = write(tmp_path, f"events: {{source: '{value}'}}")
+    if says is None:
+        assert load(path, env={}).events.source == value
+        return
+    message = error(path)
+    assert message.startswith(f"{path}: events.source: "), message
+    assert says in message, message
+
+
+def test_a_bad_source_consumer_or_ack_wait_is_refused(tmp_path: Path) -> None:
+    assert "events.source_consumer: expected a name" in error(
+        write(tmp_path, "events: {source_consumer: 'a b'}")
+    )
+    assert "events.source_ack_wait: expected a duration > 0" in error(
+        write(tmp_path, "events: {source_ack_wait: 0}")
+    )

@@ -345,6 +345,7 @@ def serve_command(
     from tidings.server.app import create_app  # noqa: PLC0415
     from tidings.server.service import Service  # noqa: PLC0415
     from tidings.store.base import StoreError  # noqa: PLC0415
+    from tidings.transport import TransportError  # noqa: PLC0415
 
     settings = settings_from(ctx)
     server = settings.server
@@ -367,7 +368,7 @@ def serve_command(
         )
         try:
             service = Service(settings, _config_path(ctx))
-        except (StoreError, TypeError) as exc:
+        except (StoreError, TransportError, TypeError) as exc:
             fail(str(exc))
         endpoints = len(service.queue.endpoints())
         bound_port = sock.getsockname()[1]

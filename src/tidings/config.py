@@ -277,6 +277,11 @@ class WebhookSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, k
     failure_window: Duration = Duration(86400.0)  # auto-disable an endpoint failing this long
     guard_config_endpoints: bool = False  # YAML endpoints are trusted to reach internal hosts
     allow_networks: list[str] = msgspec.field(default_factory=list)  # CIDRs the guard lets by
+    # Where `tidings serve` takes the events it delivers: "http" (POST /events), "store" (the
+    # store's live subscription: every writer) or a transport URL (redis://..., nats://...).
+    source: str = "http"
+    source_consumer: str = "tidings-webhooks"  # store checkpoint name / transport group
+    source_ack_wait: Duration = Duration(30.0)  # transport: a dead consumer's messages move on
 
     def resolved_endpoints(self) -> list[tuple[str, EndpointSettings]]:
         """Every configured endpoint as ``(id, settings)``, section defaults filled in.
@@ -371,6 +376,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
                     for key, items in events.endpoints.items()
                 },
                 webhooks={name: _redact_endpoint(e) for name, e in events.webhooks.items()},
+                source=redact_url(events.source),
             ),
             store=msgspec.structs.replace(self.store, url=redact_url(self.store.url)),
             event_broker=_redact_broker(self.event_broker),
@@ -391,6 +397,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
 _MASK = "***"
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _WEBHOOK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 _SECRET_PREFIX = "whsec_"
 _NEW_SECRET = (
     "python -c \"import base64, os; print('whsec_' + base64.b64encode(os.urandom(32)).decode())\""
@@ -1101,7 +1108,8 @@ class _Loader:
                 f"expected a duration >= retry_delay ({events.retry_delay:g}s), "
                 f"got {self._written(path, events.max_delay)}",
             )
-        for name in ("timeout", "failure_window"):
+        self._check_source(events)
+        for name in ("timeout", "failure_window", "source_ack_wait"):
             if getattr(events, name) <= 0:
                 path = ("events", name)
                 raise self._error(path, f"expected a duration > 0, got {self._written(path, 0)}")
@@ -1118,6 +1126,31 @@ class _Loader:
             return _build_endpoints(events)
         except _Invalid as exc:
             raise self._error(exc.path, exc.problem) from None
+
+    def _check_source(self, events: WebhookSettings) -> None:
+        source = events.source
+        scheme, sep, rest = source.partition("://")
+        if source not in ("http", "store") and not (sep and _SCHEME.fullmatch(scheme) and rest):
+            raise self._error(
+                ("events", "source"),
+                "expected http (events come in through POST /events), store (follow the event "
+                "store: every writer) or a transport URL such as redis://localhost:6379/0, "
+                f"got {_show(redact_url(source))}",
+            )
+        if sep and scheme.lower() in ("sqlite", "memory"):
+            raise self._error(
+                ("events", "source"),
+                f"got {_show(redact_url(source))}, which is not a transport other processes "
+                "publish to; to deliver what any writer appends to the event store (store.url) "
+                "write `source: store`; a URL here names a transport (redis://, nats://, "
+                "kafka://, amqp://, postgresql:// for LISTEN/NOTIFY)",
+            )
+        if not _WEBHOOK_NAME.fullmatch(events.source_consumer):
+            raise self._error(
+                ("events", "source_consumer"),
+                "expected a name of letters, digits, '.', '_' or '-' (up to 64), got "
+                f"{_show(events.source_consumer)}",
+            )
 
     def _check_server(
         self, settings: Settings, endpoints: list[tuple[tuple[Any, ...], str, EndpointSettings]]

@@ -24,7 +24,7 @@ What every backend's ``subscribe`` must accept (the shared engine in
 ``tidings.store.subscription`` provides all of it)::
 
     store.subscribe(criteria, handler, name=..., retry=RetryPolicy(...), on_error=fn,
-                    transactional=False, poll_interval=0.05)
+                    transactional=False, batch=False, poll_interval=0.05, page_size=500)
 
 and the returned subscription exposes ``name``, ``position``, ``error``, ``running`` and
 ``stop(timeout)``.
@@ -575,6 +575,50 @@ class StoreContract:
         finally:
             sub.stop()
         assert self.tx_rows(store_url) == [r.event.id for r in recs]
+
+    def test_a_batch_transactional_handler_commits_a_page_with_the_checkpoint(
+        self, store: EventStore, store_url: str
+    ) -> None:
+        """``batch=True``: one call (one transaction) per page; a failed page rolls back whole
+        and is handed over again, and a second subscription of that name skips what is done."""
+        self.tx_prepare(store_url)
+        recs = store.append(placed(7))
+        pages: list[list[int]] = []
+        failed = False
+
+        def handler(page: list[Recorded], conn: Any) -> None:
+            nonlocal failed
+            pages.append([r.position for r in page])
+            for rec in page:
+                self.tx_write(conn, rec)
+            if not failed and recs[4] in page:
+                failed = True
+                raise RuntimeError("fail after writing: the page must roll back")
+
+        sub = store.subscribe(  # type: ignore[call-arg]
+            Criteria(),
+            handler,
+            name="txb",
+            transactional=True,
+            batch=True,
+            page_size=3,
+            retry=FAST_RETRY,
+            poll_interval=0.05,
+        )
+        try:
+            wait_until(lambda: store.checkpoint("txb") == recs[-1].position, what="checkpoint")
+        finally:
+            sub.stop()
+        p = [r.position for r in recs]
+        assert pages == [p[0:3], p[3:6], p[3:6], p[6:7]], pages
+        assert self.tx_rows(store_url) == [r.event.id for r in recs]
+        # Another instance of the same subscription (another process, say) that still holds
+        # an old position gets nothing handed over again: the stored checkpoint is checked.
+        again: list[list[Recorded]] = []
+        store.handle_page_in_transaction(  # type: ignore[attr-defined]
+            "txb", recs, lambda page, conn: again.append(page)
+        )
+        assert again == []
 
     def test_append_also_writes_in_the_same_transaction(
         self, store: EventStore, store_url: str

@@ -509,3 +509,55 @@ def test_two_queues_open_the_schema_at_once(store: EventStore) -> None:
     assert len(opened) == 3
     for q in opened:
         q.close()
+
+
+# ------------------------------------------------------------------ other sources
+
+
+def per_event(queue: DeliveryQueue) -> Counter[tuple[str, str]]:
+    return Counter((d.event_id, d.endpoint_id) for d in queue.deliveries(limit=100_000))
+
+
+def test_ingest_gives_an_event_its_deliveries_once_however_often_it_arrives(
+    store: EventStore, queue: DeliveryQueue
+) -> None:
+    """A redelivered message (same event id) makes no second delivery; an event some other
+    writer stored without deliveries gets them; a batch with a known event still goes in."""
+    batch = events(3)
+    assert queue.ingest(batch, to_all) == 6
+    assert queue.ingest(batch[:1], to_all) == 0  # redelivered
+    assert queue.ingest(batch, to_all) == 0
+    foreign = store.append(events(1))[0]  # stored by another writer, no deliveries
+    fresh = events(1)[0]
+    assert queue.ingest([foreign.event, fresh], to_all) == 4
+    assert queue.ingest([foreign.event, fresh], to_all) == 0
+    counts = per_event(queue)
+    assert len(counts) == 10 and set(counts.values()) == {1}, counts
+    ids = [e.id for e in [*batch, foreign.event, fresh]]
+    assert [r.event.id for r in store.read_all()] == ids  # each stored once
+    rec = next(r for r in store.read_all() if r.event.id == foreign.event.id)
+    assert {d.position for d in queue.deliveries(event_id=foreign.event.id)} == {rec.position}
+
+
+def test_write_deliveries_skips_events_that_have_some_and_endpoints_that_are_gone(
+    store: EventStore, queue: DeliveryQueue
+) -> None:
+    accepted = queue.accept(events(2), to_a)
+    recorded = [rec for rec, _ in accepted] + store.append(events(2))
+    with queue._db.transaction() as conn:
+        made = queue.write_deliveries(conn, recorded, lambda e: ["a", "b", "deleted"])
+    assert made == 4  # the two new events, to a and b; not to the unknown endpoint
+    counts = per_event(queue)
+    assert sorted(counts.values()) == [1] * 6
+    assert {ep for (_, ep) in counts} == {"a", "b"}
+
+
+def test_source_start_is_the_end_of_the_store_when_a_source_first_runs(
+    store: EventStore, queue: DeliveryQueue
+) -> None:
+    store.append(events(3))
+    last = store.read_all()[-1].position
+    assert queue.source_start("feed") == last
+    store.append(events(2))
+    assert queue.source_start("feed") == last  # fixed from then on
+    assert queue.source_start("other") == last + 2

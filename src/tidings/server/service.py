@@ -22,6 +22,7 @@ from tidings.store.base import Criteria, EventStore
 from tidings.urls import redact_url
 from tidings.webhooks.endpoint import from_settings
 from tidings.webhooks.queue import Claimed, DeliveryQueue, QueueFull, QueueStats, replay_bound
+from tidings.webhooks.sources import Feed, open_feed
 from tidings.webhooks.worker import DeliveryWorker, Router
 
 __all__ = ["Accepted", "Replay", "Service"]
@@ -61,6 +62,18 @@ class Service:
             raise
         self.router = Router()
         self.worker = self._make_worker()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # events.source: what else feeds the queue (None: only POST /events). POST /events
+        # keeps writing its events' deliveries itself with any source; feeds skip events that
+        # already have deliveries, so nothing is delivered twice.
+        try:
+            self.feed: Feed | None = open_feed(
+                settings.events, self.queue, self.router, self._deliveries_made
+            )
+        except BaseException:
+            self.queue.close()
+            self.store.close()
+            raise
         self.started_at = time.time()
         self.accepted_count = 0
         self._open_guess = 0
@@ -86,7 +99,10 @@ class Service:
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await self.worker.start()
+        if self.feed is not None:
+            await self.feed.start()
         log.info(
             "tidings service started: store %s, %d endpoint(s)",
             redact_url(self.settings.store.url),
@@ -94,6 +110,8 @@ class Service:
         )
 
     async def stop(self, timeout: float = 10.0) -> None:
+        if self.feed is not None:
+            await self.feed.stop(min(timeout, 5.0))
         released = await self.worker.stop(timeout)
         if released:
             log.info("shutdown: %d deliveries handed back unsent (still pending)", released)
@@ -128,11 +146,18 @@ class Service:
             return False
         if settings.store.url != self.settings.store.url:
             log.warning("config reload: store.url changed; restart tidings to switch stores")
+        if settings.events.source != self.settings.events.source:
+            log.warning("config reload: events.source changed; restart tidings to switch it")
         self.settings = settings
         await asyncio.to_thread(self._sync_config_endpoints)
         await self.worker.reload()
         log.info("config reloaded from %s", self.config_path)
         return True
+
+    def _deliveries_made(self) -> None:
+        """A feed committed new deliveries (from any thread): claim them now."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.worker.wake)
 
     async def watch_config(self, interval: float = 2.0) -> None:
         """Reload when the config file changes on disk."""
@@ -279,6 +304,11 @@ class Service:
             "claimed": self.worker.claimed,
             "concurrency": self.worker.concurrency,
         }
+        if self.feed is not None:
+            report["source"] = self.feed.health()
+            if not report["source"]["ok"]:
+                healthy = False
+                reasons.append("the event source is not running: see source")
         report["status"] = "unhealthy" if not healthy else "degraded" if degraded else "ok"
         report["reasons"] = reasons
         report["uptime"] = round(time.time() - self.started_at, 1)

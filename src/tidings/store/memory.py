@@ -30,6 +30,7 @@ from tidings.store.base import (
 from tidings.store.subscription import (
     DEFAULT_PAGE_SIZE,
     ErrorCallback,
+    PageTxHandler,
     PollingSubscription,
     TxHandler,
     Wakeup,
@@ -191,6 +192,7 @@ class MemoryStore:
         retry: RetryPolicy | None = None,
         on_error: ErrorCallback | None = None,
         transactional: bool = False,
+        batch: bool = False,
         poll_interval: float | None = None,
         page_size: int = DEFAULT_PAGE_SIZE,
     ) -> PollingSubscription:
@@ -198,6 +200,7 @@ class MemoryStore:
 
         With ``transactional=True`` the handler gets ``(recorded, None)``: there is no database
         connection, but the checkpoint still only moves when the handler returns.
+        ``batch=True`` hands it a list of events (a page) instead of one.
         """
         self._check_open()
         self._subscriptions = [s for s in self._subscriptions if s.running]
@@ -215,6 +218,7 @@ class MemoryStore:
             retry=retry,
             on_error=on_error,
             transactional=transactional,
+            batch=batch,
             poll_interval=self._poll_interval if poll_interval is None else poll_interval,
             page_size=page_size,
         )
@@ -239,6 +243,16 @@ class MemoryStore:
         with self._data.lock:
             handler(rec, None)
             self._data.checkpoints[name] = rec.position
+
+    def handle_page_in_transaction(
+        self, name: str, page: list[Recorded], handler: PageTxHandler
+    ) -> None:
+        with self._data.lock:
+            done = self._data.checkpoints.get(name, 0)
+            todo = [rec for rec in page if rec.position > done]
+            if todo:
+                handler(todo, None)
+                self._data.checkpoints[name] = todo[-1].position
 
     # ------------------------------------------------------------------ lifecycle
 

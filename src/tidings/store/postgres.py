@@ -62,6 +62,7 @@ from tidings.store.subscription import (
     DEFAULT_PAGE_SIZE,
     AlsoWrite,
     ErrorCallback,
+    PageTxHandler,
     PollingSubscription,
     TxHandler,
     Wakeup,
@@ -709,6 +710,7 @@ class PostgresStore:
         retry: RetryPolicy | None = None,
         on_error: ErrorCallback | None = None,
         transactional: bool = False,
+        batch: bool = False,
         poll_interval: float | None = None,
         page_size: int = DEFAULT_PAGE_SIZE,
     ) -> PollingSubscription:
@@ -717,6 +719,7 @@ class PostgresStore:
         With ``transactional=True`` the handler gets ``(recorded, connection)``: a psycopg
         ``Connection`` inside an open transaction that also moves the checkpoint. Write your
         effects through it and do not commit; both commit together or roll back together.
+        ``batch=True`` hands it a list of events (a page) instead of one.
         """
         self._check_open()
         listener = self._ensure_listener()
@@ -736,6 +739,7 @@ class PostgresStore:
             retry=retry,
             on_error=on_error,
             transactional=transactional,
+            batch=batch,
             poll_interval=self._poll_interval if poll_interval is None else poll_interval,
             page_size=page_size,
         )
@@ -778,21 +782,41 @@ class PostgresStore:
         then sees the position already done and skips it, so effects happen exactly once.
         """
         with self._conn("transactional handler") as conn, conn.transaction():
-            conn.execute(
-                "INSERT INTO tidings_checkpoints (name, position) VALUES (%s, 0) "
-                "ON CONFLICT (name) DO NOTHING",
-                (name,),
-            )
-            row = conn.execute(
-                "SELECT position FROM tidings_checkpoints WHERE name = %s FOR UPDATE", (name,)
-            ).fetchone()
-            if row is not None and int(row[0]) >= rec.position:
+            if self._lock_checkpoint(conn, name) >= rec.position:
                 return
             handler(rec, conn)
-            conn.execute(
-                "UPDATE tidings_checkpoints SET position = %s, updated_at = now() WHERE name = %s",
-                (rec.position, name),
-            )
+            self._move_checkpoint(conn, name, rec.position)
+
+    def handle_page_in_transaction(
+        self, name: str, page: list[Recorded], handler: PageTxHandler
+    ) -> None:
+        """``handle_in_transaction`` for a page: one transaction, the same checkpoint lock."""
+        with self._conn("transactional handler") as conn, conn.transaction():
+            done = self._lock_checkpoint(conn, name)
+            todo = [rec for rec in page if rec.position > done]
+            if not todo:
+                return
+            handler(todo, conn)
+            self._move_checkpoint(conn, name, todo[-1].position)
+
+    @staticmethod
+    def _lock_checkpoint(conn: psycopg.Connection[Any], name: str) -> int:
+        conn.execute(
+            "INSERT INTO tidings_checkpoints (name, position) VALUES (%s, 0) "
+            "ON CONFLICT (name) DO NOTHING",
+            (name,),
+        )
+        row = conn.execute(
+            "SELECT position FROM tidings_checkpoints WHERE name = %s FOR UPDATE", (name,)
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    @staticmethod
+    def _move_checkpoint(conn: psycopg.Connection[Any], name: str, position: int) -> None:
+        conn.execute(
+            "UPDATE tidings_checkpoints SET position = %s, updated_at = now() WHERE name = %s",
+            (position, name),
+        )
 
     # ------------------------------------------------------------------ lifecycle
 

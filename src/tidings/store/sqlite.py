@@ -42,6 +42,7 @@ from tidings.store.subscription import (
     DEFAULT_PAGE_SIZE,
     AlsoWrite,
     ErrorCallback,
+    PageTxHandler,
     PollingSubscription,
     TxHandler,
     Wakeup,
@@ -495,6 +496,7 @@ class SqliteStore:
         retry: RetryPolicy | None = None,
         on_error: ErrorCallback | None = None,
         transactional: bool = False,
+        batch: bool = False,
         poll_interval: float | None = None,
         page_size: int = DEFAULT_PAGE_SIZE,
     ) -> PollingSubscription:
@@ -504,6 +506,7 @@ class SqliteStore:
         ``sqlite3.Connection`` inside an open transaction that also saves the checkpoint. Write
         your effects through it and do not commit; they commit together, or roll back together
         if the handler raises. Appends wait while the handler runs, so keep it short.
+        ``batch=True`` hands it a list of events (a page) instead of one.
         """
         self._check_open()
         self._subscriptions = [s for s in self._subscriptions if s.running]
@@ -521,6 +524,7 @@ class SqliteStore:
             retry=retry,
             on_error=on_error,
             transactional=transactional,
+            batch=batch,
             poll_interval=self._poll_interval if poll_interval is None else poll_interval,
             page_size=page_size,
         )
@@ -563,6 +567,28 @@ class SqliteStore:
                     "checkpoint"
                 )
             conn.execute(_UPSERT_CHECKPOINT, (name, rec.position, _fmt(datetime.now(UTC))))
+
+    def handle_page_in_transaction(
+        self, name: str, page: list[Recorded], handler: PageTxHandler
+    ) -> None:
+        """The checkpoint is read inside the write transaction, so a second process running the
+        same subscription skips what the first has done: effects happen once."""
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT position FROM tidings_checkpoints WHERE name = ?", (name,)
+            ).fetchone()
+            done = 0 if row is None else int(row[0])
+            todo = [rec for rec in page if rec.position > done]
+            if not todo:
+                return
+            handler(todo, conn)
+            if not conn.in_transaction:
+                raise StoreError(
+                    f"subscription {name!r}: the transactional handler ended the transaction "
+                    "itself (COMMIT/ROLLBACK); let tidings commit its writes with the "
+                    "checkpoint"
+                )
+            conn.execute(_UPSERT_CHECKPOINT, (name, todo[-1].position, _fmt(datetime.now(UTC))))
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -6,6 +6,8 @@ caught up waits for a wake-up: in-process appends notify at once, other processe
 polling every ``poll_interval`` seconds (PostgreSQL adds LISTEN wake-ups on top). A handler that
 keeps failing after its retries halts the subscription *at* that event: the checkpoint stays just
 before it, ``on_error`` and the log say why, and nothing after it is delivered out of order.
+With ``batch=True`` the handler takes a whole page (up to ``page_size`` events) at a time; in
+transactional mode that is one transaction per page instead of one per event.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "DEFAULT_POLL_INTERVAL",
     "DEFAULT_RETRY",
     "ErrorCallback",
+    "PageTxHandler",
     "PollingSubscription",
     "SubscriptionSource",
     "Wakeup",
@@ -42,6 +45,8 @@ DEFAULT_RETRY = RetryPolicy(max_retries=3, initial_delay=0.05, max_delay=1.0)
 
 ErrorCallback = Callable[[Recorded, BaseException], Any]
 TxHandler = Callable[[Recorded, Any], Any]
+# batch=True: the handler takes a page of events (list[Recorded]) instead of one
+PageTxHandler = Callable[[list[Recorded], Any], Any]
 # append(also=...): called with (connection, recorded events) inside the append transaction
 AlsoWrite = Callable[[Any, list[Recorded]], None]
 
@@ -84,6 +89,14 @@ class SubscriptionSource(Protocol):
         ``name`` in one transaction; roll both back if the handler raises."""
         ...
 
+    def handle_page_in_transaction(
+        self, name: str, page: list[Recorded], handler: PageTxHandler
+    ) -> None:
+        """Like ``handle_in_transaction`` for a page: ``handler(todo, connection)`` gets the
+        events of ``page`` after the stored checkpoint (none: not called), and the checkpoint
+        moves to the last of them in the same transaction."""
+        ...
+
 
 class PollingSubscription:
     """One named subscription running in a background thread; see the module docstring."""
@@ -99,6 +112,7 @@ class PollingSubscription:
         retry: RetryPolicy | None = None,
         on_error: ErrorCallback | None = None,
         transactional: bool = False,
+        batch: bool = False,
         poll_interval: float | None = None,
         page_size: int = DEFAULT_PAGE_SIZE,
     ) -> None:
@@ -121,6 +135,7 @@ class PollingSubscription:
         self._retry = retry if retry is not None else DEFAULT_RETRY
         self._on_error = on_error
         self._transactional = transactional
+        self._batch = batch
         self._poll = DEFAULT_POLL_INTERVAL if poll_interval is None else max(0.001, poll_interval)
         self._page_size = page_size
         self._wakeup = wakeup
@@ -181,7 +196,13 @@ class PollingSubscription:
                 page = self._source.load(
                     dataclasses.replace(self.criteria, after_position=after, limit=self._page_size)
                 )
-                for rec in page:
+                if self._batch and page and not self._stopping.is_set():
+                    if not self._deliver(page[0], page):
+                        return
+                    self._advance(page[-1].position)
+                    if self._transactional:
+                        saved = page[-1].position
+                for rec in () if self._batch else page:
                     if self._stopping.is_set():
                         break
                     if not self._deliver(rec):
@@ -219,22 +240,25 @@ class PollingSubscription:
             self._position = position
             self._progress.notify_all()
 
-    def _call(self, rec: Recorded, *args: Any) -> None:
+    def _call(self, rec: Recorded | list[Recorded], *args: Any) -> None:
         result = self._handler(rec, *args)
         if inspect.isawaitable(result):
             if self._loop is None:
                 self._loop = asyncio.new_event_loop()
             self._loop.run_until_complete(result)
 
-    def _deliver(self, rec: Recorded) -> bool:
-        """Hand ``rec`` to the handler with retries; False (halt) when it keeps failing."""
+    def _deliver(self, rec: Recorded, page: list[Recorded] | None = None) -> bool:
+        """Hand ``rec`` (batch mode: the ``page`` it starts) to the handler with retries;
+        False (halt) when it keeps failing."""
         attempt = 0
         while True:
             try:
-                if self._transactional:
+                if self._transactional and page is not None:
+                    self._source.handle_page_in_transaction(self.name, page, self._call)
+                elif self._transactional:
                     self._source.handle_in_transaction(self.name, rec, self._call)
                 else:
-                    self._call(rec)
+                    self._call(rec if page is None else page)
                 return True
             except Exception as exc:
                 attempt += 1

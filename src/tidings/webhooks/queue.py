@@ -6,7 +6,9 @@ the events and their delivery rows in one transaction (``store.append(also=...)`
 exists exactly when its event does. Workers ``claim`` due rows under a lease (a time limit and a
 token); a worker that dies loses its lease when it expires and another worker takes the row over
 with a new token, so the old worker's late ``finish`` changes nothing. At-least-once: a request
-may be sent twice around a takeover, never lost.
+may be sent twice around a takeover, never lost. The other sources of events (the store's own
+subscription, a transport, a Bus; see ``tidings.webhooks.sources``) write deliveries with
+``write_deliveries`` or ``ingest`` in their own transactions: at most one set per event.
 
 Concurrency: on PostgreSQL claims lock rows ``FOR UPDATE SKIP LOCKED``, so any number of
 processes claim at once without double-claiming; on SQLite each claim is one ``BEGIN IMMEDIATE``
@@ -33,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 
 from tidings.event import Event, decode, new_id
-from tidings.store.base import Criteria, Recorded, StoreError, StoreUnavailable
+from tidings.store.base import Criteria, DuplicateEvent, Recorded, StoreError, StoreUnavailable
 from tidings.store.sqlite import SqliteStore
 from tidings.urls import redact_url
 from tidings.webhooks.endpoint import Endpoint
@@ -61,6 +63,7 @@ STATES: tuple[str, ...] = ("pending", "delivering", "delivered", "dead", "cancel
 MAX_RESPONSE_BODY = 2048  # bytes of a response body kept in the attempts log
 REMOVED_FROM_CONFIG = "removed from the config"
 _LOCK_CLASS = 29803  # advisory lock namespace for the webhook schema (migrations use 29802)
+_LOCK_EXISTING = 29804  # serializes "deliveries for an event that may have some" (PostgreSQL)
 
 _DELIVERY_COLUMNS = (
     "id, event_id, position, endpoint_id, state, attempts, next_attempt_at, created_at, "
@@ -269,6 +272,7 @@ class _Database:
 
     where = ""
     body_column = "body"
+    events_table = "tidings_events"
 
     def sql(self, text: str) -> Any:
         return text
@@ -345,6 +349,17 @@ class _Sqlite(_Database):
         )
         return [(*r, bodies.get(r[2])) for r in rows]
 
+    def delivered(self, conn: Any, event_ids: list[str]) -> set[str]:
+        rows = conn.execute(
+            "SELECT DISTINCT event_id FROM tidings_webhook_deliveries "
+            "WHERE event_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(event_ids),),
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def serialize(self, conn: Any) -> None:
+        """Nothing to do: SQLite has one writer at a time (BEGIN IMMEDIATE)."""
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -354,6 +369,7 @@ class _Postgres(_Database):
     """A small pool of our own (autocommit; transactions are explicit)."""
 
     body_column = "body::text"
+    events_table = "events"
 
     def __init__(self, store: PostgresStore, pool_size: int) -> None:
         # psycopg is the optional "postgres" extra: imported only when a PostgresStore exists
@@ -428,6 +444,20 @@ class _Postgres(_Database):
     ) -> list[tuple[Any, ...]]:
         params = {"until": until, "token": token, "now": now, "n": limit, "skip": skip}
         return list(conn.execute(_CLAIM_POSTGRES, params).fetchall())
+
+    def delivered(self, conn: Any, event_ids: list[str]) -> set[str]:
+        rows = conn.execute(
+            b"SELECT DISTINCT event_id FROM tidings_webhook_deliveries WHERE event_id = ANY(%s)",
+            (event_ids,),
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def serialize(self, conn: Any) -> None:
+        """Two sources handing over the same stored event (say the store's subscription and a
+        Bus that the store publishes to) must not both find it without deliveries."""
+        conn.execute(
+            b"SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (_LOCK_EXISTING,)
+        )
 
     def close(self) -> None:
         self._pool.close()
@@ -689,6 +719,91 @@ class DeliveryQueue:
         max_pending: int | None = None,
     ) -> list[tuple[Recorded, list[str]]]:
         return await asyncio.to_thread(self.accept, events, route, max_pending=max_pending)
+
+    # ------------------------------------------------------------------ other sources
+
+    def write_deliveries(
+        self,
+        conn: Any,
+        recorded: Sequence[Recorded],
+        route: Callable[[Event], Sequence[str]],
+        *,
+        fresh: bool = False,
+    ) -> int:
+        """In the caller's open transaction on ``conn`` (a connection of the store): a pending
+        delivery per endpoint ``route(event)`` names, for each event that has no delivery yet.
+        Returns how many were written.
+
+        The sources other than ``POST /events`` (the store's subscription, a transport, a Bus)
+        use this; "no delivery yet" makes them idempotent towards each other and towards a
+        redelivered message. ``fresh``: the events were appended in this same transaction, so
+        none can have deliveries and the check is skipped. Endpoint ids that are gone (deleted
+        since the router last looked) are left out.
+        """
+        if not recorded:
+            return 0
+        db = self._db
+        done: set[str] = set()
+        if not fresh:
+            db.serialize(conn)
+            done = db.delivered(conn, [rec.event.id for rec in recorded])
+        known = {r[0] for r in db.execute(conn, "SELECT id FROM tidings_webhook_endpoints")}
+        now = time.time()
+        rows = [
+            (new_id(), rec.event.id, rec.position, ep, now, now, now)
+            for rec in recorded
+            if rec.event.id not in done
+            for ep in _routes(route, rec.event)
+            if ep in known
+        ]
+        if rows:
+            db.executemany(conn, _INSERT_DELIVERY, rows)
+        return len(rows)
+
+    def ingest(self, events: Sequence[Event], route: Callable[[Event], Sequence[str]]) -> int:
+        """Append ``events`` and their deliveries in one transaction, like ``accept``; but an
+        event already in the store (a redelivered message, or one another writer stored) is no
+        error: it gets deliveries only if it has none. Returns how many deliveries were made.
+        """
+        batch = list(events)
+        created = 0
+
+        def also(conn: Any, recorded: list[Recorded]) -> None:
+            nonlocal created
+            created = self.write_deliveries(conn, recorded, route, fresh=True)
+
+        try:
+            self.store.append(batch, also=also)
+            return created
+        except DuplicateEvent:
+            if len(batch) > 1:
+                return sum(self.ingest([event], route) for event in batch)
+        event = batch[0]
+        with self._db.transaction() as conn:
+            row = self._db.execute(
+                conn, f"SELECT position FROM {self._db.events_table} WHERE id = ?", (event.id,)
+            ).fetchone()
+            if row is None:  # removed (retention) since the append found it: nothing to send
+                return 0
+            return self.write_deliveries(conn, [Recorded(int(row[0]), event)], route)
+
+    def source_start(self, name: str) -> int:
+        """The position after which the source ``name`` delivers: the end of the store when it
+        first ran (recorded then), so turning a source on does not deliver the history."""
+        with self._db.transaction() as conn:
+            self._db.execute(
+                conn,
+                "INSERT INTO tidings_webhook_sources (name, start_position, created_at) "
+                f"SELECT ?, COALESCE(MAX(position), 0), ? FROM {self._db.events_table} "
+                "WHERE true ON CONFLICT (name) DO NOTHING",  # WHERE: SQLite's ON ambiguity
+                (name, time.time()),
+            )
+            row = self._db.execute(
+                conn,
+                "SELECT start_position FROM tidings_webhook_sources WHERE name = ?",
+                (name,),
+            ).fetchone()
+        return int(row[0])
 
     def count_open(self, cap: int) -> int:
         """Pending + delivering rows, counted up to ``cap`` (so a full queue costs ``cap``)."""

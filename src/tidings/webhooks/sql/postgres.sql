@@ -58,3 +58,13 @@ CREATE TABLE IF NOT EXISTS tidings_webhook_attempts (
 );
 CREATE INDEX IF NOT EXISTS tidings_webhook_attempts_delivery
     ON tidings_webhook_attempts (delivery_id, number);
+
+-- Event sources that create deliveries (`events.source: store` follows the store; one row per
+-- consumer name). start_position is fixed when the consumer first runs, at the end of the store
+-- then, so turning the source on does not deliver the history; the running checkpoint is the
+-- store's subscription checkpoint of the same name, written with the delivery rows.
+CREATE TABLE IF NOT EXISTS tidings_webhook_sources (
+    name           text   PRIMARY KEY,
+    start_position bigint NOT NULL,
+    created_at     double precision NOT NULL
+);
