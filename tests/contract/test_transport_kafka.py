@@ -406,3 +406,56 @@ async def test_a_killed_member_s_message_goes_to_the_group_after_the_session_tim
             child.kill()
             child.wait(10)
         await transport.close()
+
+
+class _SlowCommits:
+    """Delays every OffsetCommit of a consumer by ``delay`` seconds.
+
+    On a real cluster a commit waits for the offsets topic's replication, so tens of
+    milliseconds are normal; Tansu answers at once, which hid a race in the assignment.
+    """
+
+    def __init__(self, consumer: Any, delay: float = 0.02) -> None:
+        self.delay = delay
+        self.calls = 0
+        self._commit = consumer.commit
+        consumer.commit = self.commit
+
+    async def commit(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        return await self._commit(*args, **kwargs)
+
+
+@pytest.mark.parametrize("gap_wait", [0.0, 1.0])
+async def test_a_newly_assigned_partition_loses_no_records_when_commits_are_slow(
+    tansu: TansuBroker, gap_wait: float
+) -> None:
+    """A wildcard group subscription whose topic appears later gets every event of it.
+
+    aiokafka fetches a newly assigned partition before (and while) the assignment callback
+    runs; with slow commits a fetched batch used to arrive before the partition was
+    registered and was dropped while the consumer's position moved past it: the group
+    stalled (default ``gap_wait``) or lost the events for good (``gap_wait=0``).
+    """
+    require_service("tansu", tansu.host, tansu.port)
+    transport = open_transport(
+        f"{tansu.url}?prefix={_prefix()}&topic_per_type=true&session_timeout=2"
+        f"&metadata_max_age=0.3&gap_wait={gap_wait}"
+    )
+    await transport.start()
+    try:
+        got = Collector()
+        sub: Any = await transport.subscribe("slow.*", got, SubscribeOptions(group="slow"))
+        slow = _SlowCommits(sub._consumer)  # before the topic exists, so before any assignment
+        events = [make_event("slow.job", key=f"k{i % 7}", n=i) for i in range(200)]
+        await transport.publish_many(events)
+        try:
+            await TransportContract.wait_for(lambda: got.count() >= 200, 20, "200 events")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; got {got.count()}") from None
+        await asyncio.sleep(0.2)
+        assert slow.calls > 0, "the commits were not slowed: the test proves nothing"
+        assert sorted(got.ids) == sorted(e.id for e in events), "every event, once"
+    finally:
+        await transport.close()
