@@ -459,3 +459,55 @@ async def test_a_newly_assigned_partition_loses_no_records_when_commits_are_slow
         assert sorted(got.ids) == sorted(e.id for e in events), "every event, once"
     finally:
         await transport.close()
+
+
+async def test_records_of_a_partition_not_yet_registered_are_fetched_again(
+    tansu: TansuBroker,
+) -> None:
+    """A batch returned for an assigned partition before it is registered is not dropped.
+
+    The partition is unregistered by hand and registered again right after the first batch
+    of it came back from the consumer, as when aiokafka returns records before the
+    assignment callback started. The consumer's position has moved past that batch: the
+    subscription must seek back to it. With ``gap_wait=0`` nothing else would notice.
+    """
+    require_service("tansu", tansu.host, tansu.port)
+    transport = open_transport(
+        f"{tansu.url}?prefix={_prefix()}&partitions=1&session_timeout=2&gap_wait=0"
+    )
+    await transport.start()
+    try:
+        got = Collector()
+        sub: Any = await transport.subscribe("early.x", got, SubscribeOptions(group="early"))
+        consumer = sub._consumer
+        ((tp, part),) = sub._parts.items()
+        del sub._parts[tp]
+        returned_early: list[int] = []
+        calls = 0
+        getmany = consumer.getmany
+
+        async def getmany_then_register(*args: Any, **kwargs: Any) -> dict[Any, list[Any]]:
+            nonlocal calls
+            calls += 1
+            batches: dict[Any, list[Any]] = await getmany(*args, **kwargs)
+            if batches.get(tp) and tp not in sub._parts:
+                returned_early.extend(r.offset for r in batches[tp])
+                asyncio.get_running_loop().call_soon(sub._parts.__setitem__, tp, part)
+            return batches
+
+        consumer.getmany = getmany_then_register
+        # The fetch already waiting in the unwrapped getmany must end before records exist.
+        await TransportContract.wait_for(lambda: calls > 0, 10, "a fetch through the wrapper")
+        events = [make_event("early.x", key="k", n=i) for i in range(20)]
+        await transport.publish_many(events[:10])
+        await TransportContract.wait_for(lambda: bool(returned_early), 10, "the early batch")
+        await transport.publish_many(events[10:])
+        try:
+            await TransportContract.wait_for(lambda: got.count() >= 20, 10, "20 events")
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}; got {got.count()}, offsets returned early {returned_early}"
+            ) from None
+        assert got.ids == [e.id for e in events], "every event, once, in order"
+    finally:
+        await transport.close()

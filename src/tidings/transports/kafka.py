@@ -945,15 +945,19 @@ class _Subscription:
         ]
 
     async def _assign(self, tps: list[Any]) -> None:
-        """(Re)assign a broadcast consumer, keeping the position of partitions it already had."""
+        """(Re)assign a broadcast consumer, keeping the position of partitions it already had.
+
+        Every partition is registered before the first await, so a record fetched meanwhile
+        always finds its partition (see ``_fetch_loop``).
+        """
         consumer = self._consumer
         consumer.assign(tps)
         for tp in tps:
-            part = self._parts.get(tp)
-            if part is None:
-                part = self._parts[tp] = _Partition(None)
+            if tp not in self._parts:
                 start = self._snapshot.get(tp) if self.options.start == "new" else None
-                part.start = start
+                self._parts[tp] = _Partition(start)
+        for tp in tps:
+            part = self._parts[tp]
             position = part.next if part.next is not None else part.start
             if position is None:
                 await consumer.seek_to_beginning(tp)
@@ -974,20 +978,49 @@ class _Subscription:
                 await self._assign(tps)
 
     async def _on_assigned(self, assigned: set[Any]) -> None:
+        """Register the partitions the group gave this member, each at its start offset.
+
+        aiokafka starts fetching an assigned partition before this callback runs, and goes
+        on while it awaits the broker (committed offsets, the initial commit, which waits
+        for replication on a real cluster). So the partitions are paused before the first
+        await (no record of theirs is returned meanwhile), positioned explicitly at their
+        start (records returned before the pause are fetched again), registered, and only
+        then resumed.
+        """
         consumer = self._consumer
-        for tp in assigned:
-            committed = await consumer.committed(tp)
+        with contextlib.suppress(KafkaError):  # a rebalance already took them back
+            consumer.pause(*assigned)
+        try:
+            for tp in assigned:
+                self._parts[tp] = await self._position_assigned(tp)
+        finally:
+            with contextlib.suppress(KafkaError):
+                consumer.resume(*assigned)
+        self._assigned.set()
+
+    async def _position_assigned(self, tp: Any) -> _Partition:
+        """Seek a newly assigned (paused) partition to where the group resumes it."""
+        consumer = self._consumer
+        try:
+            committed: int | None = await consumer.committed(tp)
             if committed is None and self.options.start == "new":
                 # Where the group has no cursor yet: start at the end seen at subscribe time
                 # (0 for a topic that appeared since), and commit it so members agree.
                 committed = self._snapshot.get(tp, 0)
-                consumer.seek(tp, committed)
                 try:
                     await consumer.commit({tp: committed})
                 except (KafkaError, OSError) as exc:
                     self.transport._report(exc, f"subscription {self.name}: initial commit")
-            self._parts[tp] = _Partition(committed)
-        self._assigned.set()
+            if committed is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, committed)
+        except (KafkaError, OSError) as exc:
+            # Registered anyway: its records are taken from wherever the consumer stands
+            # (the committed offset, or a record sent back by _fetch_loop), never dropped.
+            self.transport._report(exc, f"subscription {self.name}: positioning {tp}")
+            return _Partition(None)
+        return _Partition(committed)
 
     async def _on_revoked(self, revoked: set[Any]) -> None:
         parts = {tp: self._parts[tp] for tp in revoked if tp in self._parts}
@@ -1024,15 +1057,32 @@ class _Subscription:
             for tp, records in batches.items():
                 for rec in records:
                     part = self._parts.get(tp)
-                    if part is None or part.revoked or self._closing:
+                    if part is None:
+                        self._send_back(tp, rec.offset)
+                        break
+                    if part.revoked or self._closing:
                         break
                     expected = part.expected()
                     if expected is not None:
-                        if part.next is not None and rec.offset < part.next:
-                            continue  # fetched again after a re-assignment: already taken
+                        if rec.offset < expected:
+                            continue  # before the group's start, or taken already
                         if rec.offset > expected and self._hold_gap(tp, part, expected, rec.offset):
                             break  # fetch this partition again from the missing offset
                     await self._take(tp, part, rec)
+
+    def _send_back(self, tp: Any, offset: int) -> None:
+        """Fetch again, later, a record of a partition that is assigned but not registered yet.
+
+        aiokafka may return records of a partition it has just assigned before the assignment
+        callback has registered it; the consumer's position has already moved past them, so
+        dropping them would lose them (or stall the partition until a newer record arrives).
+        A partition no longer assigned is left alone: its next owner starts from the commit.
+        """
+        consumer = self._consumer
+        if self._closing or tp not in consumer.assignment():
+            return
+        with contextlib.suppress(KafkaError):  # unassigned meanwhile
+            consumer.seek(tp, offset)
 
     def _hold_gap(self, tp: Any, part: _Partition, expected: int, found: int) -> bool:
         """Whether to refetch from ``expected`` rather than skip the offsets before this record.
