@@ -87,11 +87,22 @@ def _api_versions_ok(host: str, port: int, timeout: float = 1.0) -> bool:
 class TansuBroker:
     """One private Tansu process; ``url`` is ``kafka://127.0.0.1:<port>``."""
 
-    def __init__(self, *, durable: bool = False, workdir: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        durable: bool = False,
+        workdir: str | None = None,
+        advertised_port: int | None = None,
+        authentication: bool = False,
+    ) -> None:
         self.binary = tansu_binary()
         self.durable = durable
         self.host = "127.0.0.1"
         self.port = free_port()
+        # Clients are sent to this port by metadata (a TLS proxy in front of the broker).
+        self.advertised_port = advertised_port or self.port
+        # SASL required of every client (Tansu 0.6 then knows no user: see the Kafka docs).
+        self.authentication = authentication
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="tidings-tansu-"))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -128,6 +139,7 @@ class TansuBroker:
                 AWS_ALLOW_HTTP="true",
             )
         listener = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.host}:{self.advertised_port}"
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
         try:
             self.proc = subprocess.Popen(
@@ -137,9 +149,10 @@ class TansuBroker:
                     "--listener-url",
                     listener,
                     "--advertised-listener-url",
-                    listener,
+                    advertised,
                     "--storage-engine",
                     storage,
+                    *(["--authentication"] if self.authentication else []),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

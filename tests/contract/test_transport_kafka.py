@@ -11,6 +11,7 @@ import asyncio
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
 from tests.conftest import require_service
 from tests.contract.tansu import TansuBroker, TansuUnavailable, free_port
+from tests.contract.tls import TestCertificates, TlsProxy, write_certificates
 from tests.contract.transport_contract import Collector, TransportContract, make_event
 from tidings.event import Event
 from tidings.topics import compile_pattern
@@ -406,3 +408,309 @@ async def test_a_killed_member_s_message_goes_to_the_group_after_the_session_tim
             child.kill()
             child.wait(10)
         await transport.close()
+
+
+class _SlowCommits:
+    """Delays every OffsetCommit of a consumer by ``delay`` seconds.
+
+    On a real cluster a commit waits for the offsets topic's replication, so tens of
+    milliseconds are normal; Tansu answers at once, which hid a race in the assignment.
+    """
+
+    def __init__(self, consumer: Any, delay: float = 0.02) -> None:
+        self.delay = delay
+        self.calls = 0
+        self._commit = consumer.commit
+        consumer.commit = self.commit
+
+    async def commit(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        return await self._commit(*args, **kwargs)
+
+
+@pytest.mark.parametrize("gap_wait", [0.0, 1.0])
+async def test_a_newly_assigned_partition_loses_no_records_when_commits_are_slow(
+    tansu: TansuBroker, gap_wait: float
+) -> None:
+    """A wildcard group subscription whose topic appears later gets every event of it.
+
+    aiokafka fetches a newly assigned partition before (and while) the assignment callback
+    runs; with slow commits a fetched batch used to arrive before the partition was
+    registered and was dropped while the consumer's position moved past it: the group
+    stalled (default ``gap_wait``) or lost the events for good (``gap_wait=0``).
+    """
+    require_service("tansu", tansu.host, tansu.port)
+    transport = open_transport(
+        f"{tansu.url}?prefix={_prefix()}&topic_per_type=true&session_timeout=2"
+        f"&metadata_max_age=0.3&gap_wait={gap_wait}"
+    )
+    await transport.start()
+    try:
+        got = Collector()
+        sub: Any = await transport.subscribe("slow.*", got, SubscribeOptions(group="slow"))
+        slow = _SlowCommits(sub._consumer)  # before the topic exists, so before any assignment
+        events = [make_event("slow.job", key=f"k{i % 7}", n=i) for i in range(200)]
+        await transport.publish_many(events)
+        try:
+            await TransportContract.wait_for(lambda: got.count() >= 200, 20, "200 events")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; got {got.count()}") from None
+        await asyncio.sleep(0.2)
+        assert slow.calls > 0, "the commits were not slowed: the test proves nothing"
+        assert sorted(got.ids) == sorted(e.id for e in events), "every event, once"
+    finally:
+        await transport.close()
+
+
+async def test_records_of_a_partition_not_yet_registered_are_fetched_again(
+    tansu: TansuBroker,
+) -> None:
+    """A batch returned for an assigned partition before it is registered is not dropped.
+
+    The partition is unregistered by hand and registered again right after the first batch
+    of it came back from the consumer, as when aiokafka returns records before the
+    assignment callback started. The consumer's position has moved past that batch: the
+    subscription must seek back to it. With ``gap_wait=0`` nothing else would notice.
+    """
+    require_service("tansu", tansu.host, tansu.port)
+    transport = open_transport(
+        f"{tansu.url}?prefix={_prefix()}&partitions=1&session_timeout=2&gap_wait=0"
+    )
+    await transport.start()
+    try:
+        got = Collector()
+        sub: Any = await transport.subscribe("early.x", got, SubscribeOptions(group="early"))
+        consumer = sub._consumer
+        ((tp, part),) = sub._parts.items()
+        del sub._parts[tp]
+        returned_early: list[int] = []
+        calls = 0
+        getmany = consumer.getmany
+
+        async def getmany_then_register(*args: Any, **kwargs: Any) -> dict[Any, list[Any]]:
+            nonlocal calls
+            calls += 1
+            batches: dict[Any, list[Any]] = await getmany(*args, **kwargs)
+            if batches.get(tp) and tp not in sub._parts:
+                returned_early.extend(r.offset for r in batches[tp])
+                asyncio.get_running_loop().call_soon(sub._parts.__setitem__, tp, part)
+            return batches
+
+        consumer.getmany = getmany_then_register
+        # The fetch already waiting in the unwrapped getmany must end before records exist.
+        await TransportContract.wait_for(lambda: calls > 0, 10, "a fetch through the wrapper")
+        events = [make_event("early.x", key="k", n=i) for i in range(20)]
+        await transport.publish_many(events[:10])
+        await TransportContract.wait_for(lambda: bool(returned_early), 10, "the early batch")
+        await transport.publish_many(events[10:])
+        try:
+            await TransportContract.wait_for(lambda: got.count() >= 20, 10, "20 events")
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}; got {got.count()}, offsets returned early {returned_early}"
+            ) from None
+        assert got.ids == [e.id for e in events], "every event, once, in order"
+    finally:
+        await transport.close()
+
+
+# ---- TLS and SASL ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> TestCertificates:
+    return write_certificates(tmp_path_factory.mktemp("kafka-tls"))
+
+
+def _kafka(url: str, **options: Any) -> KafkaTransport:
+    transport = open_transport(url, **options)
+    assert isinstance(transport, KafkaTransport)
+    return transport
+
+
+def test_security_protocol_follows_the_scheme_and_the_user(certs: TestCertificates) -> None:
+    """kafka:// is plaintext, kafkas:// TLS; a user in the URL adds SASL (PLAIN or SCRAM)."""
+    plain = _kafka("kafka://localhost:9092")
+    assert plain._client_kwargs()["security_protocol"] == "PLAINTEXT"
+    assert "ssl_context" not in plain._client_kwargs()
+
+    tls = _kafka(f"kafkas://broker.example:9093?ssl_cafile={certs.ca}")
+    kwargs = tls._client_kwargs()
+    assert kwargs["security_protocol"] == tls.security_protocol == "SSL"
+    context = kwargs["ssl_context"]
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    trusted = [str(cert["subject"]) for cert in context.get_ca_certs()]
+    assert trusted == [str(((("commonName", "tidings test CA"),),))], (
+        "the CA bundle given is the one trusted"
+    )
+
+    system = _kafka("kafkas://broker.example:9093")  # no ssl_cafile: the system trust store
+    assert system._client_kwargs()["ssl_context"].verify_mode == ssl.CERT_REQUIRED
+
+    sasl = _kafka("kafka://app:pw@localhost:9092")
+    assert {k: v for k, v in sasl._client_kwargs().items() if k.startswith(("sec", "sasl"))} == {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "PLAIN",
+        "sasl_plain_username": "app",
+        "sasl_plain_password": "pw",
+    }
+    for mechanism in ("SCRAM-SHA-256", "scram-sha-512"):
+        scram = _kafka(f"kafkas://app:p%40ss%2Fw@h:9093?sasl_mechanism={mechanism}")
+        kwargs = scram._client_kwargs()
+        assert kwargs["security_protocol"] == "SASL_SSL"
+        assert kwargs["sasl_mechanism"] == mechanism.upper()
+        assert kwargs["sasl_plain_password"] == "p@ss/w", "percent-encoding is undone"
+
+    explicit = _kafka(
+        f"kafka://h:9093?security_protocol=ssl&ssl_cafile={certs.ca}"
+        f"&ssl_certfile={certs.client_cert}&ssl_keyfile={certs.client_key}"
+    )
+    assert explicit.security_protocol == "SSL"
+
+    mine = ssl.create_default_context()
+    given = _kafka("kafkas://h:9093", ssl_context=mine)
+    assert given._client_kwargs()["ssl_context"] is mine
+
+
+def test_an_encrypted_client_key_needs_its_password(certs: TestCertificates) -> None:
+    url = (
+        f"kafkas://h:9093?ssl_cafile={certs.ca}&ssl_certfile={certs.client_cert}"
+        f"&ssl_keyfile={certs.client_key_encrypted}"
+    )
+    _kafka(url, ssl_password=certs.key_password)
+    with pytest.raises(TransportError, match="ssl_certfile/ssl_keyfile") as wrong:
+        _kafka(url, ssl_password="not the passphrase")
+    assert "not the passphrase" not in str(wrong.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "message"),
+    [
+        ("kafka://h?security_protocol=TLS", {}, "security_protocol: expected one of"),
+        ("kafkas://h?security_protocol=PLAINTEXT", {}, "kafkas:// means TLS"),
+        ("kafkas://u:p@h?security_protocol=SASL_PLAINTEXT", {}, "kafkas:// means TLS"),
+        ("kafka://h?security_protocol=SASL_SSL", {}, "needs a user and password"),
+        ("kafkas://u:p@h?security_protocol=SSL", {}, "does not send them"),
+        ("kafka://u:p@h?sasl_mechanism=GSSAPI", {}, "sasl_mechanism: expected one of"),
+        ("kafka://h?sasl_mechanism=PLAIN", {}, "given without a user"),
+        ("kafka://h?ssl_cafile=/etc/ca.pem", {}, "only used with TLS"),
+        ("kafkas://h?ssl_cafile=/no/such/ca.pem", {}, "ssl_cafile.*no such file"),
+        ("kafkas://h?ssl_cafile={client_key}", {}, "ssl_cafile.*not PEM"),
+        ("kafkas://h?ssl_keyfile={client_key}", {}, "ssl_keyfile: given without ssl_certfile"),
+        ("kafkas://h?ssl_certfile=/no/such/cert.pem", {}, "ssl_certfile.*no such file"),
+        ("kafkas://h", {"ssl_context": "ctx"}, "ssl_context: expected an ssl.SSLContext"),
+        ("kafkas://h?ssl_cafile={ca}", {"ssl_context": ssl.create_default_context()}, "both"),
+        ("https://h", {}, "kafka:// or kafkas://"),
+    ],
+)
+def test_tls_and_sasl_mistakes_are_named(
+    certs: TestCertificates, url: str, options: dict[str, Any], message: str
+) -> None:
+    url = url.format(ca=certs.ca, client_key=certs.client_key)
+    with pytest.raises(TransportError, match=message):
+        KafkaTransport(url, **options)
+
+
+def test_credentials_never_show_in_the_url() -> None:
+    t = _kafka("kafkas://svc-user:s3cr%2Bt@h:9093?prefix=a.&ssl_password=keypass&topic=ev")
+    for secret in ("svc-user", "s3cr", "keypass"):
+        assert secret not in t.url, t.url
+    assert t.url == "kafkas://***@h:9093?prefix=a.&ssl_password=***&topic=ev"
+    assert "keypass" not in repr(t.health())
+
+
+@pytest.fixture(scope="module")
+def tls_tansu() -> Iterator[tuple[TansuBroker, int]]:
+    """A Tansu broker that advertises a TLS proxy's port (the proxy runs in each test)."""
+    proxy_port = free_port()
+    try:
+        broker = TansuBroker(advertised_port=proxy_port)
+        broker.start()
+    except TansuUnavailable as exc:
+        _unavailable(exc)
+        raise
+    yield broker, proxy_port
+    broker.stop()
+
+
+def _tls_url(port: int, certs: TestCertificates, client_cert: bool = True) -> str:
+    url = f"kafkas://127.0.0.1:{port}?prefix={_prefix()}&session_timeout=2&ssl_cafile={certs.ca}"
+    if client_cert:
+        url += f"&ssl_certfile={certs.client_cert}&ssl_keyfile={certs.client_key_encrypted}"
+    return url
+
+
+async def test_events_travel_over_mutual_tls(
+    tls_tansu: tuple[TansuBroker, int], certs: TestCertificates
+) -> None:
+    """kafkas:// with a CA file and a client certificate: publish and a group consume work."""
+    broker, proxy_port = tls_tansu
+    require_service("tansu", broker.host, broker.port)
+    async with TlsProxy(certs, proxy_port, broker.port, require_client_cert=True) as proxy:
+        transport = _kafka(_tls_url(proxy_port, certs), ssl_password=certs.key_password)
+        await transport.start()
+        try:
+            got = Collector()
+            await transport.subscribe("tls.x", got, SubscribeOptions(group="tls"))
+            events = [make_event("tls.x", key=f"k{i}", n=i) for i in range(20)]
+            await transport.publish_many(events)
+            await TransportContract.wait_for(lambda: got.count() >= 20, 20, "20 events")
+            assert sorted(got.ids) == sorted(e.id for e in events)
+            assert proxy.handshakes >= 2, "producer and consumer both connected through TLS"
+        finally:
+            await transport.close()
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("no CA file", "TLS|certificate|SSL"),
+        ("no client certificate", "cannot connect"),
+        ("plaintext to a TLS port", "cannot connect"),
+    ],
+)
+async def test_a_failed_tls_connection_is_a_clear_error(
+    tls_tansu: tuple[TansuBroker, int], certs: TestCertificates, case: str, message: str
+) -> None:
+    broker, proxy_port = tls_tansu
+    require_service("tansu", broker.host, broker.port)
+    url = {
+        "no CA file": f"kafkas://127.0.0.1:{proxy_port}",
+        "no client certificate": _tls_url(proxy_port, certs, client_cert=False),
+        "plaintext to a TLS port": f"kafka://127.0.0.1:{proxy_port}",
+    }[case]
+    async with TlsProxy(certs, proxy_port, broker.port, require_client_cert=True):
+        transport = _kafka(url, connect_timeout=3)
+        started = time.monotonic()
+        with pytest.raises(TransportError, match=message) as failed:
+            await transport.start()
+        assert time.monotonic() - started < 10
+        assert f"127.0.0.1:{proxy_port}" in str(failed.value)
+        await transport.close()
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512"])
+async def test_refused_sasl_credentials_are_a_clear_error(mechanism: str) -> None:
+    """A broker that refuses the user: TransportError naming SASL, never the password.
+
+    Tansu 0.6 with ``--authentication`` refuses every SCRAM user ("e=unknown-user"), which
+    aiokafka's SCRAM client turned into a bare ``KeyError: 'v'`` out of ``start()``.
+    """
+    try:
+        broker = TansuBroker(authentication=True)
+        broker.start()
+    except TansuUnavailable as exc:
+        _unavailable(exc)
+        raise
+    try:
+        url = f"kafka://svc:hunter2-pw@{broker.bootstrap}?sasl_mechanism={mechanism}"
+        transport = _kafka(url, connect_timeout=5)
+        with pytest.raises(TransportError, match=f"SASL {mechanism} authentication failed"):
+            await transport.start()
+        message = transport.health().last_error or ""
+        assert "authentication failed" in message and "hunter2" not in message
+        await transport.close()
+    finally:
+        broker.stop()

@@ -23,6 +23,7 @@ SCHEMES: dict[str, tuple[str, str, str | None]] = {
     "nats": ("tidings.transports.nats", "NatsTransport", "nats"),
     "tls": ("tidings.transports.nats", "NatsTransport", "nats"),
     "kafka": ("tidings.transports.kafka", "KafkaTransport", "kafka"),
+    "kafkas": ("tidings.transports.kafka", "KafkaTransport", "kafka"),
     "amqp": ("tidings.transports.rabbitmq", "RabbitMQTransport", "rabbitmq"),
     "amqps": ("tidings.transports.rabbitmq", "RabbitMQTransport", "rabbitmq"),
     "postgresql": ("tidings.transports.postgres", "PostgresTransport", "postgres"),

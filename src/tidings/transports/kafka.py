@@ -2,6 +2,11 @@
 
 URL: ``kafka://host:port[,host2:port2][?prefix=myapp.&topic=events&topic_per_type=false]``.
 
+Security. ``kafkas://`` is TLS (the broker's certificate verified against the system's trust
+store or ``ssl_cafile``; ``ssl_certfile``/``ssl_keyfile`` for mutual TLS); a user and password
+in the URL add SASL (``sasl_mechanism`` PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512). An explicit
+``security_protocol`` must agree with both, so credentials and certificates are never unused.
+
 Topics. By default a namespace is one topic, ``<prefix><topic>`` (``myapp.events``), and every
 subscription reads it and filters by type. With ``topic_per_type=true`` each event type gets its
 own topic ``<prefix><type>`` (as the Redpanda publisher of seed 004 did with its topic prefix);
@@ -31,7 +36,9 @@ recovery. A hole in a partition's offsets is fetched again for ``gap_wait`` seco
 is passed over (a broker may expose a later batch before an earlier concurrent one).
 ``start="new"`` begins at the end offsets seen when ``subscribe`` ran (topics that
 appear later from their start); ``"earliest"`` from the oldest retained record. A durable
-group resumes from its commits.
+group resumes from its commits. A newly assigned partition is paused until it is positioned
+and registered (aiokafka fetches it before the assignment callback has run), and a fetched
+record of a partition not registered yet is fetched again, never dropped.
 
 Dead letters are records in the DLQ topic with the error in headers; ``dead_letters`` reads them
 from a cursor (the committed offset of group ``<prefix>dlq-cursor.<name>``) and
@@ -45,6 +52,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -59,7 +67,13 @@ from aiokafka import (  # type: ignore[import-untyped]
     TopicPartition,
 )
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
-from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
+from aiokafka.errors import (  # type: ignore[import-untyped]
+    AuthenticationFailedError,
+    AuthenticationMethodNotSupported,
+    KafkaError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+)
 from aiokafka.partitioner import murmur2  # type: ignore[import-untyped]
 
 from tidings.event import Event, decode, encode
@@ -99,6 +113,21 @@ _TOPIC_EXISTS = 36  # Kafka error code TOPIC_ALREADY_EXISTS
 _ERROR_HEADER_MAX = 4000
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_TLS_OPTIONS = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_context")
+# Every option a kafka URL's query or open_transport's keywords may give.
+_OPTIONS = frozenset({
+    "prefix", "topic", "topic_per_type", "partitions", "replication", "idempotent",
+    "connect_timeout", "publish_timeout", "linger_ms", "max_batch_size", "client_id",
+    "heartbeat_interval", "session_timeout", "metadata_max_age", "fetch_max_wait",
+    "fetch_min_bytes",
+    "commit_interval", "revoke_drain", "gap_wait", "on_error",
+    "security_protocol", "sasl_mechanism", *_TLS_OPTIONS,
+})  # fmt: skip
+# What connecting may raise: aiokafka's SCRAM client fails with KeyError/ValueError when the
+# broker answers a refusal ("e=unknown-user") instead of a server signature.
+_CONNECT_ERRORS = (TimeoutError, KafkaError, OSError, KeyError, ValueError)
 
 
 def topic_regex(prefix: str, pattern: Pattern, exclude: str | None = None) -> str:
@@ -161,7 +190,8 @@ def _parse_netloc(netloc: str) -> tuple[list[str], str | None, str | None]:
     username = password = None
     if "@" in netloc:
         userinfo, netloc = netloc.rsplit("@", 1)
-        username, _, password = (unquote(x) for x in userinfo.partition(":"))
+        user, _, secret = (unquote(x) for x in userinfo.partition(":"))
+        username, password = user or None, secret  # "@host" names no user
     hosts: list[str] = []
     for raw in netloc.split(","):
         item = raw.strip()
@@ -186,6 +216,117 @@ def _check_topic(topic: str, what: str) -> None:
             f"kafka: {what} gives the topic name {topic!r}, which Kafka refuses (1-249 "
             "characters of A-Z a-z 0-9 . _ -); choose another prefix/topic or event type"
         )
+
+
+def _ssl_context(opt: dict[str, Any]) -> ssl.SSLContext:
+    """The TLS context: the given ``ssl_context``, else one verifying the broker's certificate
+    against ``ssl_cafile`` (default: the system's trust store), with an optional client
+    certificate for brokers that require mutual TLS."""
+    given = opt.get("ssl_context")
+    files = [name for name in _TLS_OPTIONS[:-1] if opt.get(name) is not None]
+    if given is not None:
+        if not isinstance(given, ssl.SSLContext):
+            raise TransportError(
+                f"kafka option ssl_context: expected an ssl.SSLContext, got {type(given).__name__}"
+            )
+        if files:
+            raise TransportError(
+                f"kafka: ssl_context and {', '.join(files)} were both given; configure the "
+                "certificates in the context, or drop ssl_context"
+            )
+        return given
+    cafile = opt.get("ssl_cafile")
+    certfile, keyfile = opt.get("ssl_certfile"), opt.get("ssl_keyfile")
+    try:
+        context = ssl.create_default_context(cafile=None if cafile is None else str(cafile))
+    except (OSError, ValueError) as exc:
+        reason = "no such file" if isinstance(exc, FileNotFoundError) else f"not PEM ({exc})"
+        raise TransportError(
+            f"kafka option ssl_cafile: cannot load the CA certificates from {cafile!r} "
+            f"({reason}); give the path of the broker's CA bundle in PEM"
+        ) from None
+    if keyfile is not None and certfile is None:
+        raise TransportError(
+            "kafka option ssl_keyfile: given without ssl_certfile; give the client "
+            "certificate (PEM) too"
+        )
+    if certfile is not None:
+        password = opt.get("ssl_password")
+        try:
+            context.load_cert_chain(
+                str(certfile),
+                None if keyfile is None else str(keyfile),
+                None if password is None else str(password),
+            )
+        except (OSError, ValueError) as exc:
+            reason = "no such file" if isinstance(exc, FileNotFoundError) else f"{exc}"
+            raise TransportError(
+                f"kafka options ssl_certfile/ssl_keyfile: cannot load the client certificate "
+                f"{certfile!r} with key {keyfile or certfile!r} ({reason}); give PEM files "
+                "(and ssl_password if the key is encrypted)"
+            ) from None
+    return context
+
+
+def _security(
+    tls: bool, username: str | None, password: str | None, opt: dict[str, Any]
+) -> dict[str, Any]:
+    """aiokafka's security settings from the scheme, the URL's user and the options.
+
+    ``kafkas://`` means TLS; a user in the URL means SASL. An explicit ``security_protocol``
+    must agree with both, so that credentials or certificates are never silently unused.
+    """
+    sasl = username is not None
+    default = ("SASL_" if sasl else "") + ("SSL" if tls else "PLAINTEXT")
+    protocol = str(opt.get("security_protocol", default)).strip().upper()
+    if protocol not in _PROTOCOLS:
+        raise TransportError(
+            f"kafka option security_protocol: expected one of {', '.join(_PROTOCOLS)}, "
+            f"got {opt.get('security_protocol')!r}"
+        )
+    uses_tls = protocol.endswith("SSL")
+    if tls and not uses_tls:
+        raise TransportError(
+            f"kafka: kafkas:// means TLS but security_protocol is {protocol}; use kafka:// "
+            "for a plaintext connection, or SSL / SASL_SSL"
+        )
+    if protocol.startswith("SASL_") and not sasl:
+        raise TransportError(
+            f"kafka: security_protocol {protocol} needs a user and password in the URL: "
+            "kafka://user:password@host:port (percent-encode special characters)"
+        )
+    if sasl and not protocol.startswith("SASL_"):
+        raise TransportError(
+            f"kafka: the URL has a user and password but security_protocol {protocol} does not "
+            "send them; use SASL_PLAINTEXT or SASL_SSL, or remove them from the URL"
+        )
+    given_tls = [name for name in _TLS_OPTIONS if opt.get(name) is not None]
+    if given_tls and not uses_tls:
+        raise TransportError(
+            f"kafka option {given_tls[0]}: only used with TLS; use a kafkas:// URL or "
+            "security_protocol=SSL (SASL_SSL with a user)"
+        )
+    settings: dict[str, Any] = {"security_protocol": protocol}
+    if sasl:
+        mechanism = str(opt.get("sasl_mechanism", "PLAIN")).strip().upper()
+        if mechanism not in _MECHANISMS:
+            raise TransportError(
+                f"kafka option sasl_mechanism: expected one of {', '.join(_MECHANISMS)}, "
+                f"got {opt.get('sasl_mechanism')!r}"
+            )
+        settings.update(
+            sasl_mechanism=mechanism,
+            sasl_plain_username=username,
+            sasl_plain_password=password or "",
+        )
+    elif opt.get("sasl_mechanism") is not None:
+        raise TransportError(
+            "kafka option sasl_mechanism: given without a user and password in the URL "
+            "(kafka://user:password@host:port)"
+        )
+    if uses_tls:
+        settings["ssl_context"] = _ssl_context(opt)
+    return settings
 
 
 @dataclass(slots=True)
@@ -239,28 +380,24 @@ class KafkaTransport:
 
     def __init__(self, url: str, **options: Any) -> None:
         parts = urlsplit(url)
-        if parts.scheme.lower() != "kafka":
+        scheme = parts.scheme.lower()
+        if scheme not in ("kafka", "kafkas"):
             raise TransportError(
-                f"KafkaTransport needs a kafka:// URL, got scheme {parts.scheme!r}"
+                f"KafkaTransport needs a kafka:// or kafkas:// (TLS) URL, got scheme "
+                f"{parts.scheme!r}"
             )
         hosts, username, password = _parse_netloc(parts.netloc)
         self.bootstrap = ",".join(hosts)
         self.url = redact_url(
-            f"kafka://{'***@' if username else ''}{self.bootstrap}"
+            f"{scheme}://{'***@' if username else ''}{self.bootstrap}"
             + (f"?{parts.query}" if parts.query else "")
         )
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
-        known = {
-            "prefix", "topic", "topic_per_type", "partitions", "replication", "idempotent",
-            "connect_timeout", "publish_timeout", "linger_ms", "max_batch_size", "client_id",
-            "heartbeat_interval", "session_timeout", "metadata_max_age", "fetch_max_wait",
-            "fetch_min_bytes",
-            "commit_interval", "revoke_drain", "gap_wait", "on_error",
-        }  # fmt: skip
-        unknown = sorted((set(query) | set(options)) - known)
+        unknown = sorted((set(query) | set(options)) - _OPTIONS)
         if unknown:
             raise TransportError(
-                f"kafka: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+                f"kafka: unknown option(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(_OPTIONS))}"
             )
         opt = {**query, **options}
         self.prefix: str = str(opt.get("prefix", ""))
@@ -296,14 +433,8 @@ class KafkaTransport:
         if on_error is not None and not callable(on_error):
             raise TransportError("kafka option on_error: expected a callable(exc)")
         self.on_error: Callable[[BaseException], None] | None = on_error
-        self._security: dict[str, Any] = {}
-        if username:
-            self._security = {
-                "security_protocol": "SASL_PLAINTEXT",
-                "sasl_mechanism": "PLAIN",
-                "sasl_plain_username": username,
-                "sasl_plain_password": password or "",
-            }
+        self._security = _security(scheme == "kafkas", username, password, opt)
+        self.security_protocol: str = self._security["security_protocol"]
         self._producer: Any = None
         self._admin: Any = None
         self._state = TransportState.DISCONNECTED
@@ -341,21 +472,72 @@ class KafkaTransport:
         try:
             await asyncio.wait_for(producer.start(), self.connect_timeout)
             await asyncio.wait_for(admin.start(), self.connect_timeout)
-        except (TimeoutError, KafkaError, OSError) as exc:
+        except _CONNECT_ERRORS as exc:
             self._state = TransportState.DISCONNECTED
-            reason = "no answer" if isinstance(exc, TimeoutError) else f"{exc}"
-            self._last_error = reason
+            reason = self._connect_failure(exc)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.stop(), 2)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(admin.close(), 2)
+            if "ssl_context" in self._security:
+                reason = await self._tls_failure() or reason
+            self._last_error = reason
+            hint = "check the URL and that the broker is running"
+            if "ssl_context" in self._security:
+                hint += (
+                    " and speaks TLS on this port (with the CA of ssl_cafile, and a client "
+                    "certificate in ssl_certfile if it asks for one)"
+                )
             raise TransportError(
                 f"cannot connect to the {self._where()} within {self.connect_timeout:g}s "
-                f"({reason}); check the URL and that the broker is running"
+                f"({reason}); {hint}"
             ) from exc
         self._producer, self._admin = producer, admin
         self._state = TransportState.CONNECTED
         self._last_error = None
+
+    def _connect_failure(self, exc: BaseException) -> str:
+        """Why connecting failed, in words (never the credentials)."""
+        if isinstance(exc, TimeoutError):
+            return "no answer"
+        mechanism = self._security.get("sasl_mechanism")
+        if isinstance(exc, (UnsupportedSaslMechanismError, AuthenticationMethodNotSupported)):
+            return f"the broker does not accept SASL {mechanism}: set sasl_mechanism"
+        if mechanism is not None and isinstance(
+            exc, (KeyError, ValueError, SaslAuthenticationFailed, AuthenticationFailedError)
+        ):
+            return f"SASL {mechanism} authentication failed: check the user and password"
+        if isinstance(exc, ssl.SSLError):
+            return f"TLS handshake failed: {exc}"
+        return f"{exc}"
+
+    async def _tls_failure(self) -> str | None:
+        """Why a TLS handshake with the first broker fails, if it does.
+
+        aiokafka only logs the certificate error and raises "Unable to bootstrap"; one more
+        handshake finds the reason (an unknown CA, a name mismatch) to put in the error.
+        """
+        host, _, port = self.bootstrap.split(",")[0].rpartition(":")
+        writer: asyncio.StreamWriter | None = None
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    host.strip("[]"), int(port), ssl=self._security["ssl_context"]
+                ),
+                self.connect_timeout,
+            )
+        except ssl.SSLError as exc:
+            return f"TLS handshake failed: {exc.reason or exc}" + (
+                f" ({exc.verify_message})" if isinstance(exc, ssl.SSLCertVerificationError) else ""
+            )
+        except (OSError, TimeoutError):
+            return None
+        finally:
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+        return None
 
     def _require(self) -> Any:
         if self._state is TransportState.CLOSED:
@@ -687,7 +869,7 @@ class KafkaTransport:
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 await consumer.stop()
-            if isinstance(exc, (KafkaError, OSError, TimeoutError)):
+            if isinstance(exc, _CONNECT_ERRORS):
                 raise TransportError(f"cannot read the DLQ {topic!r}: {exc}") from exc
             raise
         return records, consumer, tp
@@ -900,9 +1082,10 @@ class _Subscription:
             await asyncio.wait_for(consumer.start(), t.connect_timeout)
             if self.options.start == "new" and tps:
                 self._snapshot = dict(await consumer.end_offsets(tps))
-        except (TimeoutError, KafkaError, OSError) as exc:
+        except _CONNECT_ERRORS as exc:
             raise TransportError(
-                f"subscription {self.name}: cannot reach the {t._where()}: {exc}"
+                f"subscription {self.name}: cannot reach the {t._where()}: "
+                f"{t._connect_failure(exc)}"
             ) from exc
         if self.group is None:
             # A broadcast subscription owns its cursor alone: no group to join (which costs a
@@ -947,15 +1130,19 @@ class _Subscription:
         ]
 
     async def _assign(self, tps: list[Any]) -> None:
-        """(Re)assign a broadcast consumer, keeping the position of partitions it already had."""
+        """(Re)assign a broadcast consumer, keeping the position of partitions it already had.
+
+        Every partition is registered before the first await, so a record fetched meanwhile
+        always finds its partition (see ``_fetch_loop``).
+        """
         consumer = self._consumer
         consumer.assign(tps)
         for tp in tps:
-            part = self._parts.get(tp)
-            if part is None:
-                part = self._parts[tp] = _Partition(None)
+            if tp not in self._parts:
                 start = self._snapshot.get(tp) if self.options.start == "new" else None
-                part.start = start
+                self._parts[tp] = _Partition(start)
+        for tp in tps:
+            part = self._parts[tp]
             position = part.next if part.next is not None else part.start
             if position is None:
                 await consumer.seek_to_beginning(tp)
@@ -976,20 +1163,49 @@ class _Subscription:
                 await self._assign(tps)
 
     async def _on_assigned(self, assigned: set[Any]) -> None:
+        """Register the partitions the group gave this member, each at its start offset.
+
+        aiokafka starts fetching an assigned partition before this callback runs, and goes
+        on while it awaits the broker (committed offsets, the initial commit, which waits
+        for replication on a real cluster). So the partitions are paused before the first
+        await (no record of theirs is returned meanwhile), positioned explicitly at their
+        start (records returned before the pause are fetched again), registered, and only
+        then resumed.
+        """
         consumer = self._consumer
-        for tp in assigned:
-            committed = await consumer.committed(tp)
+        with contextlib.suppress(KafkaError):  # a rebalance already took them back
+            consumer.pause(*assigned)
+        try:
+            for tp in assigned:
+                self._parts[tp] = await self._position_assigned(tp)
+        finally:
+            with contextlib.suppress(KafkaError):
+                consumer.resume(*assigned)
+        self._assigned.set()
+
+    async def _position_assigned(self, tp: Any) -> _Partition:
+        """Seek a newly assigned (paused) partition to where the group resumes it."""
+        consumer = self._consumer
+        try:
+            committed: int | None = await consumer.committed(tp)
             if committed is None and self.options.start == "new":
                 # Where the group has no cursor yet: start at the end seen at subscribe time
                 # (0 for a topic that appeared since), and commit it so members agree.
                 committed = self._snapshot.get(tp, 0)
-                consumer.seek(tp, committed)
                 try:
                     await consumer.commit({tp: committed})
                 except (KafkaError, OSError) as exc:
                     self.transport._report(exc, f"subscription {self.name}: initial commit")
-            self._parts[tp] = _Partition(committed)
-        self._assigned.set()
+            if committed is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, committed)
+        except (KafkaError, OSError) as exc:
+            # Registered anyway: its records are taken from wherever the consumer stands
+            # (the committed offset, or a record sent back by _fetch_loop), never dropped.
+            self.transport._report(exc, f"subscription {self.name}: positioning {tp}")
+            return _Partition(None)
+        return _Partition(committed)
 
     async def _on_revoked(self, revoked: set[Any]) -> None:
         parts = {tp: self._parts[tp] for tp in revoked if tp in self._parts}
@@ -1026,15 +1242,32 @@ class _Subscription:
             for tp, records in batches.items():
                 for rec in records:
                     part = self._parts.get(tp)
-                    if part is None or part.revoked or self._closing:
+                    if part is None:
+                        self._send_back(tp, rec.offset)
+                        break
+                    if part.revoked or self._closing:
                         break
                     expected = part.expected()
                     if expected is not None:
-                        if part.next is not None and rec.offset < part.next:
-                            continue  # fetched again after a re-assignment: already taken
+                        if rec.offset < expected:
+                            continue  # before the group's start, or taken already
                         if rec.offset > expected and self._hold_gap(tp, part, expected, rec.offset):
                             break  # fetch this partition again from the missing offset
                     await self._take(tp, part, rec)
+
+    def _send_back(self, tp: Any, offset: int) -> None:
+        """Fetch again, later, a record of a partition that is assigned but not registered yet.
+
+        aiokafka may return records of a partition it has just assigned before the assignment
+        callback has registered it; the consumer's position has already moved past them, so
+        dropping them would lose them (or stall the partition until a newer record arrives).
+        A partition no longer assigned is left alone: its next owner starts from the commit.
+        """
+        consumer = self._consumer
+        if self._closing or tp not in consumer.assignment():
+            return
+        with contextlib.suppress(KafkaError):  # unassigned meanwhile
+            consumer.seek(tp, offset)
 
     def _hold_gap(self, tp: Any, part: _Partition, expected: int, found: int) -> bool:
         """Whether to refetch from ``expected`` rather than skip the offsets before this record.
