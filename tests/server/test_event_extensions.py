@@ -35,7 +35,7 @@ async def test_extensions_reach_the_webhook_in_both_cloudevents_modes(
 ) -> None:
     structured, binary = await receiver(), await receiver()
     app = await serve(_config(structured.url, binary.url))
-    event = {"specversion": "1.0", "type": "order.placed", "source": "/shop", "data": {"n": 1}}
+    event = {"specversion": "1.0", "type": "shop.order.placed", "source": "/shop", "data": {"n": 1}}
     status, body = await app.post("/events", {**event, **EXTENSIONS})
     assert status == 202, body
     await structured.wait_for(1)
@@ -46,7 +46,7 @@ async def test_extensions_reach_the_webhook_in_both_cloudevents_modes(
     assert {k: headers.get(f"ce-{k}") for k in EXTENSIONS} == {
         k: str(v) for k, v in EXTENSIONS.items()
     }
-    status, listed = await app.get("/events", params={"type": "order.placed"})
+    status, listed = await app.get("/events", params={"type": "shop.order.placed"})
     assert status == 200, listed
     [stored] = [row["event"] for row in listed["events"]]
     assert {k: stored.get(k) for k in EXTENSIONS} == EXTENSIONS
