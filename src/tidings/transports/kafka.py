@@ -73,6 +73,8 @@ from tidings.transport import (
     TransportError,
     TransportHealth,
     TransportState,
+    TransportStats,
+    TransportSubscription,
     subscription_name,
 )
 from tidings.transports.dispatch import Dispatcher
@@ -236,7 +238,7 @@ class KafkaTransport:
         ordering=True, persistent=True, consumer_groups=True, replay=True, redelivery=True
     )
 
-    def __init__(self, url: str, **options: Any) -> None:
+    def __init__(self, url: str, **options: Any) -> None:  # noqa: PLR0915 - a line per option
         parts = urlsplit(url)
         if parts.scheme.lower() != "kafka":
             raise TransportError(
@@ -309,6 +311,7 @@ class KafkaTransport:
         self._topics: dict[str, asyncio.Future[None]] = {}
         self._key_partitions: dict[str, tuple[dict[bytes, int], list[int]]] = {}
         self._subs: set[_Subscription] = set()
+        self.stats = TransportStats()  # read by exporters
         self._dlq_locks: dict[str, asyncio.Lock] = {}
 
     # ---- connection ------------------------------------------------------------------------
@@ -502,6 +505,7 @@ class KafkaTransport:
             self._last_error = str(exc)
             raise TransportError(f"publish to the {self._where()} failed: {exc}") from exc
         self._state = TransportState.CONNECTED
+        self.stats.published += len(items)
 
     async def _partition_of(self, producer: Any, item: _Out) -> int:
         """Kafka's default partitioner (murmur2 of the key), memoized per topic and key."""
@@ -747,6 +751,9 @@ class KafkaTransport:
             raise TransportError(f"the {self._where()} does not answer: {exc}") from exc
         self._state = TransportState.CONNECTED
         return time.perf_counter() - began
+
+    def subscriptions(self) -> list[TransportSubscription]:
+        return list(self._subs)
 
     def health(self) -> TransportHealth:
         lag: int | None = None
