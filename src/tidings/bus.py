@@ -71,7 +71,8 @@ class BusStats:
     """Bus-wide counters, read by exporters (``tidings.integrations.prometheus``).
 
     The success path counts only ``published`` (one int increment); the rest count on the
-    slow paths. Per-handler counts live on each Subscription.
+    slow paths. Per-handler counts live on each Subscription. Success-path increments take no
+    lock: under CPython's GIL ``obj.n += 1`` is not interrupted between its read and write.
     """
 
     published: int = 0  # events taken by publish/apublish (dropped ones included)
