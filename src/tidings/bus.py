@@ -65,14 +65,27 @@ class QueueFull(RuntimeError):
     """Async mode with ``when_full="raise"``: the worker queue for this event's key is full."""
 
 
+class _Spawned(Exception):
+    """A coroutine handler's bridge started it as a task of the running loop: the task records
+    its own outcome, so the caller must count it neither handled nor failed."""
+
+
 @dataclass(slots=True)
 class BusStats:
-    """Counters of the slow paths (the success path counts nothing, to stay fast)."""
+    """Bus-wide counters, read by exporters (``tidings.integrations.prometheus``).
 
-    failed: int = 0
-    retried: int = 0
-    dead: int = 0
-    dropped: int = 0
+    The success path counts only ``published`` (one int increment); the rest count on the
+    slow paths. Per-handler counts live on each Subscription. Success-path increments take no
+    lock: under CPython's GIL ``obj.n += 1`` is not interrupted between its read and write.
+    """
+
+    published: int = 0  # events taken by publish/apublish (dropped ones included)
+    failed: int = 0  # handler attempts that raised
+    retried: int = 0  # attempts after the first
+    dead: int = 0  # deliveries dead-lettered
+    dropped: int = 0  # async, when_full="drop": events dropped at a full queue
+    blocked: int = 0  # async, when_full="block": publishes that had to wait for room
+    rejected: int = 0  # async, when_full="raise": publishes refused with QueueFull
 
 
 @dataclass(slots=True)
@@ -101,7 +114,8 @@ class Subscription:
     """A handler subscribed to a pattern. Call ``unsubscribe()`` to stop it.
 
     The subscription is callable and calls the handler, so the decorator form leaves the
-    decorated function usable as before.
+    decorated function usable as before. ``handled``, ``failed``, ``retried`` and ``dead``
+    count its attempts in process (with a transport, its consumer's ``remote.stats`` does).
     """
 
     __slots__ = (
@@ -110,11 +124,15 @@ class Subscription:
         "acall",
         "active",
         "call",
+        "dead",
+        "failed",
+        "handled",
         "handler",
         "is_async",
         "name",
         "pattern",
         "remote",
+        "retried",
         "retry",
         "timeout",
     )
@@ -140,6 +158,10 @@ class Subscription:
         self.acall: Callable[[Event], Awaitable[Any]] | None = None
         # With Bus(transport=...): the broker-side subscription (its ``name`` keys the DLQ).
         self.remote: TransportSubscription | None = None
+        self.handled = 0  # attempts that returned
+        self.failed = 0  # attempts that raised
+        self.retried = 0  # attempts after the first
+        self.dead = 0  # deliveries dead-lettered
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.handler(*args, **kwargs)
@@ -273,6 +295,8 @@ class _Worker:
                     if delay is not None:
                         self.hold(key)
                         bus._schedule_retry(delivery, delay, self)
+                else:
+                    sub.handled += 1
         finally:
             _current.reset(token)
 
@@ -397,6 +421,7 @@ class _TransportLink:
             task.add_done_callback(self._publish_done)
             return
         self.call(self.transport.publish(event))
+        self.bus.stats.published += 1
 
     def publish_many(self, events: Iterable[Event]) -> None:
         batch = list(events)
@@ -407,18 +432,22 @@ class _TransportLink:
                 self.publish(event)
             return
         self.call(self.transport.publish_many(batch))
+        self.bus.stats.published += len(batch)
 
     async def apublish(self, event: Event) -> None:
         self._check(event)
         if asyncio.get_running_loop() is self.loop:
             await self.transport.publish(event)
-            return
-        future = asyncio.run_coroutine_threadsafe(self.transport.publish(event), self.loop)
-        await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
+        else:
+            future = asyncio.run_coroutine_threadsafe(self.transport.publish(event), self.loop)
+            await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
+        self.bus.stats.published += 1
 
     def _publish_done(self, task: asyncio.Task[None]) -> None:
         self._pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
+        if not task.cancelled() and task.exception() is None:
+            self.bus.stats.published += 1
+        elif not task.cancelled():
             log.error(
                 "publish from a handler through %s failed: %s",
                 redact_url(self.transport.url),
@@ -430,7 +459,6 @@ class _TransportLink:
     def subscribe(
         self,
         sub: Subscription,
-        chain: list[Middleware],
         group: str | None,
         options: SubscribeOptions | None,
     ) -> None:
@@ -443,7 +471,7 @@ class _TransportLink:
             changes["retry"] = policy
         if changes:
             opts = dataclasses.replace(opts, **changes)
-        handler = self._wrap(sub, chain, opts.retry)
+        handler = self._wrap(sub, opts.retry)
         remote = self.call(self.transport.subscribe(sub.pattern.text, handler, opts))
         self._remote[sub] = remote
         sub.remote = remote
@@ -467,13 +495,12 @@ class _TransportLink:
         delivery.error_type = type(exc).__qualname__
         self._waiting[(sub, event.id)] = delivery
 
-    def _wrap(
-        self, sub: Subscription, chain: list[Middleware], policy: RetryPolicy
-    ) -> Callable[[Event], Any]:
+    def _wrap(self, sub: Subscription, policy: RetryPolicy) -> Callable[[Event], Any]:
+        """The transport's handler for ``sub``; it calls ``sub.call``/``sub.acall`` (the bus
+        middleware chain, which ``Bus.add_middleware`` may rebuild) at each delivery."""
         running = self._running
         calls = self._calls
         if sub.is_async:
-            acall = compose(sub.handler, chain, sub, is_async=True)
 
             async def run_async(event: Event) -> None:
                 n = next(calls)
@@ -481,6 +508,8 @@ class _TransportLink:
                 attempt = self._attempt(sub, event)
                 token = _current.set(event)
                 try:
+                    acall = sub.acall
+                    assert acall is not None
                     await acall(event)
                 except asyncio.CancelledError:
                     raise  # stays in `running`: close() reports it unfinished
@@ -495,12 +524,11 @@ class _TransportLink:
                     _current.reset(token)
 
             return run_async
-        call = compose(sub.handler, chain, sub, is_async=False)
 
         def in_thread(event: Event) -> None:
             token = _current.set(event)
             try:
-                call(event)
+                sub.call(event)
             finally:
                 _current.reset(token)
 
@@ -776,17 +804,12 @@ class Bus:
             if not callable(fn):
                 raise TypeError(f"subscribe handler: expected a callable, got {fn!r}")
             sub = Subscription(self, compiled, fn, name or _handler_name(fn), retry, timeout)
-            chain = [*self._middleware, self._timeout_mw]
+            self._compose(sub)
             if self._link is not None:
-                self._link.subscribe(sub, chain, group, options)
+                self._link.subscribe(sub, group, options)
                 with self._lock:
                     self._index.add(compiled, sub)
                 return sub
-            if sub.is_async:
-                sub.acall = compose(fn, chain, sub, is_async=True)
-                sub.call = self._bridge(sub)
-            else:
-                sub.call = compose(fn, chain, sub, is_async=False)
             with self._lock:
                 self._index.add(compiled, sub)
             return sub
@@ -794,6 +817,32 @@ class Bus:
         if handler is None:
             return register
         return register(handler)
+
+    def _compose(self, sub: Subscription) -> None:
+        """(Re)build ``sub``'s calls through the bus middleware; the timeout is innermost."""
+        chain = [*self._middleware, self._timeout_mw]
+        if sub.is_async:
+            sub.acall = compose(sub.handler, chain, sub, is_async=True)
+            if self._link is None:
+                sub.call = self._bridge(sub)
+        else:
+            sub.call = compose(sub.handler, chain, sub, is_async=False)
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Wrap every handler, present and future, in ``middleware`` as the outermost layer.
+
+        Lets an exporter time the handlers of a bus built elsewhere; an attempt already
+        running finishes through the chain it started with.
+        """
+        if not isinstance(middleware, Middleware):
+            raise TypeError(
+                f"add_middleware: expected a tidings Middleware, got {type(middleware).__name__}"
+            )
+        with self._lock:
+            self._middleware.insert(0, middleware)
+            subs = list(self._index.items())
+        for sub in subs:
+            self._compose(sub)
 
     def unsubscribe(self, sub: Subscription) -> bool:
         with self._lock:
@@ -824,6 +873,7 @@ class Bus:
             raise TypeError(
                 f"publish expects a tidings Event, got {type(event).__name__}"
             ) from None
+        self.stats.published += 1
         if self._workers or self._track:
             self._publish_queued_or_tracked(event, subs)
             return
@@ -836,10 +886,14 @@ class Bus:
             for sub in subs:
                 try:
                     sub.call(event)
+                except _Spawned:
+                    pass  # a coroutine handler now running as a task: it counts itself
                 except Exception as exc:
                     delivery, delay = self._failed(sub, event, exc)
                     if delay is not None:
                         self._schedule_retry(delivery, delay, None)
+                else:
+                    sub.handled += 1
         finally:
             _current.reset(token)
 
@@ -869,12 +923,17 @@ class Bus:
             raise TypeError(
                 f"apublish expects a tidings Event, got {type(event).__name__}"
             ) from None
+        self.stats.published += 1
         parent = _current.get()
         if parent is not None and event.causation_id is None:
             event.inherit(parent)
         if not subs:
             return
         if self._workers:
+            if self._enqueue(event, subs, wait=False):
+                return
+            with self._lock:
+                self.stats.blocked += 1
             while not self._enqueue(event, subs, wait=False):
                 await asyncio.sleep(0.001)
                 if self._closing:
@@ -897,6 +956,7 @@ class Bus:
                     if delay is not None:
                         self._schedule_retry(delivery, delay, None)
                 else:
+                    sub.handled += 1
                     if delivery is not None:
                         self._completed(delivery)
         finally:
@@ -940,12 +1000,16 @@ class Bus:
             log.warning("queue full: dropped event %s (%s)", event.id, event.type)
             return False
         if self.when_full == "raise":
+            with self._lock:
+                self.stats.rejected += 1
             raise QueueFull(
                 f"the worker queue for event {event.id} is full ({worker.capacity} waiting); "
                 "raise buffer_size, add workers, or choose when_full='block'"
             )
         if not wait:
             return False
+        with self._lock:
+            self.stats.blocked += 1
         with worker.space:
             worker.space_waiters += 1
             try:
@@ -975,7 +1039,7 @@ class Bus:
                 task = running.create_task(self._task_attempt(sub, event))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
-                return None
+                raise _Spawned
             home = self._loop
             if home is not None and home.is_running():
                 future = asyncio.run_coroutine_threadsafe(_with_current(acall, event), home)
@@ -992,6 +1056,8 @@ class Bus:
             delivery, delay = self._failed(sub, event, exc)
             if delay is not None:
                 self._schedule_retry(delivery, delay, None)
+        else:
+            sub.handled += 1
 
     def _new_deliveries(self, event: Event, subs: tuple[Subscription, ...]) -> list[Delivery]:
         now = self._clock.time()
@@ -1020,11 +1086,16 @@ class Bus:
         if delivery.attempts > 1:
             with self._lock:
                 self.stats.retried += 1
+                sub.retried += 1
         token = _current.set(event)
         try:
             sub.call(event)
+        except _Spawned:
+            pass  # a coroutine handler now running as a task: it counts itself
         except Exception as exc:
             return self._failed(sub, event, exc, delivery)[1]
+        else:
+            sub.handled += 1
         finally:
             _current.reset(token)
         self._completed(delivery)
@@ -1052,6 +1123,7 @@ class Bus:
         delivery.error_type = type(exc).__qualname__
         with self._lock:
             self.stats.failed += 1
+            sub.failed += 1
         delay = self._retrier.next_delay(delivery, exc)
         if delay is None:
             delivery.finished_at = now
@@ -1059,6 +1131,7 @@ class Bus:
             self._dead.dead(delivery, exc, now)
             with self._lock:
                 self.stats.dead += 1
+                sub.dead += 1
             log.error(
                 "handler %s failed for event %s (%s) after %d attempt(s), dead-lettered: %s",
                 sub.name,
@@ -1267,6 +1340,25 @@ class Bus:
     @property
     def closed(self) -> bool:
         return self._closing
+
+    @property
+    def queue_depth(self) -> int:
+        """Events waiting in the async workers' queues, parked ones included (0 inline)."""
+        depth = 0
+        for w in self._workers:
+            depth += len(w.q) + sum(len(p) for p in list(w.parked.values()))
+        return depth
+
+    @property
+    def queue_capacity(self) -> int:
+        """How many events the async queues hold before ``when_full`` applies (0 inline)."""
+        return sum(w.capacity for w in self._workers)
+
+    @property
+    def pending_retries(self) -> int:
+        """Failed deliveries waiting for their next attempt on the clock."""
+        with self._lock:
+            return len(self._timers)
 
     @property
     def transport(self) -> Transport | None:

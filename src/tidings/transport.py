@@ -28,6 +28,7 @@ __all__ = [
     "TransportError",
     "TransportHealth",
     "TransportState",
+    "TransportStats",
     "TransportSubscription",
     "subscription_name",
 ]
@@ -55,6 +56,14 @@ class TransportState(enum.Enum):
     CONNECTED = "connected"
     DISCONNECTED = "disconnected"
     CLOSED = "closed"
+
+
+@dataclass(slots=True)
+class TransportStats:
+    """What a transport counts itself, for exporters; consumption is counted per subscription
+    (its ``stats``, the Dispatcher's counters)."""
+
+    published: int = 0  # events the server accepted (publish and publish_many)
 
 
 @dataclass(slots=True)
@@ -151,6 +160,7 @@ class Transport(Protocol):
 
     url: str
     capabilities: Capabilities
+    stats: TransportStats
 
     async def start(self) -> None:
         """Connect; raise TransportError naming the server when it cannot be reached."""
@@ -186,6 +196,10 @@ class Transport(Protocol):
         ...
 
     def health(self) -> TransportHealth: ...
+
+    def subscriptions(self) -> list[TransportSubscription]:
+        """The subscriptions open on this transport (exporters read their ``stats``)."""
+        ...
 
     async def close(self, timeout: float = 5.0) -> None: ...
 

@@ -475,6 +475,34 @@ class StoreContract:
             "storetest.order.shipped",
         ]
 
+    def test_head_subscriptions_and_lag_are_what_exporters_read(self, store: EventStore) -> None:
+        assert store.head() == 0
+        recs = store.append([ItemAdded(sku="a", qty=1), *placed(3), ItemAdded(sku="b", qty=2)])
+        assert store.head() == recs[-1].position
+        gate = threading.Event()
+        entered = threading.Event()
+
+        def held(rec: Recorded) -> None:
+            entered.set()
+            gate.wait(10)
+
+        sub = store.subscribe(
+            Criteria(types=("storetest.order.*",)), held, name="lagging", poll_interval=0.05
+        )
+        try:
+            assert store.subscriptions() == [sub]
+            assert entered.wait(5)
+            lag = sub.lag()
+            assert lag.events == 3  # the cart events after it are not its lag
+            assert lag.seconds >= 0
+            gate.set()
+            assert sub.wait_position(recs[3].position, 5)
+            assert sub.lag().events == 0 and sub.lag().seconds == 0
+            assert (sub.handled, sub.failed) == (3, 0)
+        finally:
+            gate.set()
+            sub.stop()
+
     def test_checkpoint_survives_a_restart_without_duplicates(
         self, store: EventStore, make_store: Callable[..., EventStore]
     ) -> None:

@@ -221,6 +221,24 @@ class TransportContract:
         transport = await self.make_transport()
         await transport.publish_many([])
 
+    async def test_stats_count_accepted_publishes_and_list_open_subscriptions(self) -> None:
+        # What tidings.integrations.prometheus reads at scrape time.
+        transport = await self.make_transport()
+        got = Collector()
+        sub = await transport.subscribe("ct.counted", got)
+        assert transport.subscriptions() == [sub]
+        await transport.publish_many([make_event("ct.counted", n=i) for i in range(3)])
+        await transport.publish(make_event("ct.counted", n=3))
+        await transport.publish_many([])
+        assert transport.stats.published == 4
+        await self.wait_for(lambda: got.count() == 4, 10, "4 events")
+        stats = getattr(sub, "stats", None)
+        if stats is not None:
+            await self.wait_for(lambda: stats.handled == 4, 10, "4 handled in the stats")
+            assert stats.received == 4
+        await sub.close()
+        assert transport.subscriptions() == []
+
     async def test_sync_handler(self) -> None:
         transport = await self.make_transport()
         got: list[str] = []

@@ -1,12 +1,15 @@
 """``GET /metrics``: Prometheus text built from the worker's counters and the queue's depth.
 
 A custom collector reads the live numbers at scrape time, so nothing on the delivery path
-touches a metrics library and a scrape costs one small query.
+touches a metrics library and a scrape costs a few small queries. The service's store (its head
+and every subscription it runs) is exported through ``tidings.integrations.prometheus``, so
+its families are the ones an application's own exporter shows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -18,6 +21,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from tidings.integrations.prometheus import TidingsCollector
 from tidings.webhooks.queue import QueueStats
 from tidings.webhooks.worker import LATENCY_BUCKETS
 
@@ -25,6 +29,10 @@ if TYPE_CHECKING:
     from tidings.server.service import Service
 
 __all__ = ["render_metrics"]
+
+log = logging.getLogger("tidings.server")
+
+SCRAPE_TIMEOUT = 5.0  # seconds for the store's part of a scrape; past it, the rest is served
 
 
 class _Collector:
@@ -99,6 +107,21 @@ async def render_metrics(service: Service) -> tuple[bytes, str]:
         stats: QueueStats | None = await asyncio.wait_for(service.queue.astats(), 5.0)
     except Exception:
         stats = None  # the store is away: /health says so; counters still export
+    webhooks = _Collector(service, stats, service.accepted_count)
+    store = TidingsCollector()
+    store.add(service.store)
+    try:  # the store is queried in a thread: a slow database must not stall the server
+        text = await asyncio.wait_for(asyncio.to_thread(_render, webhooks, store), SCRAPE_TIMEOUT)
+    except TimeoutError:
+        log.warning(
+            "/metrics: the store did not answer within %ss; served without it", SCRAPE_TIMEOUT
+        )
+        text = _render(webhooks)
+    return text, CONTENT_TYPE_LATEST
+
+
+def _render(*collectors: _Collector | TidingsCollector) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(service, stats, service.accepted_count))
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    for collector in collectors:
+        registry.register(collector)
+    return generate_latest(registry)

@@ -28,6 +28,7 @@ __all__ = [
     "StoreError",
     "StoreSubscription",
     "StoreUnavailable",
+    "SubscriptionLag",
 ]
 
 ANY: int | None = None  # expected_version: no check
@@ -154,13 +155,31 @@ def check_criteria(criteria: object, what: str = "load()") -> None:
         raise TypeError(f"{what}: expected a Criteria, got {type(criteria).__name__}")
 
 
+@dataclass(frozen=True, slots=True)
+class SubscriptionLag:
+    """How far a subscription is behind its store."""
+
+    events: int  # events matching its criteria after its position
+    seconds: float  # how long the oldest of them has been stored (0.0 when caught up)
+
+
 @runtime_checkable
 class StoreSubscription(Protocol):
     name: str
+    handled: int  # events the handler finished
+    failed: int  # handler attempts that raised (retries included)
+    error: BaseException | None  # why it halted, if it did
 
     @property
     def position(self) -> int:
         """The last position the handler finished (the durable checkpoint)."""
+        ...
+
+    @property
+    def running(self) -> bool: ...
+
+    def lag(self) -> SubscriptionLag:
+        """Ask the store how far behind this subscription is (a COUNT and a one-row read)."""
         ...
 
     def stop(self, timeout: float = 5.0) -> None: ...
@@ -217,6 +236,14 @@ class EventStore(Protocol):
         ...
 
     def checkpoint(self, name: str) -> int: ...
+
+    def head(self) -> int:
+        """The position of the newest stored event (0 when the store is empty)."""
+        ...
+
+    def subscriptions(self) -> list[StoreSubscription]:
+        """The subscriptions this store object started, halted ones included."""
+        ...
 
     def reset_subscription(self, name: str, position: int = 0) -> None: ...
 

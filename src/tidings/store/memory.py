@@ -24,6 +24,7 @@ from tidings.store.base import (
     DuplicateEvent,
     Recorded,
     StoreError,
+    StoreSubscription,
     check_criteria,
     check_page,
 )
@@ -181,6 +182,10 @@ class MemoryStore:
         with self._data.lock:
             return sum(1 for rec in self._data.records if criteria.matches(rec))
 
+    def head(self) -> int:
+        with self._data.lock:
+            return len(self._data.records)
+
     # ------------------------------------------------------------------ subscriptions
 
     def subscribe(
@@ -224,6 +229,9 @@ class MemoryStore:
         )
         self._subscriptions.append(sub)
         return sub
+
+    def subscriptions(self) -> list[StoreSubscription]:
+        return list(self._subscriptions)
 
     def checkpoint(self, name: str) -> int:
         with self._data.lock:

@@ -52,6 +52,7 @@ from tidings.store.base import (
     Recorded,
     SchemaMissing,
     StoreError,
+    StoreSubscription,
     StoreUnavailable,
     check_criteria,
     check_page,
@@ -693,6 +694,11 @@ class PostgresStore:
         with self._conn("stream_version") as conn, conn.cursor() as cur:
             return self._version(cur, stream)
 
+    def head(self) -> int:
+        with self._conn("head") as conn:
+            row = conn.execute("SELECT COALESCE(max(position), 0) FROM events").fetchone()
+        return int(row[0]) if row else 0
+
     # ------------------------------------------------------------------ asyncio plumbing
 
     def _aconn(self) -> _AsyncConn:
@@ -757,6 +763,9 @@ class PostgresStore:
     def listener(self) -> _Listener | None:
         """The LISTEN thread (``backend_pid``, ``connects``), for health checks and tests."""
         return self._listener
+
+    def subscriptions(self) -> list[StoreSubscription]:
+        return list(self._subscriptions)
 
     def checkpoint(self, name: str) -> int:
         with self._conn("checkpoint") as conn:

@@ -34,6 +34,7 @@ from tidings.store.base import (
     Recorded,
     SchemaMissing,
     StoreError,
+    StoreSubscription,
     StoreUnavailable,
     check_criteria,
     check_page,
@@ -461,6 +462,17 @@ class SqliteStore:
             raise self._error("count", exc) from exc
         return int(row[0])
 
+    def head(self) -> int:
+        try:
+            row = (
+                self._reader()
+                .execute("SELECT COALESCE(MAX(position), 0) FROM tidings_events")
+                .fetchone()
+            )
+        except sqlite3.Error as exc:
+            raise self._error("head", exc) from exc
+        return int(row[0])
+
     def load_stream(self, stream: str, from_version: int = 1) -> list[Recorded]:
         return self._query(
             f"SELECT {_COLUMNS} FROM tidings_events WHERE stream = ? AND version >= ? "
@@ -530,6 +542,9 @@ class SqliteStore:
         )
         self._subscriptions.append(sub)
         return sub
+
+    def subscriptions(self) -> list[StoreSubscription]:
+        return list(self._subscriptions)
 
     def checkpoint(self, name: str) -> int:
         try:

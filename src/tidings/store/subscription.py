@@ -19,10 +19,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from tidings.retry import RetryPolicy
-from tidings.store.base import Criteria, Recorded
+from tidings.store.base import Criteria, Recorded, SubscriptionLag
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -80,6 +81,8 @@ class SubscriptionSource(Protocol):
 
     def load(self, criteria: Criteria) -> list[Recorded]: ...
 
+    def count(self, criteria: Criteria | None = None) -> int: ...
+
     def checkpoint(self, name: str) -> int: ...
 
     def save_checkpoint(self, name: str, position: int) -> None: ...
@@ -130,6 +133,8 @@ class PollingSubscription:
         self.name = name
         self.criteria = criteria
         self.error: BaseException | None = None
+        self.handled = 0  # events the handler finished (read by exporters)
+        self.failed = 0  # handler attempts that raised, retries included
         self._source = source
         self._handler = handler
         self._retry = retry if retry is not None else DEFAULT_RETRY
@@ -159,6 +164,20 @@ class PollingSubscription:
     @property
     def running(self) -> bool:
         return self._thread.is_alive()
+
+    def lag(self) -> SubscriptionLag:
+        """Matching events after the position (one COUNT) and the age of the oldest of them
+        (a one-row read); exporters call it at scrape time, never the engine."""
+        after = max(self.criteria.after_position, self._position)
+        behind = dataclasses.replace(self.criteria, after_position=after, limit=None)
+        events = self._source.count(behind)
+        if not events:
+            return SubscriptionLag(0, 0.0)
+        oldest = self._source.load(dataclasses.replace(behind, limit=1))
+        if not oldest:  # handled between the two reads
+            return SubscriptionLag(events, 0.0)
+        stored = oldest[0].recorded_at or oldest[0].event.time
+        return SubscriptionLag(events, max(0.0, (datetime.now(UTC) - stored).total_seconds()))
 
     def wait_position(self, position: int, timeout: float = 5.0) -> bool:
         """Block until the handler has finished ``position`` (or a later one); False on timeout."""
@@ -238,6 +257,7 @@ class PollingSubscription:
     def _advance(self, position: int) -> None:
         with self._progress:
             self._position = position
+            self.handled += 1
             self._progress.notify_all()
 
     def _call(self, rec: Recorded | list[Recorded], *args: Any) -> None:
@@ -262,6 +282,7 @@ class PollingSubscription:
                 return True
             except Exception as exc:
                 attempt += 1
+                self.failed += 1
                 if self._retry.should_retry(attempt, exc) and not self._stopping.is_set():
                     log.warning(
                         "subscription %r: handler failed on position %d (%s); retry %d",

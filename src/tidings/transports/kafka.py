@@ -87,6 +87,8 @@ from tidings.transport import (
     TransportError,
     TransportHealth,
     TransportState,
+    TransportStats,
+    TransportSubscription,
     subscription_name,
 )
 from tidings.transports.dispatch import Dispatcher
@@ -442,6 +444,7 @@ class KafkaTransport:
         self._topics: dict[str, asyncio.Future[None]] = {}
         self._key_partitions: dict[str, tuple[dict[bytes, int], list[int]]] = {}
         self._subs: set[_Subscription] = set()
+        self.stats = TransportStats()  # read by exporters
         self._dlq_locks: dict[str, asyncio.Lock] = {}
 
     # ---- connection ------------------------------------------------------------------------
@@ -686,6 +689,7 @@ class KafkaTransport:
             self._last_error = str(exc)
             raise TransportError(f"publish to the {self._where()} failed: {exc}") from exc
         self._state = TransportState.CONNECTED
+        self.stats.published += len(items)
 
     async def _partition_of(self, producer: Any, item: _Out) -> int:
         """Kafka's default partitioner (murmur2 of the key), memoized per topic and key."""
@@ -931,6 +935,9 @@ class KafkaTransport:
             raise TransportError(f"the {self._where()} does not answer: {exc}") from exc
         self._state = TransportState.CONNECTED
         return time.perf_counter() - began
+
+    def subscriptions(self) -> list[TransportSubscription]:
+        return list(self._subs)
 
     def health(self) -> TransportHealth:
         lag: int | None = None

@@ -56,6 +56,8 @@ from tidings.transport import (
     TransportError,
     TransportHealth,
     TransportState,
+    TransportStats,
+    TransportSubscription,
     subscription_name,
 )
 from tidings.transports.dispatch import Dispatcher, DispatchStats
@@ -731,6 +733,7 @@ class MemoryTransport:
         self._broker: _Broker | None = None
         self._state = TransportState.CONNECTING
         self._subs: list[MemorySubscription] = []
+        self.stats = TransportStats()  # read by exporters
         self._last_error: str | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -773,6 +776,7 @@ class MemoryTransport:
         for sub in broker.targets(msg):
             if not sub._try_put(msg, loop):
                 await sub._offer(msg)
+        self.stats.published += 1
 
     async def publish_many(self, events: Sequence[Event]) -> None:
         broker = self._broker_or_fail()
@@ -782,6 +786,7 @@ class MemoryTransport:
             for sub in broker.targets(msg):
                 if not sub._try_put(msg, loop):
                     await sub._offer(msg)
+            self.stats.published += 1
 
     async def publish_raw(self, raw: bytes, type_: str, key: str | None = None) -> None:
         """Deliver a body as-is where events of ``type_`` go (tests, bridges)."""
@@ -853,6 +858,9 @@ class MemoryTransport:
         self._broker_or_fail()
         await asyncio.sleep(0)
         return time.perf_counter() - began
+
+    def subscriptions(self) -> list[TransportSubscription]:
+        return list(self._subs)
 
     def health(self) -> TransportHealth:
         lag = sum(s.unfinished for s in self._subs)

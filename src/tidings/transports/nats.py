@@ -72,6 +72,8 @@ from tidings.transport import (
     TransportError,
     TransportHealth,
     TransportState,
+    TransportStats,
+    TransportSubscription,
     subscription_name,
 )
 from tidings.transports.dispatch import Dispatcher, DispatchStats
@@ -286,6 +288,7 @@ class NatsTransport:
         self._state = TransportState.CONNECTING
         self._last_error: str | None = None
         self._subs: set[_JetStreamSubscription | _CoreSubscription] = set()
+        self.stats = TransportStats()  # read by exporters
         self._subjects: dict[str, str] = {}
         self._core_dead: dict[str, list[DeadMessage]] = {}
         self._closed = False
@@ -482,8 +485,9 @@ class NatsTransport:
                 await nc.flush(timeout=self._flush_timeout)
             except Exception as exc:
                 raise self._publish_error(event, exc) from exc
-            return
-        await self._publish_one(subject, body, {_MSG_ID: event.id}, event)
+        else:
+            await self._publish_one(subject, body, {_MSG_ID: event.id}, event)
+        self.stats.published += 1
 
     async def _publish_one(
         self, subject: str, body: bytes, headers: dict[str, str], event: Event | None
@@ -563,6 +567,7 @@ class NatsTransport:
                 await nc.flush(timeout=self._flush_timeout)
             except Exception as exc:
                 raise self._publish_error(events[0], exc) from exc
+            self.stats.published += len(events)
             return
         js = self._jetstream()
         window = self._publish_window
@@ -601,6 +606,7 @@ class NatsTransport:
             if failed_at is not None:
                 for subject, body, event in items[failed_at:]:
                     await self._publish_one(subject, body, {_MSG_ID: event.id}, event)
+            self.stats.published += len(items)
 
     # ---- subscribe -------------------------------------------------------------------------
 
@@ -739,6 +745,9 @@ class NatsTransport:
         except Exception as exc:
             raise TransportError(f"NATS {self._where}: ping failed: {_describe(exc)}") from exc
         return time.perf_counter() - began
+
+    def subscriptions(self) -> list[TransportSubscription]:
+        return list(self._subs)
 
     def health(self) -> TransportHealth:
         lags = [s.lag for s in self._subs if s.lag is not None]

@@ -55,6 +55,8 @@ from tidings.transport import (
     TransportError,
     TransportHealth,
     TransportState,
+    TransportStats,
+    TransportSubscription,
     subscription_name,
 )
 from tidings.transports.dispatch import Dispatcher, DispatchStats
@@ -441,6 +443,7 @@ class PostgresTransport:
         self._state = TransportState.CLOSED
         self._last_error: str | None = None
         self._subs: list[PostgresSubscription] = []
+        self.stats = TransportStats()  # read by exporters
         self._listener: asyncio.Task[None] | None = None
         self._housekeeper: asyncio.Task[None] | None = None
         self._started = False
@@ -542,6 +545,7 @@ class PostgresTransport:
         if self._publisher is None or self._publisher.done():
             self._publisher = asyncio.create_task(self._publish_loop())
         await fut
+        self.stats.published += 1
 
     async def _publish_loop(self) -> None:
         while self._outbox:
@@ -570,6 +574,7 @@ class PostgresTransport:
         if not events:
             return
         await self._store([(e.id, e.type, e.key, encode(e)) for e in events], "publish_many")
+        self.stats.published += len(events)
 
     async def _store(self, rows: list[_Row], what: str) -> None:
         """Insert and fan out ``rows`` exactly once, even when the connection drops at commit.
@@ -725,6 +730,9 @@ class PostgresTransport:
 
         await self._run(run, "ping", retry_for=self._cfg.connect_timeout)
         return time.perf_counter() - t0
+
+    def subscriptions(self) -> list[TransportSubscription]:
+        return list(self._subs)
 
     def health(self) -> TransportHealth:
         lags = {s.name: s.lag for s in self._subs if s.lag is not None}

@@ -57,6 +57,8 @@ from tidings.transport import (
     TransportError,
     TransportHealth,
     TransportState,
+    TransportStats,
+    TransportSubscription,
     subscription_name,
 )
 from tidings.transports.dispatch import Dispatcher
@@ -247,6 +249,7 @@ class RabbitMQTransport:
         self._pub: AbstractChannel | None = None
         self._pub_lock = asyncio.Lock()
         self._subs: dict[int, _Subscription] = {}
+        self.stats = TransportStats()  # read by exporters
         self._state = TransportState.DISCONNECTED
         self._closed = False
         self._last_error: str | None = None
@@ -441,6 +444,7 @@ class RabbitMQTransport:
                 results = [exc] * len(pending)
             failed = [item for item, r in zip(pending, results, strict=True) if r is not None]
             if not failed:
+                self.stats.published += len(items)
                 return
             error = next(r for r in results if r is not None)
             if (
@@ -708,6 +712,9 @@ class RabbitMQTransport:
                 f"RabbitMQ at {self._where} did not answer a ping: {type(exc).__name__}: {exc}"
             ) from exc
         return time.monotonic() - started
+
+    def subscriptions(self) -> list[TransportSubscription]:
+        return list(self._subs.values())
 
     def health(self) -> TransportHealth:
         conn = self._conn

@@ -51,6 +51,8 @@ from tidings.transport import (
     TransportError,
     TransportHealth,
     TransportState,
+    TransportStats,
+    TransportSubscription,
     subscription_name,
 )
 from tidings.transports.dispatch import Dispatcher
@@ -178,6 +180,7 @@ class RedisTransport:
         self._state = TransportState.CONNECTING
         self._last_error: str | None = None
         self._subs: dict[int, _StreamSubscription | _PubSubSubscription] = {}
+        self.stats = TransportStats()  # read by exporters
         self._consumer_base = f"{socket.gethostname()}-{os.getpid()}"
 
     # -- connection state ---------------------------------------------------------------------
@@ -254,6 +257,9 @@ class RedisTransport:
         self._connected()
         return time.perf_counter() - started
 
+    def subscriptions(self) -> list[TransportSubscription]:
+        return list(self._subs.values())
+
     def health(self) -> TransportHealth:
         lags = [s.lag for s in self._subs.values()]
         lag = None if not lags or any(v is None for v in lags) else sum(v for v in lags if v)
@@ -321,15 +327,17 @@ class RedisTransport:
         if self.mode == "pubsub":
             channel = self.channel(event.type)
             await self._retrying("publish", lambda: client.publish(channel, body))
-            return
-        fields: dict[Any, Any] = {event.type: body}
-        await self._retrying(
-            "publish", lambda: client.xadd(self.stream, fields, maxlen=self.maxlen)
-        )
+        else:
+            fields: dict[Any, Any] = {event.type: body}
+            await self._retrying(
+                "publish", lambda: client.xadd(self.stream, fields, maxlen=self.maxlen)
+            )
+        self.stats.published += 1
 
     async def publish_many(self, events: Sequence[Event]) -> None:
         items = [(e.type, encode(e)) for e in events]
         await self._publish_raw(items)
+        self.stats.published += len(items)
 
     async def _publish_raw(self, items: Sequence[tuple[str | None, bytes]]) -> None:
         """Pipeline (type, body) pairs, 1,000 per round trip, in order."""
