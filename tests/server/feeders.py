@@ -22,7 +22,7 @@ from tidings.store import open_store
 
 
 def _event(n: int) -> Event:
-    return Event(type="order.placed", source="feeder", data={"n": n})
+    return Event(type="shop.order.placed", source="feeder", data={"n": n})
 
 
 def _say(*ids: str) -> None:

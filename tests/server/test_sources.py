@@ -64,7 +64,7 @@ async def feed(*args: str, timeout: float = 120.0) -> list[str]:
 
 def hooks(*receivers: Receiver, **events: Any) -> dict[str, Any]:
     """An events section with one named endpoint per receiver (e0, e1, ...)."""
-    named = {f"e{i}": {"url": r.url, "events": ["order.*"]} for i, r in enumerate(receivers)}
+    named = {f"e{i}": {"url": r.url, "events": ["shop.order.*"]} for i, r in enumerate(receivers)}
     return {"enabled": True, **FAST, "webhooks": named, **events}
 
 
@@ -147,7 +147,7 @@ async def test_store_source_on_sqlite_delivers_what_another_process_appends(
     app = await serve({"store": {"url": url}, "events": hooks(a, b, source="store")})
     # POST /events still works, and its events are not delivered a second time by the feed
     status, body = await app.post(
-        "/events", [{"type": "order.placed", "source": "t", "data": {"n": n}} for n in range(5)]
+        "/events", [{"type": "shop.order.placed", "source": "t", "data": {"n": n}} for n in range(5)]
     )
     assert status == 202 and body["deliveries"] == 10, body
     ids = body["ids"] + await feed("append", url, "300", "--batch", "25")
@@ -218,7 +218,7 @@ async def test_a_bus_with_webhooks_attached_delivers_by_itself(
     a = await receiver()
     store = open_store(url)
     queue = DeliveryQueue(store)  # type: ignore[arg-type]
-    queue.save_endpoint(Endpoint(id="e0", url=a.url, events=("order.*",)))
+    queue.save_endpoint(Endpoint(id="e0", url=a.url, events=("shop.order.*",)))
     queue.close()
     store.close()
     ids = await feed("bus", url, "100", "--worker", "--wait-delivered", "100")
@@ -351,7 +351,7 @@ async def test_an_unreachable_broker_leaves_serve_running_and_health_says_why(
     source = health["source"]
     assert source["ok"] is False and source["url"] == f"redis://:***@127.0.0.1:{port}/0"
     assert f"cannot reach Redis at 127.0.0.1:{port}" in source["error"], source
-    status, body = await app.post("/events", {"type": "order.placed", "source": "t"})
+    status, body = await app.post("/events", {"type": "shop.order.placed", "source": "t"})
     assert status == 202, body  # POST /events goes on meanwhile
     await wait_until(lambda: "trying again" in caplog.text, what="the retry log line")
     assert "hunter2" not in caplog.text and "Traceback" not in caplog.text

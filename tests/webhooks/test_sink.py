@@ -22,12 +22,12 @@ from tidings.webhooks import sink as sink_module
 from tidings.webhooks.endpoint import Endpoint
 
 ENDPOINTS = [
-    Endpoint(id="orders", url="http://127.0.0.1:9/orders", events=("order.*",)),
+    Endpoint(id="orders", url="http://127.0.0.1:9/orders", events=("shop.order.*",)),
     Endpoint(id="all", url="http://127.0.0.1:9/all", events=("**",)),
 ]
 
 
-def placed(n: int, type: str = "order.placed") -> list[Event]:
+def placed(n: int, type: str = "shop.order.placed") -> list[Event]:
     return [Event(type=type, source="test", data={"n": i}) for i in range(n)]
 
 
@@ -85,7 +85,7 @@ def test_endpoints_come_from_a_config_file_and_later_changes_are_seen(
             {
                 "events": {
                     "enabled": True,
-                    "webhooks": {"billing": {"url": "http://127.0.0.1:9/b", "events": ["order.*"]}},
+                    "webhooks": {"billing": {"url": "http://127.0.0.1:9/b", "events": ["shop.order.*"]}},
                 }
             }
         )

@@ -38,7 +38,7 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 10.0) -> Non
 
 
 def placed(n: int) -> list[Event]:
-    return [Event(type="order.placed", source="t", data={"n": i}) for i in range(n)]
+    return [Event(type="shop.order.placed", source="t", data={"n": i}) for i in range(n)]
 
 
 def test_the_worker_is_woken_after_the_deliveries_are_committed(
