@@ -91,10 +91,11 @@ from tidings.transport import (
     TransportSubscription,
     subscription_name,
 )
+from tidings.transports.common import ConnectionReporter, Options, dead_letter_name
 from tidings.transports.dispatch import Dispatcher
 from tidings.urls import redact_url
 
-__all__ = ["KafkaTransport", "topic_regex"]
+__all__ = ["KafkaSubscription", "KafkaTransport", "topic_regex"]
 
 log = logging.getLogger("tidings.transports.kafka")
 
@@ -113,8 +114,6 @@ _LEGAL_TOPIC = re.compile(r"[A-Za-z0-9._-]*")
 _MAX_TOPIC = 249
 _TOPIC_EXISTS = 36  # Kafka error code TOPIC_ALREADY_EXISTS
 _ERROR_HEADER_MAX = 4000
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 _PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 _TLS_OPTIONS = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_context")
@@ -130,6 +129,7 @@ _OPTIONS = frozenset({
 # What connecting may raise: aiokafka's SCRAM client fails with KeyError/ValueError when the
 # broker answers a refusal ("e=unknown-user") instead of a server signature.
 _CONNECT_ERRORS = (TimeoutError, KafkaError, OSError, KeyError, ValueError)
+_OPT = Options("kafka")
 
 
 def topic_regex(prefix: str, pattern: Pattern, exclude: str | None = None) -> str:
@@ -157,27 +157,6 @@ def topic_regex(prefix: str, pattern: Pattern, exclude: str | None = None) -> st
         glue = r"\."
     guard = f"(?!{re.escape(exclude)})" if exclude else ""
     return "^" + re.escape(prefix) + guard + "".join(parts) + "$"
-
-
-def _bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise TransportError(f"kafka option {name}: expected true or false, got {value!r}")
-
-
-def _number(name: str, value: Any, minimum: float) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise TransportError(f"kafka option {name}: expected a number, got {value!r}") from None
-    if number < minimum:
-        raise TransportError(f"kafka option {name}: expected >= {minimum}, got {value!r}")
-    return number
 
 
 def _header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None:
@@ -282,9 +261,8 @@ def _security(
     default = ("SASL_" if sasl else "") + ("SSL" if tls else "PLAINTEXT")
     protocol = str(opt.get("security_protocol", default)).strip().upper()
     if protocol not in _PROTOCOLS:
-        raise TransportError(
-            f"kafka option security_protocol: expected one of {', '.join(_PROTOCOLS)}, "
-            f"got {opt.get('security_protocol')!r}"
+        raise _OPT.error(
+            "security_protocol", f"one of {', '.join(_PROTOCOLS)}", opt.get("security_protocol")
         )
     uses_tls = protocol.endswith("SSL")
     if tls and not uses_tls:
@@ -312,9 +290,8 @@ def _security(
     if sasl:
         mechanism = str(opt.get("sasl_mechanism", "PLAIN")).strip().upper()
         if mechanism not in _MECHANISMS:
-            raise TransportError(
-                f"kafka option sasl_mechanism: expected one of {', '.join(_MECHANISMS)}, "
-                f"got {opt.get('sasl_mechanism')!r}"
+            raise _OPT.error(
+                "sasl_mechanism", f"one of {', '.join(_MECHANISMS)}", opt.get("sasl_mechanism")
             )
         settings.update(
             sasl_mechanism=mechanism,
@@ -395,42 +372,39 @@ class KafkaTransport:
             + (f"?{parts.query}" if parts.query else "")
         )
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
-        unknown = sorted((set(query) | set(options)) - _OPTIONS)
-        if unknown:
-            raise TransportError(
-                f"kafka: unknown option(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(_OPTIONS))}"
-            )
+        _OPT.unknown([*query, *options], _OPTIONS)
         opt = {**query, **options}
         self.prefix: str = str(opt.get("prefix", ""))
-        self.topic_per_type = _bool("topic_per_type", opt.get("topic_per_type", False))
+        self.topic_per_type = _OPT.boolean("topic_per_type", opt.get("topic_per_type", False))
         self.topic: str = self.prefix + str(opt.get("topic", "events"))
         _check_topic(self.topic if not self.topic_per_type else self.prefix + "x", "the prefix")
-        self.partitions = int(_number("partitions", opt.get("partitions", 4), 1))
-        self.replication = int(_number("replication", opt.get("replication", 1), -1))
-        self.idempotent = _bool("idempotent", opt.get("idempotent", False))
-        self.connect_timeout = _number("connect_timeout", opt.get("connect_timeout", 5.0), 0.1)
-        self.publish_timeout = _number("publish_timeout", opt.get("publish_timeout", 10.0), 0.1)
-        self.linger_ms = int(_number("linger_ms", opt.get("linger_ms", 0), 0))
+        self.partitions = int(_OPT.number("partitions", opt.get("partitions", 4), 1))
+        self.replication = int(_OPT.number("replication", opt.get("replication", 1), -1))
+        self.idempotent = _OPT.boolean("idempotent", opt.get("idempotent", False))
+        self.connect_timeout = _OPT.number("connect_timeout", opt.get("connect_timeout", 5.0), 0.1)
+        self.publish_timeout = _OPT.number("publish_timeout", opt.get("publish_timeout", 10.0), 0.1)
+        self.linger_ms = int(_OPT.number("linger_ms", opt.get("linger_ms", 0), 0))
         self.max_batch_size = int(
-            _number("max_batch_size", opt.get("max_batch_size", 262144), 1024)
+            _OPT.number("max_batch_size", opt.get("max_batch_size", 262144), 1024)
         )
         self.client_id = str(opt.get("client_id", "tidings"))
-        self.heartbeat_interval = _number(
+        self.heartbeat_interval = _OPT.number(
             "heartbeat_interval", opt.get("heartbeat_interval", 0.5), 0.05
         )
         session = opt.get("session_timeout")
-        self.session_timeout = None if session is None else _number("session_timeout", session, 1)
+        self.session_timeout = (
+            None if session is None else _OPT.number("session_timeout", session, 1)
+        )
         default_age = 2.0 if self.topic_per_type else 300.0
-        self.metadata_max_age = _number(
+        self.metadata_max_age = _OPT.number(
             "metadata_max_age", opt.get("metadata_max_age", default_age), 0.1
         )
-        self.fetch_max_wait = _number("fetch_max_wait", opt.get("fetch_max_wait", 0.1), 0.01)
-        self.fetch_min_bytes = int(_number("fetch_min_bytes", opt.get("fetch_min_bytes", 1), 1))
-        self.commit_interval = _number("commit_interval", opt.get("commit_interval", 0.1), 0.0)
-        self.gap_wait = _number("gap_wait", opt.get("gap_wait", 1.0), 0.0)
+        self.fetch_max_wait = _OPT.number("fetch_max_wait", opt.get("fetch_max_wait", 0.1), 0.01)
+        self.fetch_min_bytes = int(_OPT.number("fetch_min_bytes", opt.get("fetch_min_bytes", 1), 1))
+        self.commit_interval = _OPT.number("commit_interval", opt.get("commit_interval", 0.1), 0.0)
+        self.gap_wait = _OPT.number("gap_wait", opt.get("gap_wait", 1.0), 0.0)
         drain = opt.get("revoke_drain")
-        self.revoke_drain = None if drain is None else _number("revoke_drain", drain, 0)
+        self.revoke_drain = None if drain is None else _OPT.number("revoke_drain", drain, 0)
         on_error = opt.get("on_error")
         if on_error is not None and not callable(on_error):
             raise TransportError("kafka option on_error: expected a callable(exc)")
@@ -439,11 +413,17 @@ class KafkaTransport:
         self.security_protocol: str = self._security["security_protocol"]
         self._producer: Any = None
         self._admin: Any = None
-        self._state = TransportState.DISCONNECTED
-        self._last_error: str | None = None
+        self._link = ConnectionReporter(
+            log,
+            "kafka",
+            self.bootstrap,
+            on_error=self.on_error,
+            state=TransportState.DISCONNECTED,
+            render=str,
+        )
         self._topics: dict[str, asyncio.Future[None]] = {}
         self._key_partitions: dict[str, tuple[dict[bytes, int], list[int]]] = {}
-        self._subs: set[_Subscription] = set()
+        self._subs: set[KafkaSubscription] = set()
         self.stats = TransportStats()  # read by exporters
         self._dlq_locks: dict[str, asyncio.Lock] = {}
 
@@ -463,7 +443,7 @@ class KafkaTransport:
     async def start(self) -> None:
         if self._producer is not None:
             return
-        self._state = TransportState.CONNECTING
+        self._link.state = TransportState.CONNECTING
         producer = AIOKafkaProducer(
             acks="all",
             enable_idempotence=self.idempotent,
@@ -476,7 +456,7 @@ class KafkaTransport:
             await asyncio.wait_for(producer.start(), self.connect_timeout)
             await asyncio.wait_for(admin.start(), self.connect_timeout)
         except _CONNECT_ERRORS as exc:
-            self._state = TransportState.DISCONNECTED
+            self._link.state = TransportState.DISCONNECTED
             reason = self._connect_failure(exc)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.stop(), 2)
@@ -484,7 +464,7 @@ class KafkaTransport:
                 await asyncio.wait_for(admin.close(), 2)
             if "ssl_context" in self._security:
                 reason = await self._tls_failure() or reason
-            self._last_error = reason
+            self._link.last_error = reason
             hint = "check the URL and that the broker is running"
             if "ssl_context" in self._security:
                 hint += (
@@ -496,8 +476,8 @@ class KafkaTransport:
                 f"({reason}); {hint}"
             ) from exc
         self._producer, self._admin = producer, admin
-        self._state = TransportState.CONNECTED
-        self._last_error = None
+        self._link.state = TransportState.CONNECTED
+        self._link.last_error = None
 
     def _connect_failure(self, exc: BaseException) -> str:
         """Why connecting failed, in words (never the credentials)."""
@@ -543,30 +523,21 @@ class KafkaTransport:
         return None
 
     def _require(self) -> Any:
-        if self._state is TransportState.CLOSED:
+        if self._link.closed:
             raise TransportError(f"the kafka transport for {self.bootstrap} is closed")
         if self._producer is None:
             raise TransportError("the kafka transport is not started; await transport.start()")
         return self._producer
 
-    def _report(self, exc: BaseException, what: str) -> None:
-        self._last_error = f"{what}: {exc}"
-        log.warning("kafka %s: %s: %s", self.bootstrap, what, exc)
-        if self.on_error is not None:
-            try:
-                self.on_error(exc)
-            except Exception:  # an error callback must not break the transport
-                log.exception("kafka on_error callback raised")
-
     async def close(self, timeout: float = 5.0) -> None:
-        if self._state is TransportState.CLOSED:
+        if self._link.closed:
             return
         subs = list(self._subs)
         if subs:
             await asyncio.gather(*(s.close(timeout) for s in subs), return_exceptions=True)
         producer, admin = self._producer, self._admin
         self._producer = self._admin = None
-        self._state = TransportState.CLOSED
+        self._link.state = TransportState.CLOSED
         if producer is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.stop(), max(timeout, 1.0))
@@ -590,7 +561,7 @@ class KafkaTransport:
         return topic
 
     def dlq_topic(self, subscription: str) -> str:
-        return f"{self.prefix}dlq.{subscription}"
+        return dead_letter_name(self.prefix, subscription, lead="")
 
     async def _ensure_topic(self, topic: str, partitions: int | None = None) -> None:
         """Create ``topic`` once per process (existing topics are left as they are)."""
@@ -672,23 +643,20 @@ class KafkaTransport:
                     await self._ensure_topic(topic)
                 await self._deliver(producer, items)
         except TransportError as exc:
-            self._state = TransportState.DISCONNECTED
-            self._last_error = str(exc)
+            self._link.lost(str(exc))
             raise
         except TimeoutError as exc:
-            self._state = TransportState.DISCONNECTED
             error = TransportError(
                 f"publish to the {self._where()} was not acknowledged within "
                 f"{self.publish_timeout:g}s (broker down or unreachable?); it may or may not "
                 "have been stored: publish again (consumers see at-least-once)"
             )
-            self._last_error = str(error)
+            self._link.lost(str(error))
             raise error from exc
         except (KafkaError, OSError) as exc:
-            self._state = TransportState.DISCONNECTED
-            self._last_error = str(exc)
+            self._link.lost(str(exc))
             raise TransportError(f"publish to the {self._where()} failed: {exc}") from exc
-        self._state = TransportState.CONNECTED
+        self._link.connected()
         self.stats.published += len(items)
 
     async def _partition_of(self, producer: Any, item: _Out) -> int:
@@ -762,7 +730,7 @@ class KafkaTransport:
                 if tp in failed:
                     again.extend(chunk)
             if error is not None:
-                self._report(error, f"publish failed, sending {len(again)} record(s) again")
+                self._link.report(error, f"publish failed, sending {len(again)} record(s) again")
                 await asyncio.sleep(0.2)
             pending = again
 
@@ -784,7 +752,7 @@ class KafkaTransport:
             except KafkaError as exc:
                 if not getattr(exc, "retriable", False):
                     raise
-                self._report(exc, "publish failed, sending the record again")
+                self._link.report(exc, "publish failed, sending the record again")
                 await asyncio.sleep(0.2)
 
     # ---- subscribing -----------------------------------------------------------------------
@@ -794,12 +762,12 @@ class KafkaTransport:
         pattern: str,
         handler: AsyncHandler,
         options: SubscribeOptions | None = None,
-    ) -> _Subscription:
+    ) -> KafkaSubscription:
         compiled = compile_pattern(pattern)  # PatternError before any I/O
         self._require()
         opts = options or SubscribeOptions()
         name = subscription_name(pattern, opts.group)
-        sub = _Subscription(self, compiled, name, handler, opts)
+        sub = KafkaSubscription(self, compiled, name, handler, opts)
         self._subs.add(sub)
         try:
             await sub.open()
@@ -809,7 +777,9 @@ class KafkaTransport:
             raise
         return sub
 
-    async def _bury(self, source_topic: str, key: bytes | None, dead: DeadMessage) -> None:
+    async def _write_dead_letter(
+        self, source_topic: str, key: bytes | None, dead: DeadMessage
+    ) -> None:
         """Store a dead message in its subscription's DLQ topic (raises if not stored)."""
         producer = self._require()
         topic = self.dlq_topic(dead.subscription)
@@ -930,10 +900,9 @@ class KafkaTransport:
         try:
             await asyncio.wait_for(producer.client.fetch_all_metadata(), self.connect_timeout)
         except (TimeoutError, KafkaError, OSError) as exc:
-            self._state = TransportState.DISCONNECTED
-            self._last_error = f"ping: {exc or 'no answer'}"
+            self._link.lost(f"ping: {exc or 'no answer'}")
             raise TransportError(f"the {self._where()} does not answer: {exc}") from exc
-        self._state = TransportState.CONNECTED
+        self._link.connected()
         return time.perf_counter() - began
 
     def subscriptions(self) -> list[TransportSubscription]:
@@ -946,8 +915,8 @@ class KafkaTransport:
             if sub_lag is not None:
                 lag = (lag or 0) + sub_lag
         return TransportHealth(
-            state=self._state,
-            last_error=self._last_error,
+            state=self._link.state,
+            last_error=self._link.last_error,
             lag=lag,
             detail={
                 "bootstrap": self.bootstrap,
@@ -973,7 +942,7 @@ def _dead_message(subscription: str, rec: Any) -> DeadMessage:
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, sub: _Subscription) -> None:
+    def __init__(self, sub: KafkaSubscription) -> None:
         self.sub = sub
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
@@ -990,7 +959,7 @@ class _Handle:
 
     def __init__(
         self,
-        sub: _Subscription,
+        sub: KafkaSubscription,
         tp: Any,
         part: _Partition,
         rec: Any,
@@ -1011,7 +980,7 @@ class _Handle:
         self.sub._spawn(self.sub._again(self))
 
 
-class _Subscription:
+class KafkaSubscription:
     """One consumer in one group, feeding the shared Dispatcher and committing acked offsets."""
 
     def __init__(
@@ -1030,7 +999,7 @@ class _Subscription:
         self.options = options
         self.group_id = transport.prefix + name
         self.dispatcher = Dispatcher(
-            name, handler, options, self._bury, on_error=transport.on_error
+            name, handler, options, self._write_dead_letter, on_error=transport.on_error
         )
         self._consumer: Any = None
         self._parts: dict[Any, _Partition] = {}
@@ -1164,7 +1133,7 @@ class _Subscription:
                 topics = await self._matching_topics()
                 tps = await self._partitions(topics)
             except Exception as exc:
-                self.transport._report(exc, f"subscription {self.name}: topic discovery")
+                self.transport._link.report(exc, f"subscription {self.name}: topic discovery")
                 continue
             if set(tps) != set(self._parts):
                 await self._assign(tps)
@@ -1202,7 +1171,7 @@ class _Subscription:
                 try:
                     await consumer.commit({tp: committed})
                 except (KafkaError, OSError) as exc:
-                    self.transport._report(exc, f"subscription {self.name}: initial commit")
+                    self.transport._link.report(exc, f"subscription {self.name}: initial commit")
             if committed is None:
                 await consumer.seek_to_beginning(tp)
             else:
@@ -1210,7 +1179,7 @@ class _Subscription:
         except (KafkaError, OSError) as exc:
             # Registered anyway: its records are taken from wherever the consumer stands
             # (the committed offset, or a record sent back by _fetch_loop), never dropped.
-            self.transport._report(exc, f"subscription {self.name}: positioning {tp}")
+            self.transport._link.report(exc, f"subscription {self.name}: positioning {tp}")
             return _Partition(None)
         return _Partition(committed)
 
@@ -1242,7 +1211,7 @@ class _Subscription:
                 raise
             except Exception as exc:  # the client reconnects by itself; say so and go on
                 failures += 1
-                self.transport._report(exc, f"subscription {self.name}: fetch failed")
+                self.transport._link.report(exc, f"subscription {self.name}: fetch failed")
                 await asyncio.sleep(min(0.1 * failures, 1.0))
                 continue
             failures = 0
@@ -1367,12 +1336,12 @@ class _Subscription:
             inbound = self._inbound(h.tp, h.part, h.rec, h.raw, h.event, h.error, h.count + 1)
             await self.dispatcher.submit(inbound)
 
-    async def _bury(self, dead: DeadMessage) -> None:
+    async def _write_dead_letter(self, dead: DeadMessage) -> None:
         source = self._sources.get(id(dead.raw))
         topic, key = self.transport.topic, None
         if source is not None and source[0] is dead.raw:
             _, topic, key = source
-        await self.transport._bury(topic, key, dead)
+        await self.transport._write_dead_letter(topic, key, dead)
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -1407,7 +1376,7 @@ class _Subscription:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a rebalance or an outage: the next commit covers it
-                self.transport._report(exc, f"subscription {self.name}: commit failed")
+                self.transport._link.report(exc, f"subscription {self.name}: commit failed")
                 self._dirty.set()
                 return
             for tp, mark in offsets.items():

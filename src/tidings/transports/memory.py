@@ -60,6 +60,7 @@ from tidings.transport import (
     TransportSubscription,
     subscription_name,
 )
+from tidings.transports.common import ConnectionReporter, Options
 from tidings.transports.dispatch import Dispatcher, DispatchStats
 
 __all__ = ["MemorySubscription", "MemoryTransport"]
@@ -70,6 +71,7 @@ CAPABILITIES = Capabilities(
     ordering=True, persistent=False, consumer_groups=True, replay=False, redelivery=True
 )
 DEFAULT_BUFFER = 1024
+_OPT = Options("memory transport")
 
 # ---- copies that equal the JSON round trip ------------------------------------------------------
 
@@ -464,7 +466,7 @@ class MemorySubscription:
         self._holding: int | None = None
         self._closed = False
         self._dispatcher = Dispatcher(
-            name, handler, options, self._store_dead, on_error=transport._on_error
+            name, handler, options, self._write_dead_letter, on_error=transport._on_error
         )
         self._pump_task: asyncio.Task[None] | None = None
 
@@ -620,7 +622,7 @@ class MemorySubscription:
         elif not self._closed:
             self._append(taken.again(taken.delivery_count + 1))
 
-    async def _store_dead(self, dead: DeadMessage) -> None:
+    async def _write_dead_letter(self, dead: DeadMessage) -> None:
         with self._broker.lock:
             self._broker.dead.setdefault(self.name, []).append(dead)
 
@@ -720,44 +722,38 @@ class MemoryTransport:
         name = (parts.netloc + parts.path).strip("/")
         self.name: str | None = name or None
         query = parse_qs(parts.query)
-        if buffer_size is None and "buffer_size" in query:
-            raw = query["buffer_size"][-1]
-            if not raw.isdigit():
-                raise TransportError(f"{url!r}: buffer_size must be a whole number, got {raw!r}")
-            buffer_size = int(raw)
-        size = DEFAULT_BUFFER if buffer_size is None else buffer_size
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise TransportError(f"buffer_size: expected a whole number >= 1, got {size!r}")
-        self.buffer_size = size
+        raw: Any = buffer_size
+        if raw is None:
+            raw = query["buffer_size"][-1] if "buffer_size" in query else DEFAULT_BUFFER
+        self.buffer_size = _OPT.integer("buffer_size", raw)
         self._on_error = on_error
         self._broker: _Broker | None = None
-        self._state = TransportState.CONNECTING
+        self._link = ConnectionReporter(log, "memory transport", url, on_error=on_error)
         self._subs: list[MemorySubscription] = []
         self.stats = TransportStats()  # read by exporters
-        self._last_error: str | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._state is TransportState.CLOSED:
+        if self._link.closed:
             raise TransportError(f"{self.url}: transport is closed; open a new one")
         if self._broker is None:
             self._broker = _attach(self.name)
-        self._state = TransportState.CONNECTED
+        self._link.state = TransportState.CONNECTED
 
     def _broker_or_fail(self) -> _Broker:
-        if self._broker is None or self._state is not TransportState.CONNECTED:
-            what = "closed" if self._state is TransportState.CLOSED else "not started"
+        if self._broker is None or self._link.state is not TransportState.CONNECTED:
+            what = "closed" if self._link.closed else "not started"
             raise TransportError(f"{self.url}: transport is {what}; call `await start()` first")
         return self._broker
 
     async def close(self, timeout: float = 5.0) -> None:
-        if self._state is TransportState.CLOSED:
+        if self._link.closed:
             return
         subs = list(self._subs)
         if subs:
             await asyncio.gather(*(s.close(timeout) for s in subs))
-        self._state = TransportState.CLOSED
+        self._link.state = TransportState.CLOSED
         if self._broker is not None:
             _detach(self._broker)
 
@@ -769,7 +765,7 @@ class MemoryTransport:
 
     async def publish(self, event: Event) -> None:
         broker = self._broker
-        if broker is None or self._state is not TransportState.CONNECTED:
+        if broker is None or self._link.state is not TransportState.CONNECTED:
             broker = self._broker_or_fail()
         msg = _Msg.of(event)
         loop = asyncio.get_running_loop()
@@ -865,8 +861,8 @@ class MemoryTransport:
     def health(self) -> TransportHealth:
         lag = sum(s.unfinished for s in self._subs)
         return TransportHealth(
-            state=self._state,
-            last_error=self._last_error,
+            state=self._link.state,
+            last_error=self._link.last_error,
             lag=lag,
             detail={
                 "broker": self.name or "(private)",
@@ -876,7 +872,7 @@ class MemoryTransport:
         )
 
     def __repr__(self) -> str:
-        return f"MemoryTransport({self.url!r}, state={self._state.value})"
+        return f"MemoryTransport({self.url!r}, state={self._link.state.value})"
 
 
 def _key_of(dm: DeadMessage) -> str | None:

@@ -38,7 +38,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -76,14 +76,27 @@ from tidings.transport import (
     TransportSubscription,
     subscription_name,
 )
+from tidings.transports.common import (
+    Backoff,
+    ConnectionReporter,
+    ErrorCallback,
+    Options,
+    dead_letter_name,
+    describe,
+)
 from tidings.transports.dispatch import Dispatcher, DispatchStats
 from tidings.urls import redact_url
 
-__all__ = ["NatsTransport", "filter_subject", "subject_for_type", "type_for_subject"]
+__all__ = [
+    "NatsCoreSubscription",
+    "NatsJetStreamSubscription",
+    "NatsTransport",
+    "filter_subject",
+    "subject_for_type",
+    "type_for_subject",
+]
 
 log = logging.getLogger("tidings.transports.nats")
-
-ErrorCallback = Callable[[BaseException], None]
 
 JETSTREAM_CAPABILITIES = Capabilities(
     ordering=True, persistent=True, consumer_groups=True, replay=True, redelivery=True
@@ -93,6 +106,7 @@ CORE_CAPABILITIES = Capabilities(
 )
 
 _TIDINGS_PARAMS = ("stream", "prefix", "mode", "storage")
+_OPT = Options("NATS")
 # A type whose segments need no escaping (the common case: a fast path without a regex per char).
 _PLAIN_TYPE = re.compile(r"[A-Za-z0-9_\-:]+(?:\.[A-Za-z0-9_\-:]+)*")
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*")
@@ -203,11 +217,6 @@ def _header_value(text: str) -> str:
     return " ".join(text.split())[:2000]
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 class NatsTransport:
     """NATS JetStream (durable, at-least-once) or core NATS transport; see the module docstring.
 
@@ -241,12 +250,7 @@ class NatsTransport:
         if scheme not in ("nats", "tls"):
             raise TransportError(f"NATS URL {_redact(url)!r}: expected nats:// or tls://")
         query = dict(parse_qsl(parts.query))
-        unknown = sorted(set(query) - set(_TIDINGS_PARAMS))
-        if unknown:
-            raise TransportError(
-                f"NATS URL {_redact(url)!r}: unknown parameter(s) {', '.join(unknown)}; "
-                f"known: {', '.join(_TIDINGS_PARAMS)}"
-            )
+        _OPT.unknown(query, _TIDINGS_PARAMS, noun="parameter", where=f"NATS URL {_redact(url)!r}")
         self.url = _redact(url)  # what logs and health may show; the password stays in _server
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or 4222
@@ -266,16 +270,12 @@ class NatsTransport:
                 f"NATS subject prefix {self.prefix!r}: use dot-separated tokens of letters, "
                 "digits, '_' and '-' (no wildcards, no spaces)"
             )
-        if self.mode not in ("jetstream", "core"):
-            raise TransportError(f"NATS mode {self.mode!r}: expected 'jetstream' or 'core'")
-        if self.storage not in ("file", "memory"):
-            raise TransportError(f"NATS storage {self.storage!r}: expected 'file' or 'memory'")
-        if publish_window < 1:
-            raise TransportError(f"publish_window: expected >= 1, got {publish_window!r}")
+        _OPT.choice("mode", self.mode, ("jetstream", "core"))
+        _OPT.choice("storage", self.storage, ("file", "memory"))
+        _OPT.integer("publish_window", publish_window)
         self.dlq_stream = f"{self.stream}_DLQ"
         self.dlq_prefix = f"{self.prefix}_dlq"
         self.capabilities = CORE_CAPABILITIES if self.mode == "core" else JETSTREAM_CAPABILITIES
-        self._on_error = on_error
         self._connect_timeout = connect_timeout
         self._publish_timeout = publish_timeout
         self._publish_window = publish_window
@@ -285,9 +285,8 @@ class NatsTransport:
         self._broadcast_idle = broadcast_idle
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
-        self._state = TransportState.CONNECTING
-        self._last_error: str | None = None
-        self._subs: set[_JetStreamSubscription | _CoreSubscription] = set()
+        self._link = ConnectionReporter(log, "NATS", self._where, on_error=on_error)
+        self._subs: set[NatsJetStreamSubscription | NatsCoreSubscription] = set()
         self.stats = TransportStats()  # read by exporters
         self._subjects: dict[str, str] = {}
         self._core_dead: dict[str, list[DeadMessage]] = {}
@@ -302,7 +301,7 @@ class NatsTransport:
             return
         if self._closed:
             raise TransportError("this NATS transport is closed; open a new one")
-        self._state = TransportState.CONNECTING
+        self._link.state = TransportState.CONNECTING
         try:
             # One attempt plus one retry on first connect (nats-py would otherwise retry forever
             # with max_reconnect_attempts=-1); unlimited reconnects are switched on once up.
@@ -322,10 +321,10 @@ class NatsTransport:
                 timeout=self._connect_timeout * 2 + self._reconnect_wait + 1.0,
             )
         except Exception as exc:
-            self._state = TransportState.DISCONNECTED
-            self._last_error = _describe(exc)
+            self._link.state = TransportState.DISCONNECTED
+            self._link.last_error = describe(exc)
             raise TransportError(
-                f"NATS server at {self._where} is unreachable ({self._last_error}); "
+                f"NATS server at {self._where} is unreachable ({self._link.last_error}); "
                 f"is nats-server running there (with -js for JetStream)? URL: {self.url}"
             ) from exc
         nc.options["max_reconnect_attempts"] = -1
@@ -337,9 +336,9 @@ class NatsTransport:
             except BaseException:
                 await nc.close()
                 self._nc = self._js = None
-                self._state = TransportState.DISCONNECTED
+                self._link.state = TransportState.DISCONNECTED
                 raise
-        self._state = TransportState.CONNECTED
+        self._link.state = TransportState.CONNECTED
         log.info(
             "NATS transport connected to %s (%s, stream %s, prefix %s)",
             self._where,
@@ -370,7 +369,7 @@ class NatsTransport:
             ) from exc
         except (jerr.APIError, *_TRANSIENT) as exc:
             raise TransportError(
-                f"NATS server at {self._where}: reading stream {name!r} failed: {_describe(exc)}"
+                f"NATS server at {self._where}: reading stream {name!r} failed: {describe(exc)}"
             ) from exc
         try:
             if info is None:
@@ -399,7 +398,7 @@ class NatsTransport:
                 )
             raise TransportError(
                 f"NATS server at {self._where}: creating stream {name!r} for {subject!r} "
-                f"failed: {_describe(exc)}{hint}"
+                f"failed: {describe(exc)}{hint}"
             ) from exc
 
     async def close(self, timeout: float = 5.0) -> None:
@@ -416,43 +415,33 @@ class NatsTransport:
                 await nc.flush(timeout=1)  # acks of the drained messages
             with contextlib.suppress(Exception):
                 await nc.close()
-        self._state = TransportState.CLOSED
+        self._link.state = TransportState.CLOSED
 
     # ---- connection callbacks --------------------------------------------------------------
 
     async def _nats_error(self, exc: Exception) -> None:
-        self._last_error = _describe(exc)
         if self._nc is None:  # first connect: start() raises with the reason
-            log.debug("NATS %s: %s", self._where, self._last_error)
+            self._link.last_error = describe(exc)
+            log.debug("NATS %s: %s", self._where, self._link.last_error)
             return
-        log.warning("NATS %s: %s", self._where, self._last_error)
-        self._report(exc)
+        self._link.report(exc)
 
     async def _nats_disconnected(self) -> None:
-        if self._state is TransportState.CONNECTED and not self._closed:
-            self._state = TransportState.DISCONNECTED
-            log.warning("NATS %s: disconnected; reconnecting", self._where)
+        if self._link.state is TransportState.CONNECTED and not self._closed:
+            self._link.lost()
 
     async def _nats_reconnected(self) -> None:
-        if self._state is TransportState.DISCONNECTED and not self._closed:
-            self._state = TransportState.CONNECTED
+        if self._link.state is TransportState.DISCONNECTED and not self._closed:
+            self._link.connected()
             self._reconnects += 1
             self._reconnected_at = time.monotonic()
-            log.info("NATS %s: reconnected", self._where)
             for sub in list(self._subs):
-                if isinstance(sub, _JetStreamSubscription):
+                if isinstance(sub, NatsJetStreamSubscription):
                     sub.connection_restored()
 
     async def _nats_closed(self) -> None:
         if self._nc is not None and not self._closed:
-            self._state = TransportState.DISCONNECTED
-
-    def _report(self, exc: BaseException) -> None:
-        if self._on_error is not None:
-            try:
-                self._on_error(exc)
-            except Exception:
-                log.exception("NATS transport: the on_error callback raised")
+            self._link.lost()
 
     # ---- publish ---------------------------------------------------------------------------
 
@@ -498,7 +487,7 @@ class NatsTransport:
         """
         js = self._jetstream()
         deadline = time.monotonic() + self._publish_timeout
-        delay = 0.05
+        backoff = Backoff(0.05, cap=0.5)
         while True:
             left = deadline - time.monotonic()
             try:
@@ -506,15 +495,14 @@ class NatsTransport:
                     subject, body, timeout=max(0.05, min(2.0, left)), headers=dict(headers)
                 )
             except _TRANSIENT as exc:
-                if self._closed or time.monotonic() + delay > deadline:
+                if self._closed or time.monotonic() + backoff.next > deadline:
                     raise self._publish_error(event, exc) from exc
-                if isinstance(exc, jerr.NoStreamResponseError) and delay >= 0.2:
+                if isinstance(exc, jerr.NoStreamResponseError) and backoff.next >= 0.2:
                     # Still no stream for the subject: the server may have lost it (memory
                     # storage and a restart); put it back (a no-op if it exists).
                     with contextlib.suppress(Exception):
                         await self._ensure_streams()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.5)
+                await backoff.sleep()
             except Exception as exc:
                 raise self._publish_error(event, exc) from exc
 
@@ -544,10 +532,10 @@ class NatsTransport:
     def _publish_error(self, event: Event | None, exc: BaseException) -> TransportError:
         what = f"event {event.id} ({event.type})" if event is not None else "a message"
         err = TransportError(
-            f"NATS {self._where}: publishing {what} failed: {_describe(exc)} "
-            f"(state {self._state.value}); it was not accepted, publish it again"
+            f"NATS {self._where}: publishing {what} failed: {describe(exc)} "
+            f"(state {self._link.state.value}); it was not accepted, publish it again"
         )
-        self._report(err)
+        self._link.notify(err)
         return err
 
     async def publish_many(self, events: Sequence[Event]) -> None:
@@ -588,7 +576,7 @@ class NatsTransport:
                         log.warning(
                             "NATS %s: publish in batch failed (%s); resending the rest",
                             self._where,
-                            _describe(result),
+                            describe(result),
                         )
                         break
             except Exception as exc:
@@ -601,7 +589,7 @@ class NatsTransport:
                 log.warning(
                     "NATS %s: batch publish interrupted (%s); resending the rest",
                     self._where,
-                    _describe(exc),
+                    describe(exc),
                 )
             if failed_at is not None:
                 for subject, body, event in items[failed_at:]:
@@ -615,17 +603,17 @@ class NatsTransport:
         pattern: str,
         handler: AsyncHandler,
         options: SubscribeOptions | None = None,
-    ) -> _JetStreamSubscription | _CoreSubscription:
+    ) -> NatsJetStreamSubscription | NatsCoreSubscription:
         compiled = compile_pattern(pattern)  # PatternError before anything touches the server
         options = options or SubscribeOptions()
         self._client()
         name = subscription_name(pattern, options.group)
         subject, exact = filter_subject(self.prefix, compiled)
-        sub: _JetStreamSubscription | _CoreSubscription
+        sub: NatsJetStreamSubscription | NatsCoreSubscription
         if self.mode == "core":
-            sub = _CoreSubscription(self, compiled, name, subject, exact, handler, options)
+            sub = NatsCoreSubscription(self, compiled, name, subject, exact, handler, options)
         else:
-            sub = _JetStreamSubscription(self, compiled, name, subject, exact, handler, options)
+            sub = NatsJetStreamSubscription(self, compiled, name, subject, exact, handler, options)
         await sub.start()
         self._subs.add(sub)
         return sub
@@ -633,9 +621,11 @@ class NatsTransport:
     # ---- dead letters ----------------------------------------------------------------------
 
     def _dlq_subject(self, subscription: str) -> str:
-        return f"{self.dlq_prefix}.{subscription}"
+        return dead_letter_name(self.prefix, subscription, lead="_")
 
-    async def _store_dead(self, dead: DeadMessage, subject: str | None, seq: int | None) -> None:
+    async def _write_dead_letter(
+        self, dead: DeadMessage, subject: str | None, seq: int | None
+    ) -> None:
         if self.mode == "core":
             kept = self._core_dead.setdefault(dead.subscription, [])
             kept.append(dead)
@@ -675,7 +665,7 @@ class NatsTransport:
             except Exception as exc:
                 raise TransportError(
                     f"NATS {self._where}: reading dead letters of {subscription!r} failed: "
-                    f"{_describe(exc)}"
+                    f"{describe(exc)}"
                 ) from exc
             assert raw.seq is not None
             found.append((raw.seq, raw))
@@ -738,12 +728,12 @@ class NatsTransport:
     async def ping(self) -> float:
         nc = self._nc
         if nc is None or not nc.is_connected:
-            raise TransportError(f"NATS {self._where} is not connected ({self._state.value})")
+            raise TransportError(f"NATS {self._where} is not connected ({self._link.state.value})")
         began = time.perf_counter()
         try:
             await nc.flush(timeout=5)
         except Exception as exc:
-            raise TransportError(f"NATS {self._where}: ping failed: {_describe(exc)}") from exc
+            raise TransportError(f"NATS {self._where}: ping failed: {describe(exc)}") from exc
         return time.perf_counter() - began
 
     def subscriptions(self) -> list[TransportSubscription]:
@@ -752,8 +742,8 @@ class NatsTransport:
     def health(self) -> TransportHealth:
         lags = [s.lag for s in self._subs if s.lag is not None]
         return TransportHealth(
-            state=self._state,
-            last_error=self._last_error,
+            state=self._link.state,
+            last_error=self._link.last_error,
             lag=sum(lags) if lags else None,
             detail={
                 "server": self._where,
@@ -771,7 +761,7 @@ class NatsTransport:
 # ---- subscriptions -------------------------------------------------------------------------
 
 
-class _SubscriptionBase:
+class _NatsSubscriptionBase:
     def __init__(
         self,
         transport: NatsTransport,
@@ -794,7 +784,7 @@ class _SubscriptionBase:
         self._subject_matches = memoized(self._subject_matches_pattern)
         self._closed = False
         self._dispatcher = Dispatcher(
-            name, handler, options, self._dead_letter, on_error=transport._report
+            name, handler, options, self._write_dead_letter, on_error=transport._link.notify
         )
 
     @property
@@ -809,7 +799,7 @@ class _SubscriptionBase:
         type_ = type_for_subject(self._transport.prefix, subject)
         return type_ is not None and self._compiled.matches(type_)
 
-    async def _dead_letter(self, dead: DeadMessage) -> None:
+    async def _write_dead_letter(self, dead: DeadMessage) -> None:
         raise NotImplementedError
 
     async def close(self, timeout: float = 5.0) -> None:
@@ -820,10 +810,10 @@ def _decode(raw: bytes) -> tuple[Event | None, str | None]:
     try:
         return decode(raw), None
     except Exception as exc:
-        return None, _describe(exc)
+        return None, describe(exc)
 
 
-class _JetStreamSubscription(_SubscriptionBase):
+class NatsJetStreamSubscription(_NatsSubscriptionBase):
     """A pull consumer fed by a continuous stream of pull requests; resumes after restarts.
 
     nats-py's ``fetch`` waits for a whole batch before returning what it has, which stalls a
@@ -912,7 +902,7 @@ class _JetStreamSubscription(_SubscriptionBase):
         except Exception as exc:
             raise TransportError(
                 f"NATS {t._where}: creating consumer {self.name!r} on stream {t.stream!r} "
-                f"failed: {_describe(exc)}"
+                f"failed: {describe(exc)}"
             ) from exc
 
     async def start(self) -> None:
@@ -923,7 +913,7 @@ class _JetStreamSubscription(_SubscriptionBase):
             self._stream_created = (await t._jetstream().stream_info(t.stream)).created
         except Exception as exc:
             raise TransportError(
-                f"NATS {t._where}: reading stream {t.stream!r} failed: {_describe(exc)}"
+                f"NATS {t._where}: reading stream {t.stream!r} failed: {describe(exc)}"
             ) from exc
         api_prefix = "$JS.API"
         self._next_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{t.stream}.{self.name}"
@@ -982,9 +972,9 @@ class _JetStreamSubscription(_SubscriptionBase):
                         "NATS subscription %s: pull failed (%d in a row): %s",
                         self.name,
                         failures,
-                        _describe(exc),
+                        describe(exc),
                     )
-                    t._report(exc)
+                    t._link.notify(exc)
                 self._credits = 0
                 self._recreate = True
                 await asyncio.sleep(min(0.1 * failures, 2.0))
@@ -1080,13 +1070,13 @@ class _JetStreamSubscription(_SubscriptionBase):
                     with contextlib.suppress(Exception):
                         await msg.in_progress()
 
-    async def _dead_letter(self, dead: DeadMessage) -> None:
+    async def _write_dead_letter(self, dead: DeadMessage) -> None:
         held = self._held.get(id(dead.raw))
         subject = seq = None
         if held is not None:
             subject = held[0].subject
             seq = held[0].metadata.sequence.stream
-        await self._transport._store_dead(dead, subject, seq)
+        await self._transport._write_dead_letter(dead, subject, seq)
 
     async def close(self, timeout: float = 5.0) -> None:
         if self._closed:
@@ -1117,7 +1107,7 @@ class _JetStreamSubscription(_SubscriptionBase):
         t._subs.discard(self)
 
 
-class _CoreSubscription(_SubscriptionBase):
+class NatsCoreSubscription(_NatsSubscriptionBase):
     """A core NATS subscription (a queue group for a tidings group): at-most-once."""
 
     _sub: Subscription | None = None
@@ -1136,8 +1126,8 @@ class _CoreSubscription(_SubscriptionBase):
             Inbound(raw=msg.data, event=event, ack=_noop, nack=_noop, decode_error=error)
         )
 
-    async def _dead_letter(self, dead: DeadMessage) -> None:
-        await self._transport._store_dead(dead, None, None)
+    async def _write_dead_letter(self, dead: DeadMessage) -> None:
+        await self._transport._write_dead_letter(dead, None, None)
 
     async def close(self, timeout: float = 5.0) -> None:
         if self._closed:

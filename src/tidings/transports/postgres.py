@@ -59,6 +59,7 @@ from tidings.transport import (
     TransportSubscription,
     subscription_name,
 )
+from tidings.transports.common import Backoff, ConnectionReporter, ErrorCallback, Options
 from tidings.transports.dispatch import Dispatcher, DispatchStats
 from tidings.urls import redact_url
 
@@ -68,22 +69,23 @@ log = logging.getLogger("tidings.transports.postgres")
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[TupleRow]
-ErrorCallback = Callable[[BaseException], None]
 
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _REGEX_SPECIAL = set("\\^$.|?*+()[]{}")
-# Options this transport reads from the URL query; every other query parameter goes to libpq.
-_URL_OPTIONS = {
-    "schema": str,
-    "channel": str,
-    "poll_interval": float,
-    "batch_size": int,
-    "retention": float,
-    "housekeeping_interval": float,
-    "broadcast_ttl": float,
-    "pool_size": int,
-    "connect_timeout": float,
-    "reconnect_timeout": float,
+_OPT = Options("PostgreSQL transport")
+# Options this transport reads from the URL query (and keywords), each with its reader; every
+# other query parameter goes to libpq.
+_URL_OPTIONS: dict[str, Callable[[str, Any], Any]] = {
+    "schema": lambda _name, value: str(value),
+    "channel": lambda _name, value: str(value),
+    "poll_interval": _OPT.duration,
+    "batch_size": _OPT.integer,
+    "retention": _OPT.number,  # 0 or less: keep forever
+    "housekeeping_interval": _OPT.duration,
+    "broadcast_ttl": _OPT.duration,
+    "pool_size": _OPT.integer,
+    "connect_timeout": _OPT.duration,
+    "reconnect_timeout": _OPT.number,
 }
 
 
@@ -158,22 +160,11 @@ def _parse(url: str, options: dict[str, Any]) -> _Settings:
     libpq: list[tuple[str, str]] = []
     for k, v in parse_qsl(parts.query, keep_blank_values=True):
         if k in _URL_OPTIONS:
-            try:
-                ours[k] = _URL_OPTIONS[k](v)
-            except ValueError:
-                raise TransportError(
-                    f"PostgreSQL transport URL {redact_url(url)}: option {k}={v!r} is not a "
-                    f"{_URL_OPTIONS[k].__name__}"
-                ) from None
+            ours[k] = _URL_OPTIONS[k](k, v)
         else:
             libpq.append((k, v))
-    unknown = set(options) - set(_URL_OPTIONS) - {"application_name"}
-    if unknown:
-        raise TransportError(
-            f"PostgreSQL transport: unknown option(s) {', '.join(sorted(unknown))}; "
-            f"expected some of {', '.join(sorted([*_URL_OPTIONS, 'application_name', 'on_error']))}"
-        )
-    ours.update({k: v for k, v in options.items() if k in _URL_OPTIONS})
+    _OPT.unknown(options, [*_URL_OPTIONS, "application_name", "on_error"])
+    ours.update({k: _URL_OPTIONS[k](k, v) for k, v in options.items() if k in _URL_OPTIONS})
     app = options.get("application_name") or dict(libpq).get("application_name")
     if not app:
         app = f"tidings-transport-{uuid.uuid4().hex[:8]}"
@@ -195,7 +186,7 @@ def _parse(url: str, options: dict[str, Any]) -> _Settings:
     host = unquote(parts.hostname or "localhost")
     where = f"{host}:{parts.port or 5432}"
     conninfo = urlunsplit(parts._replace(query=urlencode(libpq)))
-    settings = _Settings(
+    return _Settings(
         conninfo=conninfo,
         redacted=redact_url(url),
         where=where,
@@ -211,12 +202,6 @@ def _parse(url: str, options: dict[str, Any]) -> _Settings:
         reconnect_timeout=float(ours.get("reconnect_timeout", 30.0)),
         application_name=app,
     )
-    for name in ("poll_interval", "housekeeping_interval", "broadcast_ttl", "connect_timeout"):
-        if getattr(settings, name) <= 0:
-            raise TransportError(f"PostgreSQL transport: {name} must be > 0 seconds")
-    if settings.batch_size < 1 or settings.pool_size < 1:
-        raise TransportError("PostgreSQL transport: batch_size and pool_size must be >= 1")
-    return settings
 
 
 class _Sql:
@@ -440,8 +425,14 @@ class PostgresTransport:
         self._sql = _Sql(self._cfg.schema, self._cfg.channel)
         self._on_error = on_error
         self._pool: AsyncConnectionPool[Conn] | None = None
-        self._state = TransportState.CLOSED
-        self._last_error: str | None = None
+        self._link = ConnectionReporter(
+            log,
+            "postgres transport",
+            self._cfg.where,
+            on_error=on_error,
+            state=TransportState.CLOSED,
+            render=str,
+        )
         self._subs: list[PostgresSubscription] = []
         self.stats = TransportStats()  # read by exporters
         self._listener: asyncio.Task[None] | None = None
@@ -461,7 +452,7 @@ class PostgresTransport:
     async def start(self) -> None:
         if self._started:
             return
-        self._state = TransportState.CONNECTING
+        self._link.state = TransportState.CONNECTING
         try:
             conn = await psycopg.AsyncConnection.connect(
                 self._cfg.conninfo,
@@ -469,7 +460,7 @@ class PostgresTransport:
                 connect_timeout=max(1, round(self._cfg.connect_timeout)),
             )
         except psycopg.Error as exc:
-            self._state = TransportState.DISCONNECTED
+            self._link.state = TransportState.DISCONNECTED
             raise self._error("cannot connect", exc) from None
         try:
             async with conn, conn.transaction():
@@ -478,7 +469,7 @@ class PostgresTransport:
                 for stmt in self._sql.ddl:
                     await conn.execute(stmt)
         except psycopg.Error as exc:
-            self._state = TransportState.DISCONNECTED
+            self._link.state = TransportState.DISCONNECTED
             raise self._error(
                 f"cannot create the queue tables in schema {self._cfg.schema!r}", exc
             ) from None
@@ -496,10 +487,10 @@ class PostgresTransport:
             await self._pool.open(wait=True, timeout=self._cfg.connect_timeout)
         except psycopg.Error as exc:
             await self._pool.close()
-            self._state = TransportState.DISCONNECTED
+            self._link.state = TransportState.DISCONNECTED
             raise self._error("cannot open the connection pool", exc) from None
         self._started = True
-        self._state = TransportState.CONNECTED
+        self._link.state = TransportState.CONNECTED
         self._housekeeper = asyncio.create_task(self._housekeeping_loop())
 
     async def close(self, timeout: float = 5.0) -> None:
@@ -523,7 +514,7 @@ class PostgresTransport:
         self._outbox.clear()
         if self._pool is not None:
             await self._pool.close(timeout=timeout)
-        self._state = TransportState.CLOSED
+        self._link.state = TransportState.CLOSED
 
     # ------------------------------------------------------------------ publish
 
@@ -703,7 +694,7 @@ class PostgresTransport:
 
         return await self._run(run, "replay_dead_letters")
 
-    async def _bury(self, dead: DeadMessage, key: str | None) -> None:
+    async def _write_dead_letter(self, dead: DeadMessage, key: str | None) -> None:
         params = (
             dead.subscription,
             dead.event_id,
@@ -737,8 +728,8 @@ class PostgresTransport:
     def health(self) -> TransportHealth:
         lags = {s.name: s.lag for s in self._subs if s.lag is not None}
         return TransportHealth(
-            state=self._state,
-            last_error=self._last_error,
+            state=self._link.state,
+            last_error=self._link.last_error,
             lag=sum(lags.values()) if lags else (0 if self._subs else None),
             detail={
                 "server": self._cfg.where,
@@ -781,21 +772,11 @@ class PostgresTransport:
 
     def _report(self, where: str, exc: BaseException) -> None:
         """Background failures: remember, log and hand to ``on_error`` (never silent)."""
-        if isinstance(exc, psycopg.OperationalError):
-            self._state = TransportState.DISCONNECTED
-        self._last_error = f"{where}: {exc}".strip()
-        log.warning("postgres transport %s %s: %s", self._cfg.where, where, exc)
-        if self._on_error is not None:
-            try:
-                self._on_error(exc)
-            except Exception:
-                log.exception("on_error callback raised")
+        self._link.report(exc, where, lost=isinstance(exc, psycopg.OperationalError))
 
     def _connected(self) -> None:
-        if self._state is TransportState.DISCONNECTED and not self._closing:
-            log.info("postgres transport %s: connected again", self._cfg.where)
         if not self._closing:
-            self._state = TransportState.CONNECTED
+            self._link.connected()
 
     async def _run(
         self, op: Callable[[Conn], Awaitable[T]], what: str, *, retry_for: float | None = None
@@ -811,6 +792,7 @@ class PostgresTransport:
         patience = self._cfg.reconnect_timeout if retry_for is None else retry_for
         deadline = time.monotonic() + patience
         attempt = 0
+        backoff = Backoff(0.05, cap=1.0)
         while True:
             try:
                 async with pool.connection() as conn:
@@ -826,7 +808,7 @@ class PostgresTransport:
                     with contextlib.suppress(Exception):
                         await pool.check()
                 else:
-                    await asyncio.sleep(min(0.05 * 2 ** (attempt - 2), 1.0))
+                    await backoff.sleep()
                 continue
             except psycopg.Error as exc:
                 raise self._error(f"{what} failed", exc) from exc
@@ -835,7 +817,7 @@ class PostgresTransport:
 
     async def _listen_loop(self) -> None:
         """LISTEN on the schema's channel; on any loss reconnect, re-LISTEN and wake everyone."""
-        backoff = 0.1
+        backoff = Backoff(0.1, cap=2.0)
         while not self._closing:
             try:
                 conn = await psycopg.AsyncConnection.connect(
@@ -845,7 +827,7 @@ class PostgresTransport:
                 )
                 async with conn:
                     await conn.execute(f'LISTEN "{self._sql.channel}"')
-                    backoff = 0.1
+                    backoff.reset()
                     self._connected()
                     self._wake_all()  # anything published while we were away
                     async for note in conn.notifies():
@@ -857,8 +839,7 @@ class PostgresTransport:
                     return
                 self._report("listen", exc)
                 self._wake_all()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await backoff.sleep()
 
     def _is_closing(self) -> bool:
         return self._closing
@@ -935,7 +916,7 @@ class PostgresSubscription:
         self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
         self.dispatcher = Dispatcher(
-            name, handler, options, self._dead_letter, on_error=transport._on_error
+            name, handler, options, self._write_dead_letter, on_error=transport._on_error
         )
 
     @property
@@ -953,12 +934,12 @@ class PostgresSubscription:
             asyncio.create_task(self._heartbeat()),
         ]
 
-    async def _dead_letter(self, dead: DeadMessage) -> None:
+    async def _write_dead_letter(self, dead: DeadMessage) -> None:
         key = None
         with contextlib.suppress(Exception):
             ev = dead.event()
             key = ev.key if ev is not None else None
-        await self._t._bury(dead, key)
+        await self._t._write_dead_letter(dead, key)
 
     # ---------------------------------------------------------------- consume
 
@@ -970,7 +951,7 @@ class PostgresSubscription:
         ahead = min(self.options.max_in_flight, t._cfg.batch_size)
         cap = self.options.max_in_flight + ahead
         min_claim = max(1, ahead // 4)
-        backoff = 0.05
+        backoff = Backoff(0.05, cap=2.0)
         while not self._stopping:
             free = cap - len(self._unsettled)
             if free < min_claim:
@@ -988,10 +969,9 @@ class PostgresSubscription:
                 if self._is_stopping():
                     return
                 t._report(f"claim for {self.name}", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await backoff.sleep()
                 continue
-            backoff = 0.05
+            backoff.reset()
             if rows:
                 rows.sort()
                 for mid, attempts, body in rows:

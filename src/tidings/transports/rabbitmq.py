@@ -61,10 +61,11 @@ from tidings.transport import (
     TransportSubscription,
     subscription_name,
 )
+from tidings.transports.common import ConnectionReporter, Options, dead_letter_name
 from tidings.transports.dispatch import Dispatcher
 from tidings.urls import redact_url
 
-__all__ = ["RabbitMQTransport", "binding_key", "redact_url"]
+__all__ = ["RabbitMQSubscription", "RabbitMQTransport", "binding_key", "redact_url"]
 
 log = logging.getLogger("tidings.transports.rabbitmq")
 
@@ -72,6 +73,7 @@ CONTENT_TYPE = "application/cloudevents+json"
 _MAX_ROUTING_KEY = 255  # bytes, an AMQP shortstr
 _MAX_ERROR_HEADER = 4000  # characters of the error text kept in a dead letter's headers
 _REPLAY_CHUNK = 200
+_OPT = Options("RabbitMQ")
 
 # Query parameters tidings reads; everything else in the query goes to aio-pika (heartbeat, ...).
 _OWN_PARAMS = (
@@ -127,28 +129,6 @@ class _Out:
     body: bytes
     properties: Basic.Properties
     mandatory: bool = False
-
-
-def _float_option(name: str, value: Any, minimum: float = 0.0) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise TransportError(f"RabbitMQ option {name}: expected seconds, got {value!r}") from None
-    if number <= minimum:
-        raise TransportError(
-            f"RabbitMQ option {name}: expected a number > {minimum}, got {value!r}"
-        )
-    return number
-
-
-def _int_option(name: str, value: Any) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = 0
-    if number < 1 or isinstance(value, bool):
-        raise TransportError(f"RabbitMQ option {name}: expected a whole number >= 1, got {value!r}")
-    return number
 
 
 class RabbitMQTransport:
@@ -216,31 +196,27 @@ class RabbitMQTransport:
         self._prefix = str(pick("prefix", prefix, "tidings"))
         if not self._exchange or not self._prefix:
             raise TransportError("RabbitMQ options exchange and prefix must not be empty")
-        qt = str(pick("queue_type", queue_type, "quorum"))
-        if qt not in ("quorum", "classic"):
-            raise TransportError(
-                f"RabbitMQ option queue_type: expected quorum or classic, got {qt!r}"
-            )
-        self._queue_type = qt
-        self._connect_timeout = _float_option(
+        self._queue_type = _OPT.choice(
+            "queue_type", str(pick("queue_type", queue_type, "quorum")), ("quorum", "classic")
+        )
+        self._connect_timeout = _OPT.duration(
             "connect_timeout", pick("connect_timeout", connect_timeout, 5.0)
         )
-        self._publish_timeout = _float_option(
+        self._publish_timeout = _OPT.duration(
             "publish_timeout", pick("publish_timeout", publish_timeout, 30.0)
         )
-        self._reconnect_interval = _float_option(
+        self._reconnect_interval = _OPT.duration(
             "reconnect_interval", pick("reconnect_interval", reconnect_interval, 1.0)
         )
-        self._dlq_ttl = _float_option(
+        self._dlq_ttl = _OPT.duration(
             "broadcast_dlq_ttl", pick("broadcast_dlq_ttl", broadcast_dlq_ttl, 7 * 86400.0)
         )
-        self._lag_interval = _float_option("lag_interval", pick("lag_interval", lag_interval, 1.0))
-        self._publish_batch = _int_option(
+        self._lag_interval = _OPT.duration("lag_interval", pick("lag_interval", lag_interval, 1.0))
+        self._publish_batch = _OPT.integer(
             "publish_batch", pick("publish_batch", publish_batch, 1000)
         )
         limit = pick("max_deliveries", max_deliveries, None)
-        self._max_deliveries = None if limit is None else _int_option("max_deliveries", limit)
-        self._on_error = on_error
+        self._max_deliveries = None if limit is None else _OPT.integer("max_deliveries", limit)
         self._amqp_url = urlunsplit(
             (parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment)
         )
@@ -248,11 +224,12 @@ class RabbitMQTransport:
         self._conn: AbstractRobustConnection | None = None
         self._pub: AbstractChannel | None = None
         self._pub_lock = asyncio.Lock()
-        self._subs: dict[int, _Subscription] = {}
+        self._subs: dict[int, RabbitMQSubscription] = {}
         self.stats = TransportStats()  # read by exporters
-        self._state = TransportState.DISCONNECTED
+        self._link = ConnectionReporter(
+            log, "RabbitMQ", self._where, on_error=on_error, state=TransportState.DISCONNECTED
+        )
         self._closed = False
-        self._last_error: str | None = None
         self._lag: int | None = None
         self._lag_task: asyncio.Task[None] | None = None
         self._reconnects = 0
@@ -264,7 +241,7 @@ class RabbitMQTransport:
             return
         if self._closed:
             raise TransportError(f"RabbitMQ transport for {self._safe_url} is closed")
-        self._state = TransportState.CONNECTING
+        self._link.state = TransportState.CONNECTING
         try:
             conn = await asyncio.wait_for(
                 aio_pika.connect_robust(
@@ -276,21 +253,21 @@ class RabbitMQTransport:
                 self._connect_timeout + 1.0,
             )
         except aiormq.exceptions.ProbableAuthenticationError as exc:
-            self._state = TransportState.DISCONNECTED
+            self._link.state = TransportState.DISCONNECTED
             raise TransportError(
                 f"RabbitMQ at {self._where} refused the login or vhost {self._vhost!r} "
                 f"({self._safe_url}): {exc}; check the user, password and vhost permissions"
             ) from exc
         except aiormq.exceptions.InvalidFrameError as exc:
             # The broker answered Connection.Open with Connection.Close: the vhost.
-            self._state = TransportState.DISCONNECTED
+            self._link.state = TransportState.DISCONNECTED
             raise TransportError(
                 f"RabbitMQ at {self._where} refused to open vhost {self._vhost!r} "
                 f"({self._safe_url}): it does not exist or the user has no access to it; "
                 f"create it (rabbitmqctl add_vhost) or fix the URL path"
             ) from exc
         except (TimeoutError, OSError, aiormq.exceptions.AMQPError, RuntimeError) as exc:
-            self._state = TransportState.DISCONNECTED
+            self._link.state = TransportState.DISCONNECTED
             detail = str(exc) or type(exc).__name__
             raise TransportError(
                 f"RabbitMQ is not reachable at {self._where} ({self._safe_url}): {detail}; "
@@ -304,28 +281,20 @@ class RabbitMQTransport:
         except BaseException:
             self._conn = None
             await conn.close()
-            self._state = TransportState.DISCONNECTED
+            self._link.state = TransportState.DISCONNECTED
             raise
-        self._state = TransportState.CONNECTED
+        self._link.state = TransportState.CONNECTED
         self._lag_task = asyncio.create_task(self._watch_lag(), name="tidings-rabbitmq-lag")
 
     def _on_connection_lost(self, _sender: Any, exc: BaseException | None = None) -> None:
         if self._closed or exc is None:
             return
-        self._last_error = f"connection to {self._where} lost: {exc}"
-        log.warning("RabbitMQ %s; reconnecting", self._last_error)
-        self._report(exc)
+        self._link.lost(f"connection to {self._where} lost: {exc}")
+        self._link.notify(exc)
 
     def _on_reconnected(self, _sender: Any) -> None:
         self._reconnects += 1
-        log.info("RabbitMQ connection to %s re-established", self._where)
-
-    def _report(self, exc: BaseException) -> None:
-        if self._on_error is not None:
-            try:
-                self._on_error(exc)
-            except Exception:
-                log.exception("RabbitMQ transport: the on_error callback raised")
+        self._link.connected()
 
     async def close(self, timeout: float = 5.0) -> None:
         if self._closed:
@@ -342,7 +311,7 @@ class RabbitMQTransport:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), max(timeout, 0.5))
         self._pub = None
-        self._state = TransportState.CLOSED
+        self._link.state = TransportState.CLOSED
 
     def _connection(self) -> AbstractRobustConnection:
         if self._conn is None:
@@ -358,7 +327,7 @@ class RabbitMQTransport:
         except TimeoutError:
             raise TransportError(
                 f"RabbitMQ at {self._where} has been unreachable for {timeout:.0f}s"
-                + (f" ({self._last_error})" if self._last_error else "")
+                + (f" ({self._link.last_error})" if self._link.last_error else "")
             ) from None
         transport = conn.transport
         if transport is None:
@@ -460,15 +429,7 @@ class RabbitMQTransport:
                     f"RabbitMQ at {self._where}: {len(failed)} message(s) {why}: "
                     f"{type(error).__name__}: {error}"
                 ) from error
-            self._last_error = f"publish failed, retrying: {error}"
-            log.warning(
-                "RabbitMQ at %s: %d publish(es) not confirmed (%s: %s); retrying",
-                self._where,
-                len(failed),
-                type(error).__name__,
-                error,
-            )
-            self._report(error)
+            self._link.report(error, f"{len(failed)} publish(es) not confirmed, retrying")
             pending = failed
             await asyncio.sleep(0.05)
 
@@ -519,24 +480,24 @@ class RabbitMQTransport:
         return f"{self._prefix}.{name}"
 
     def _dlq_name(self, name: str) -> str:
-        return f"{self._prefix}.dlq.{name}"
+        return dead_letter_name(self._prefix, name)
 
     async def subscribe(
         self,
         pattern: str,
         handler: AsyncHandler,
         options: SubscribeOptions | None = None,
-    ) -> _Subscription:
+    ) -> RabbitMQSubscription:
         compiled = compile_pattern(pattern)  # raises PatternError before touching the broker
         opts = options or SubscribeOptions()
         conn = self._connection()
         name = subscription_name(pattern, opts.group)
-        sub = _Subscription(self, name, compiled, opts, handler)
+        sub = RabbitMQSubscription(self, name, compiled, opts, handler)
         await sub.open(conn)
         self._subs[id(sub)] = sub
         return sub
 
-    def _forget(self, sub: _Subscription) -> None:
+    def _forget(self, sub: RabbitMQSubscription) -> None:
         self._subs.pop(id(sub), None)
 
     async def _queue_arguments(
@@ -559,7 +520,7 @@ class RabbitMQTransport:
                 )
                 return None
 
-    async def _bury(self, sub: _Subscription, dead: DeadMessage) -> None:
+    async def _write_dead_letter(self, sub: RabbitMQSubscription, dead: DeadMessage) -> None:
         """Store a dead message in the subscription's DLQ; raises if it is not confirmed.
 
         The DLQ is declared on first use, so subscriptions that never fail leave no queue.
@@ -721,14 +682,14 @@ class RabbitMQTransport:
         if self._closed:
             state = TransportState.CLOSED
         elif conn is None:
-            state = self._state
+            state = self._link.state
         elif conn.connected.is_set() and not conn.is_closed:
             state = TransportState.CONNECTED
         else:
             state = TransportState.DISCONNECTED
         return TransportHealth(
             state=state,
-            last_error=self._last_error,
+            last_error=self._link.last_error,
             lag=self._lag,
             detail={
                 "server": self._where,
@@ -804,7 +765,7 @@ async def _settle(message: AbstractIncomingMessage, ok: bool) -> None:
         await channel.basic_nack(tag, requeue=True, **_NO_DRAIN)
 
 
-class _Subscription:
+class RabbitMQSubscription:
     """One queue consumed on its own robust channel, feeding a Dispatcher."""
 
     def __init__(
@@ -827,8 +788,8 @@ class _Subscription:
             name,
             handler,
             options,
-            partial(transport._bury, self),
-            on_error=transport._report,
+            partial(transport._write_dead_letter, self),
+            on_error=transport._link.notify,
         )
         self._channel: AbstractRobustChannel | None = None
         self._queue: AbstractRobustQueue | None = None
@@ -891,7 +852,7 @@ class _Subscription:
         deliveries = count + 1 if isinstance(count, int) else 2 if message.redelivered else 1
         limit = self._transport._max_deliveries
         if limit is not None and deliveries > limit:
-            await self._bury_poison(message, event, deliveries - 1)
+            await self._write_unacked_dead_letter(message, event, deliveries - 1)
             return
         inbound = Inbound(
             raw=body,
@@ -903,7 +864,7 @@ class _Subscription:
         )
         await self._dispatcher.submit(inbound)
 
-    async def _bury_poison(
+    async def _write_unacked_dead_letter(
         self, message: AbstractIncomingMessage, event: Event | None, taken: int
     ) -> None:
         """Dead-letter a message that was taken ``taken`` times and never acked."""
@@ -922,9 +883,9 @@ class _Subscription:
             event_type=event.type if event is not None else None,
         )
         try:
-            await self._transport._bury(self, dead)
+            await self._transport._write_dead_letter(self, dead)
         except Exception as exc:
-            self._transport._report(exc)
+            self._transport._link.notify(exc)
             await _settle(message, False)
             return
         self._dispatcher.stats.dead += 1

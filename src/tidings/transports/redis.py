@@ -55,14 +55,19 @@ from tidings.transport import (
     TransportSubscription,
     subscription_name,
 )
+from tidings.transports.common import (
+    Backoff,
+    ConnectionReporter,
+    ErrorCallback,
+    Options,
+    dead_letter_name,
+)
 from tidings.transports.dispatch import Dispatcher
 from tidings.urls import redact_url
 
-__all__ = ["RedisTransport"]
+__all__ = ["RedisPubSubSubscription", "RedisStreamSubscription", "RedisTransport"]
 
 log = logging.getLogger("tidings.transports.redis")
-
-ErrorCallback = Callable[[BaseException], None]
 
 _F_TYPE = b"type"  # dead-letter entries only; stream entries are {type: body}
 _F_EVENT = b"event"
@@ -80,20 +85,7 @@ PUBSUB_CAPABILITIES = Capabilities(
 )
 
 
-class _Backoff:
-    """Exponential reconnect delay: quick first retries, capped so recovery is noticed soon."""
-
-    def __init__(self, first: float = 0.05, cap: float = 2.0) -> None:
-        self.first = first
-        self.cap = cap
-        self.next = first
-
-    def reset(self) -> None:
-        self.next = self.first
-
-    async def sleep(self) -> None:
-        await asyncio.sleep(self.next)
-        self.next = min(self.next * 2, self.cap)
+_OPTIONS = Options("redis")
 
 
 class RedisTransport:
@@ -137,31 +129,21 @@ class RedisTransport:
             raise TransportError(
                 f"redis transport: prefix {self.prefix!r} must be non-empty without whitespace"
             )
-        chosen_mode = mode if mode is not None else query.get("mode", "streams")
-        if chosen_mode not in ("streams", "pubsub"):
-            raise TransportError(
-                f"redis transport: mode {chosen_mode!r} is unknown; use 'streams' (durable, "
-                "consumer groups) or 'pubsub' (fire-and-forget)"
-            )
+        chosen_mode = _OPTIONS.choice(
+            "mode",
+            mode if mode is not None else query.get("mode", "streams"),
+            ("streams", "pubsub"),
+            "'streams' is durable with consumer groups, 'pubsub' fire-and-forget",
+        )
         self.mode: Literal["streams", "pubsub"] = chosen_mode  # type: ignore[assignment]
         raw_maxlen: Any = maxlen if maxlen is not None else query.get("maxlen")
         self.maxlen: int | None = None
         if raw_maxlen not in (None, ""):
-            try:
-                self.maxlen = int(raw_maxlen)
-            except (TypeError, ValueError):
-                self.maxlen = 0
-            if self.maxlen < 1:
-                raise TransportError(
-                    f"redis transport: maxlen must be a whole number >= 1, got {raw_maxlen!r}"
-                )
-        if max_deliveries is not None and max_deliveries < 1:
-            raise TransportError(
-                f"redis transport: max_deliveries must be >= 1 or None, got {max_deliveries}"
-            )
-        self.max_deliveries = max_deliveries
-        if batch_size < 1:
-            raise TransportError(f"redis transport: batch_size must be >= 1, got {batch_size}")
+            self.maxlen = _OPTIONS.integer("maxlen", raw_maxlen)
+        self.max_deliveries = (
+            None if max_deliveries is None else _OPTIONS.integer("max_deliveries", max_deliveries)
+        )
+        _OPTIONS.integer("batch_size", batch_size)
         rest = [(k, v) for k, v in parse_qsl(parts.query) if k not in _TIDINGS_PARAMS]
         self._client_url = urlunsplit(parts._replace(query=urlencode(rest)))
         self.url = redact_url(url)
@@ -177,9 +159,10 @@ class RedisTransport:
         self.stream = f"{self.prefix}:events"
         # Typed Any: redis-py's overloads type every reply as a union of RESP2/RESP3 shapes.
         self._client: Any = None
-        self._state = TransportState.CONNECTING
-        self._last_error: str | None = None
-        self._subs: dict[int, _StreamSubscription | _PubSubSubscription] = {}
+        self._link = ConnectionReporter(
+            log, "redis transport", self.server, on_error=on_error, error_level=logging.ERROR
+        )
+        self._subs: dict[int, RedisStreamSubscription | RedisPubSubSubscription] = {}
         self.stats = TransportStats()  # read by exporters
         self._consumer_base = f"{socket.gethostname()}-{os.getpid()}"
 
@@ -188,34 +171,18 @@ class RedisTransport:
     @property
     def client(self) -> Any:
         if self._client is None:
-            state = "closed" if self._state is TransportState.CLOSED else "not started"
+            state = "closed" if self._link.closed else "not started"
             raise TransportError(
                 f"redis transport {self.url} is {state}; call 'await transport.start()' first"
             )
         return self._client
 
-    def _connected(self) -> None:
-        if self._state is TransportState.DISCONNECTED:
-            log.info("redis transport: reconnected to %s", self.server)
-            self._state = TransportState.CONNECTED
-
     def _report(self, exc: BaseException, what: str) -> None:
         """Record a background failure: health, log and the on_error callback, never silent."""
-        self._last_error = f"{what}: {type(exc).__name__}: {exc}"
-        if isinstance(exc, _GONE) and self._state is not TransportState.CLOSED:
-            if self._state is not TransportState.DISCONNECTED:
-                log.warning("redis transport: lost %s (%s); reconnecting", self.server, exc)
-            self._state = TransportState.DISCONNECTED
-        else:
-            log.error("redis transport %s: %s", self.server, self._last_error)
-        if self.on_error is not None:
-            try:
-                self.on_error(exc)
-            except Exception:
-                log.exception("redis transport: on_error callback raised")
+        self._link.report(exc, what, lost=isinstance(exc, _GONE))
 
-    def _backoff(self) -> _Backoff:
-        return _Backoff(cap=self.max_reconnect_delay)
+    def _backoff(self) -> Backoff:
+        return Backoff(cap=self.max_reconnect_delay)
 
     async def start(self) -> None:
         if self._client is not None:
@@ -238,14 +205,14 @@ class RedisTransport:
             await asyncio.wait_for(client.ping(), self.connect_timeout + 1.0)
         except (rexc.RedisError, OSError, TimeoutError) as exc:
             await client.aclose()
-            self._state = TransportState.DISCONNECTED
-            self._last_error = f"{type(exc).__name__}: {exc}"
+            self._link.state = TransportState.DISCONNECTED
+            self._link.last_error = f"{type(exc).__name__}: {exc}"
             raise TransportError(
                 f"cannot reach Redis at {self.server} ({type(exc).__name__}: {exc}); "
                 "is the server running and the URL right?"
             ) from None
         self._client = client
-        self._state = TransportState.CONNECTED
+        self._link.state = TransportState.CONNECTED
 
     async def ping(self) -> float:
         started = time.perf_counter()
@@ -254,7 +221,7 @@ class RedisTransport:
         except (rexc.RedisError, OSError) as exc:
             self._report(exc, "ping")
             raise TransportError(f"Redis at {self.server} did not answer ping: {exc}") from None
-        self._connected()
+        self._link.connected()
         return time.perf_counter() - started
 
     def subscriptions(self) -> list[TransportSubscription]:
@@ -264,8 +231,8 @@ class RedisTransport:
         lags = [s.lag for s in self._subs.values()]
         lag = None if not lags or any(v is None for v in lags) else sum(v for v in lags if v)
         return TransportHealth(
-            state=self._state,
-            last_error=self._last_error,
+            state=self._link.state,
+            last_error=self._link.last_error,
             lag=lag,
             detail={
                 "server": self.server,
@@ -279,12 +246,12 @@ class RedisTransport:
         )
 
     async def close(self, timeout: float = 5.0) -> None:
-        if self._state is TransportState.CLOSED:
+        if self._link.closed:
             return
         subs = list(self._subs.values())
         if subs:
             await asyncio.gather(*(s.close(timeout) for s in subs), return_exceptions=True)
-        self._state = TransportState.CLOSED
+        self._link.state = TransportState.CLOSED
         if self._client is not None:
             with contextlib.suppress(Exception):
                 await self._client.aclose()
@@ -318,7 +285,7 @@ class RedisTransport:
             except rexc.RedisError as exc:
                 self._report(exc, what)
                 raise TransportError(f"{what}: Redis at {self.server} refused: {exc}") from None
-            self._connected()
+            self._link.connected()
             return result
 
     async def publish(self, event: Event) -> None:
@@ -367,34 +334,34 @@ class RedisTransport:
         pattern: str,
         handler: AsyncHandler,
         options: SubscribeOptions | None = None,
-    ) -> _StreamSubscription | _PubSubSubscription:
+    ) -> RedisStreamSubscription | RedisPubSubSubscription:
         compiled = compile_pattern(pattern)  # PatternError before any I/O
         opts = options or SubscribeOptions()
         self.client  # noqa: B018 -- raises TransportError when not started
         name = subscription_name(pattern, opts.group)
-        sub: _StreamSubscription | _PubSubSubscription
+        sub: RedisStreamSubscription | RedisPubSubSubscription
         if self.mode == "pubsub":
             if opts.group is not None:
                 raise TransportError(
                     f"redis pub/sub mode has no consumer groups (group {opts.group!r}); every "
                     "subscriber gets every event. Use mode=streams for groups."
                 )
-            sub = _PubSubSubscription(self, name, pattern, compiled.matches, handler, opts)
+            sub = RedisPubSubSubscription(self, name, pattern, compiled.matches, handler, opts)
         else:
-            sub = _StreamSubscription(self, name, pattern, compiled.matches, handler, opts)
+            sub = RedisStreamSubscription(self, name, pattern, compiled.matches, handler, opts)
         await sub.open()
         self._subs[id(sub)] = sub
         return sub
 
-    def _forget(self, sub: _StreamSubscription | _PubSubSubscription) -> None:
+    def _forget(self, sub: RedisStreamSubscription | RedisPubSubSubscription) -> None:
         self._subs.pop(id(sub), None)
 
     # -- dead letters --------------------------------------------------------------------------
 
     def dlq_key(self, subscription: str) -> str:
-        return f"{self.prefix}:dlq:{subscription}"
+        return dead_letter_name(self.prefix, subscription, sep=":")
 
-    async def _store_dead(self, dead: DeadMessage) -> None:
+    async def _write_dead_letter(self, dead: DeadMessage) -> None:
         fields: dict[Any, Any] = {
             _F_EVENT: dead.raw,
             b"error": dead.error,
@@ -465,7 +432,7 @@ def _entry(fields: dict[bytes, bytes]) -> tuple[str | None, bytes]:
     return (type_bytes.decode() if type_bytes else None), fields.get(_F_EVENT, b"")
 
 
-class _StreamSubscription:
+class RedisStreamSubscription:
     """One consumer-group member: read loop, claim loop, heartbeat/lag loop and ack batcher."""
 
     def __init__(
@@ -486,7 +453,7 @@ class _StreamSubscription:
         self.lag: int | None = None
         self._wanted = memoized(matches)
         self._dispatcher = Dispatcher(
-            name, handler, options, transport._store_dead, on_error=transport.on_error
+            name, handler, options, transport._write_dead_letter, on_error=transport.on_error
         )
         # Entries read by this member and not yet XACKed: skipped if claimed again, and kept
         # fresh by the heartbeat so no other member takes them while we still work on them.
@@ -555,7 +522,7 @@ class _StreamSubscription:
             count = counts.get(entry_id, 1)
             limit = self.transport.max_deliveries
             if limit is not None and count > limit:
-                await self._bury_unacked(entry_id, body, type_name, count)
+                await self._write_unacked_dead_letter(entry_id, body, type_name, count)
                 continue
             event: Event | None
             error: str | None = None
@@ -578,7 +545,7 @@ class _StreamSubscription:
                 )
             )
 
-    async def _bury_unacked(
+    async def _write_unacked_dead_letter(
         self, entry_id: bytes, body: bytes, type_name: str | None, count: int
     ) -> None:
         """Dead-letter a message taken ``count`` times without an ack, without running it."""
@@ -600,7 +567,7 @@ class _StreamSubscription:
             event_type=type_name,
         )
         try:
-            await self.transport._store_dead(dead)
+            await self.transport._write_dead_letter(dead)
         except Exception as exc:  # left pending: claimed again later
             self.transport._report(exc, f"subscription {self.name}: dead letter")
             return
@@ -639,7 +606,7 @@ class _StreamSubscription:
                     count=transport.batch_size,
                     block=transport.block_ms,
                 )
-                transport._connected()
+                transport._link.connected()
                 backoff.reset()
             except rexc.ResponseError as exc:
                 if "NOGROUP" in str(exc):
@@ -733,7 +700,7 @@ class _StreamSubscription:
                         await self._deliver(fresh, counts)
                     if cursor in (b"0-0", "0-0"):
                         break
-                transport._connected()
+                transport._link.connected()
             except rexc.ResponseError as exc:
                 if "NOGROUP" not in str(exc):  # the read loop recreates a lost group
                     transport._report(exc, f"subscription {self.name}: claim")
@@ -781,7 +748,7 @@ class _StreamSubscription:
                 if time.monotonic() - last_lag >= 1.0:
                     last_lag = time.monotonic()
                     await self._update_lag()
-                    transport._connected()
+                    transport._link.connected()
             except asyncio.CancelledError:
                 raise
             except rexc.ResponseError as exc:
@@ -820,7 +787,7 @@ class _StreamSubscription:
             except BaseException:
                 self._acks[:0] = ids  # kept: sent again once the server is back
                 raise
-            self.transport._connected()
+            self.transport._link.connected()
             self._held.difference_update(ids)
 
     # -- shutdown ------------------------------------------------------------------------------
@@ -867,7 +834,7 @@ class _StreamSubscription:
             await client.xgroup_delconsumer(stream, self.name, self.consumer)
 
 
-class _PubSubSubscription:
+class RedisPubSubSubscription:
     """A pub/sub listener: exact patterns SUBSCRIBE one channel, wildcards PSUBSCRIBE a prefix
     glob; either way the type is filtered exactly. No acks: what arrives while away is gone."""
 
@@ -887,7 +854,7 @@ class _PubSubSubscription:
         self.lag: int | None = 0
         self._wanted = memoized(matches)
         self._dispatcher = Dispatcher(
-            name, handler, options, transport._store_dead, on_error=transport.on_error
+            name, handler, options, transport._write_dead_letter, on_error=transport.on_error
         )
         compiled = compile_pattern(pattern)
         self._channel_prefix = transport.channel("")
@@ -943,7 +910,7 @@ class _PubSubSubscription:
             try:
                 if self._pubsub is None:
                     self._pubsub = await self._connect()
-                    transport._connected()
+                    transport._link.connected()
                 msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 backoff.reset()
             except asyncio.CancelledError:
