@@ -43,6 +43,7 @@ from psycopg.pq import Format
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from tidings.event import Event, decode, encode
+from tidings.migrations import MigrationError, postgres_pending
 from tidings.retry import RetryPolicy
 from tidings.store import AfterCommit, as_events, redact_url
 from tidings.store.base import (
@@ -57,7 +58,7 @@ from tidings.store.base import (
     check_criteria,
     check_page,
 )
-from tidings.store.migrate import connect, describe, migrations
+from tidings.store.migrate import connect, describe
 from tidings.store.migrate import migrate as run_migrations
 from tidings.store.subscription import (
     DEFAULT_PAGE_SIZE,
@@ -223,7 +224,7 @@ class PostgresStore:
 
         with connect(url, connect_timeout=connect_timeout, autocommit=True) as conn:
             self.schema = str(conn.execute("SELECT current_schema()").fetchone()[0])  # type: ignore[index]
-            missing = self._missing_migrations(conn)
+            missing = self._missing_migrations(conn, url)
             if not missing:
                 self._ensure_partitions(conn)
         if missing and migrate:
@@ -272,12 +273,14 @@ class PostgresStore:
             log.info("PostgreSQL %s: created partitions %s", self._where_text, created)
 
     @staticmethod
-    def _missing_migrations(conn: psycopg.Connection[Any]) -> list[str]:
-        row = conn.execute("SELECT to_regclass('tidings_migrations') IS NOT NULL").fetchone()
-        applied: set[str] = set()
-        if row and row[0]:
-            applied = {r[0] for r in conn.execute("SELECT version FROM tidings_migrations")}
-        return [m.version for m in migrations() if m.version not in applied]
+    def _missing_migrations(conn: psycopg.Connection[Any], url: str) -> list[str]:
+        try:
+            return [m.version for m in postgres_pending(conn, ("store",))]
+        except MigrationError as exc:
+            raise SchemaMissing(
+                f"PostgreSQL at {describe(url)}: {exc}; point the URL's search_path at the "
+                "schema that holds the tidings tables"
+            ) from exc
 
     # ------------------------------------------------------------------ plumbing
 

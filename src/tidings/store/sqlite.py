@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import importlib.resources
 import logging
 import os
 import sqlite3
@@ -25,6 +24,13 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from tidings.event import Event, decode, encode
+from tidings.migrations import (
+    Migration,
+    MigrationError,
+    database_components,
+    sqlite_apply,
+    sqlite_pending,
+)
 from tidings.retry import RetryPolicy
 from tidings.store import AfterCommit, as_events
 from tidings.store.base import (
@@ -51,7 +57,7 @@ from tidings.store.subscription import (
 from tidings.topics import compile_pattern
 from tidings.urls import redact_url
 
-__all__ = ["SqliteStore", "migrate", "path_of"]
+__all__ = ["SqliteStore", "apply_migrations", "migrate", "path_of"]
 
 log = logging.getLogger("tidings.store.sqlite")
 
@@ -115,40 +121,6 @@ def _row(row: tuple[Any, ...]) -> Recorded:
     return Recorded(position, decode(body), stream, version, datetime.fromisoformat(recorded_at))
 
 
-def _migrations() -> list[tuple[str, str]]:
-    folder = importlib.resources.files("tidings.store").joinpath("sql", "sqlite")
-    files = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
-    return [(name.removesuffix(".sql"), folder.joinpath(name).read_text("utf-8")) for name in files]
-
-
-def _applied(conn: sqlite3.Connection) -> set[str]:
-    has = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tidings_migrations'"
-    ).fetchone()
-    if not has:
-        return set()
-    return {row[0] for row in conn.execute("SELECT version FROM tidings_migrations")}
-
-
-def _apply(conn: sqlite3.Connection) -> list[str]:
-    """Apply the shipped migrations that are missing; each in its own transaction."""
-    done: list[str] = []
-    for version, sql in _migrations():
-        if version in _applied(conn):
-            continue
-        now = _fmt(datetime.now(UTC))
-        conn.executescript(
-            "BEGIN IMMEDIATE;\n"
-            "CREATE TABLE IF NOT EXISTS tidings_migrations "
-            "(version TEXT PRIMARY KEY, applied_at TEXT NOT NULL);\n"
-            f"{sql}\n"
-            f"INSERT OR IGNORE INTO tidings_migrations VALUES ('{version}', '{now}');\n"
-            "COMMIT;"
-        )
-        done.append(version)
-    return done
-
-
 def _connect(path: str, busy_timeout: float, synchronous: str) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(
@@ -165,13 +137,22 @@ def _connect(path: str, busy_timeout: float, synchronous: str) -> sqlite3.Connec
 
 
 def migrate(url: str, *, busy_timeout: float = 5.0) -> list[str]:
-    """Apply missing migrations to the database at ``url``; return their names (idempotent)."""
+    """Apply the event store's missing migrations to the database at ``url``; return their
+    names (idempotent)."""
+    return [m.version for m in apply_migrations(url, ("store",), busy_timeout=busy_timeout)]
+
+
+def apply_migrations(
+    url: str, components: Sequence[str] | None = None, *, busy_timeout: float = 5.0
+) -> list[Migration]:
+    """Apply the missing files of ``components`` (default: every component of the database:
+    store, webhook queue, ...) to the database at ``url``; return those applied."""
     path = path_of(url)
     conn = _connect(path, busy_timeout, "FULL")
     try:
         conn.execute("PRAGMA journal_mode = WAL")
-        return _apply(conn)
-    except sqlite3.Error as exc:
+        return sqlite_apply(conn, database_components() if components is None else components)
+    except (sqlite3.Error, MigrationError) as exc:
         raise StoreUnavailable(f"cannot migrate SQLite database {path!r}: {exc}") from exc
     finally:
         conn.close()
@@ -220,15 +201,16 @@ class SqliteStore:
             if str(mode).lower() != "wal":
                 log.warning("SQLite %r: WAL mode unavailable (journal_mode=%s)", self.path, mode)
             if migrate:
-                applied = _apply(self._writer)
+                applied = sqlite_apply(self._writer, ("store",))
                 if applied:
-                    log.info("SQLite %r: applied migrations %s", self.path, ", ".join(applied))
-            elif {v for v, _ in _migrations()} - _applied(self._writer):
+                    names = ", ".join(m.version for m in applied)
+                    log.info("SQLite %r: applied migrations %s", self.path, names)
+            elif sqlite_pending(self._writer, ("store",)):
                 raise SchemaMissing(
                     f"SQLite database {self.path!r} has no (or an old) tidings schema; run "
                     f"`tidings migrate {url}` or open it with migrate=True"
                 )
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, MigrationError) as exc:
             self._writer.close()
             raise StoreUnavailable(
                 f"cannot use SQLite database {self.path!r}: {exc}; check that it is a SQLite "
