@@ -72,7 +72,10 @@ class Component:
 
 # Every component, in the order `tidings migrate` applies them (later ones may refer to
 # earlier ones' tables). A new one: its files, then one line here; see docs/migrations.md.
-COMPONENTS: tuple[Component, ...] = (Component("store", "tidings.store"),)
+COMPONENTS: tuple[Component, ...] = (
+    Component("store", "tidings.store"),
+    Component("webhooks", "tidings.webhooks"),
+)
 
 _FILE_RE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
