@@ -82,6 +82,20 @@ def test_migrate_partitioned(runner: CliRunner, empty_db: str) -> None:
     assert "day, week, month" in bad.output
 
 
+def test_migrate_creates_the_postgres_transport_tables_on_request(
+    runner: CliRunner, empty_db: str
+) -> None:
+    first = runner.invoke(app, ["migrate", empty_db, "--transport-schema", "jobs_queue"])
+    assert first.exit_code == 0, first.output
+    assert "applied 001_queue.sql (transport_postgres)" in first.output
+    assert _one(empty_db, "SELECT to_regclass('jobs_queue.messages') IS NOT NULL") is True
+    assert _one(empty_db, "SELECT count(*) FROM jobs_queue.tidings_migrations") == 1
+    again = runner.invoke(app, ["migrate", empty_db, "--transport-schema", "jobs_queue"])
+    assert again.exit_code == 0 and "up to date" in again.output, again.output
+    bad = runner.invoke(app, ["migrate", empty_db, "--transport-schema", "Jobs-Queue"])
+    assert bad.exit_code == 2 and "lower-case letters" in bad.output, bad.output
+
+
 def test_unreachable_database_is_one_clear_line_without_the_password(runner: CliRunner) -> None:
     start = time.monotonic()
     result = runner.invoke(
@@ -104,4 +118,6 @@ def test_sqlite_url_and_bad_scheme(runner: CliRunner, tmp_path: Path) -> None:
     bad = runner.invoke(app, ["migrate", "mysql://db"])
     assert bad.exit_code == 2 and "postgresql://" in bad.output
     wrong = runner.invoke(app, ["migrate", url, "--partition", "day"])
+    assert wrong.exit_code == 2 and "PostgreSQL only" in wrong.output
+    wrong = runner.invoke(app, ["migrate", url, "--transport-schema", "q"])
     assert wrong.exit_code == 2 and "PostgreSQL only" in wrong.output

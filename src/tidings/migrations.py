@@ -75,6 +75,7 @@ class Component:
 COMPONENTS: tuple[Component, ...] = (
     Component("store", "tidings.store"),
     Component("webhooks", "tidings.webhooks"),
+    Component("transport_postgres", "tidings.transports", in_schema=True),
 )
 
 _FILE_RE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
