@@ -63,3 +63,17 @@ def test_fill_and_marks() -> None:
 def test_the_shipped_files_load() -> None:
     assert "create_table" in load("tidings", "sql/postgres/migrations.sql")
     assert "create_table" in load("tidings", "sql/sqlite/migrations.sql")
+
+
+@pytest.mark.parametrize("package", ["tidings.webhooks", "tidings.store"])
+def test_the_dialect_files_name_their_fragments_alike(package: str) -> None:
+    """A composed statement must find every fragment in either dialect's file."""
+    sqlite = load(package, "sql/sqlite/queries.sql")
+    postgres = load(package, "sql/postgres/queries.sql")
+    prefix = "delivery_" if package == "tidings.webhooks" else "event_"
+    shared = {"event_after", "event_types", "event_since", "event_until", "event_stream"}
+    if package == "tidings.webhooks":
+        assert set(sqlite) - {"wal", "event_bodies"} == set(postgres) - {"serialize_existing"}
+    else:
+        assert shared <= {n for n in sqlite if n.startswith(prefix)}
+        assert shared <= {n for n in postgres if n.startswith(prefix)}

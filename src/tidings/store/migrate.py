@@ -25,6 +25,7 @@ from tidings.migrations import (
 )
 from tidings.migrations import migrations as component_files
 from tidings.store.base import StoreError, StoreUnavailable
+from tidings.store.postgres_queries import TEXT, Q
 
 __all__ = [
     "PARTITION_INTERVALS",
@@ -151,21 +152,21 @@ def _after_store(
 ) -> None:
     """What the store needs after its files, applied or not: the partition check, the coming
     partitions, the seed trigger switch."""
-    kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = 'events'::regclass")
+    kind = conn.execute(Q.events_kind)
     if partition is not None and kind.fetchone() != ("p",):
         raise StoreError(
             f"PostgreSQL at {describe(url)}: events already exists as a plain table; "
             "--partition only applies when the table is created (see "
             "docs/store-postgres.md for moving rows into a partitioned table)"
         )
-    conn.execute("SELECT count(*) FROM tidings_ensure_partitions()")
+    conn.execute(Q.ensure_partitions).fetchall()
     if seed_notify is not None:
         _set_seed_notify(conn, seed_notify)
 
 
 def _set_seed_notify(conn: psycopg.Connection[Any], enabled: bool) -> None:
     action = sql.SQL("ENABLE" if enabled else "DISABLE")
-    conn.execute(sql.SQL("ALTER TABLE events {} TRIGGER trigger_notify_new_event").format(action))
+    conn.execute(sql.SQL(TEXT.seed_notify).format(action=action))
 
 
 def set_seed_notify(url: str, enabled: bool, *, connect_timeout: float = 5.0) -> None:

@@ -96,7 +96,7 @@ class _Sqlite(QueueDatabase):
                 isolation_level=None,
                 check_same_thread=False,  # used from worker threads (to_thread), under _lock
             )
-            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute(self.q.wal)
             with self._lock:
                 sqlite_apply(self._conn, ("webhooks",))
         except (sqlite3.Error, MigrationError) as exc:

@@ -3,6 +3,10 @@
 -- name, in how lists are passed (a JSON array through json_each here, an array there) and in
 -- the claim, which PostgreSQL does with FOR UPDATE SKIP LOCKED.
 
+-- name: wal
+-- The queue's own connection, in the store's journal mode.
+PRAGMA journal_mode = WAL
+
 -- ---------------------------------------------------------------- endpoints
 
 -- name: upsert_endpoint
