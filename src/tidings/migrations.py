@@ -160,6 +160,7 @@ def _check_scope(names: Sequence[str], schema: str | None) -> None:
 # ---------------------------------------------------------------------- PostgreSQL
 
 _PG = sqlfiles.load("tidings", "sql/postgres/migrations.sql")
+_PGB = _PG.map(str.encode)  # the statements without identifiers, as psycopg sends them
 
 
 def _pg(name: str, schema: str) -> sql.Composed:
@@ -171,14 +172,14 @@ def _pg(name: str, schema: str) -> sql.Composed:
 def _pg_target(conn: psycopg.Connection[Any], schema: str | None) -> str:
     if schema is not None:
         return schema
-    row = conn.execute(_PG.current_schema.encode()).fetchone()
+    row = conn.execute(_PGB.current_schema).fetchone()
     if row is None or row[0] is None:
         raise MigrationError("no schema to create tables in (search_path names no existing schema)")
     return str(row[0])
 
 
 def _pg_applied(conn: psycopg.Connection[Any], target: str) -> set[tuple[str, str]]:
-    columns = {r[0] for r in conn.execute(_PG.table_columns.encode(), (target,))}
+    columns = {r[0] for r in conn.execute(_PGB.table_columns, (target,))}
     if not columns:
         return set()
     query = "applied" if "component" in columns else "applied_legacy"
@@ -220,12 +221,13 @@ def postgres_apply(
     applied: list[Migration] = []
     current: Migration | None = None
     try:
-        conn.execute(_PG.lock.encode(), (target,))
+        conn.execute(_PGB.lock, (target,))
         try:
             with conn.transaction():
-                exists = conn.execute(_PG.schema_exists.encode(), (target,)).fetchone()
-                if schema is not None and not (exists and exists[0]):
-                    conn.execute(_pg("create_schema", target))
+                if schema is not None:
+                    exists = conn.execute(_PGB.schema_exists, (schema,)).fetchone()
+                    if not (exists and exists[0]):
+                        conn.execute(_pg("create_schema", schema))
                 _pg_table(conn, target)
             done = _pg_applied(conn, target)
             for current in _wanted(names, "postgres"):
@@ -233,13 +235,13 @@ def postgres_apply(
                     continue
                 with conn.transaction():
                     for key, value in (settings or {}).items():
-                        conn.execute(_PG.set_local.encode(), (key, value))
+                        conn.execute(_PGB.set_local, (key, value))
                     conn.execute(_file_sql(current, schema))
                     conn.execute(_pg("record", target), (current.component, current.version))
                 applied.append(current)
         finally:
             if not conn.closed:
-                conn.execute(_PG.unlock.encode(), (target,))
+                conn.execute(_PGB.unlock, (target,))
     except psycopg.Error as exc:
         what = f"{current.component} migration {current.file}" if current else "tidings_migrations"
         raise MigrationError(f"{what} failed: {exc}") from exc
@@ -248,7 +250,7 @@ def postgres_apply(
 
 def _pg_table(conn: psycopg.Connection[Any], target: str) -> None:
     """Create tidings_migrations, or rebuild an earlier release's one into today's shape."""
-    columns = {r[0] for r in conn.execute(_PG.table_columns.encode(), (target,))}
+    columns = {r[0] for r in conn.execute(_PGB.table_columns, (target,))}
     if "component" in columns:
         return
     legacy = bool(columns)
