@@ -17,6 +17,8 @@ psycopg = pytest.importorskip("psycopg")
 
 HOST, PORT = "127.0.0.1", 5432
 BASE = f"postgresql://postgres@{HOST}:{PORT}"
+STORE_ROWS = "SELECT count(*) FROM tidings_migrations WHERE component = 'store'"
+WEBHOOK_ROWS = "SELECT count(*) FROM tidings_migrations WHERE component = 'webhooks'"
 
 
 @pytest.fixture
@@ -48,13 +50,16 @@ def test_migrate_applies_then_is_a_no_op(runner: CliRunner, empty_db: str) -> No
     assert first.exit_code == 0, first.output
     assert "applied 001_events.sql" in first.output
     assert "applied 002_notify.sql" in first.output
-    assert _one(empty_db, "SELECT count(*) FROM tidings_migrations") == 3
+    assert "applied 001_queue.sql (webhooks)" in first.output
+    assert _one(empty_db, STORE_ROWS) == 3
+    assert _one(empty_db, WEBHOOK_ROWS) == 1
     with_password = empty_db.replace("postgres@", "postgres:topsecret@")  # trust auth ignores it
     second = runner.invoke(app, ["migrate", with_password])
     assert second.exit_code == 0, second.output
     assert "up to date" in second.output and "applied" not in second.output
     assert "topsecret" not in second.output and "postgres:***@" in second.output
-    assert _one(empty_db, "SELECT count(*) FROM tidings_migrations") == 3
+    assert _one(empty_db, STORE_ROWS) == 3
+    assert _one(empty_db, WEBHOOK_ROWS) == 1
 
 
 def test_migrate_switches_the_seed_trigger(runner: CliRunner, empty_db: str) -> None:
@@ -75,6 +80,20 @@ def test_migrate_partitioned(runner: CliRunner, empty_db: str) -> None:
     bad = runner.invoke(app, ["migrate", empty_db, "--partition", "hour"])
     assert bad.exit_code == 2
     assert "day, week, month" in bad.output
+
+
+def test_migrate_creates_the_postgres_transport_tables_on_request(
+    runner: CliRunner, empty_db: str
+) -> None:
+    first = runner.invoke(app, ["migrate", empty_db, "--transport-schema", "jobs_queue"])
+    assert first.exit_code == 0, first.output
+    assert "applied 001_queue.sql (transport_postgres)" in first.output
+    assert _one(empty_db, "SELECT to_regclass('jobs_queue.messages') IS NOT NULL") is True
+    assert _one(empty_db, "SELECT count(*) FROM jobs_queue.tidings_migrations") == 1
+    again = runner.invoke(app, ["migrate", empty_db, "--transport-schema", "jobs_queue"])
+    assert again.exit_code == 0 and "up to date" in again.output, again.output
+    bad = runner.invoke(app, ["migrate", empty_db, "--transport-schema", "Jobs-Queue"])
+    assert bad.exit_code == 2 and "lower-case letters" in bad.output, bad.output
 
 
 def test_unreachable_database_is_one_clear_line_without_the_password(runner: CliRunner) -> None:
@@ -99,4 +118,6 @@ def test_sqlite_url_and_bad_scheme(runner: CliRunner, tmp_path: Path) -> None:
     bad = runner.invoke(app, ["migrate", "mysql://db"])
     assert bad.exit_code == 2 and "postgresql://" in bad.output
     wrong = runner.invoke(app, ["migrate", url, "--partition", "day"])
+    assert wrong.exit_code == 2 and "PostgreSQL only" in wrong.output
+    wrong = runner.invoke(app, ["migrate", url, "--transport-schema", "q"])
     assert wrong.exit_code == 2 and "PostgreSQL only" in wrong.output

@@ -222,11 +222,21 @@ def migrate_command(
             show_default=False,
         ),
     ] = None,
+    transport_schemas: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--transport-schema",
+            help="PostgreSQL: also create or update the PostgreSQL transport's tables in this "
+            "schema (its ?schema=, e.g. tidings_queue); the transport does it on start anyway.",
+            show_default=False,
+        ),
+    ] = None,
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds to wait for the database.")
     ] = 5.0,
 ) -> None:
-    """Create or update the event store schema (idempotent: a second run applies nothing)."""
+    """Create or update every table tidings keeps in the database: the event store, the webhook
+    queue, ... (idempotent: a second run applies nothing). See docs/migrations.md."""
     from tidings.store import redact_url  # noqa: PLC0415 - keep `tidings --help` fast
     from tidings.store.base import StoreError  # noqa: PLC0415
 
@@ -234,19 +244,23 @@ def migrate_command(
     try:
         if scheme in ("postgresql", "postgres"):
             try:
-                from tidings.store.migrate import migrate as pg_migrate  # noqa: PLC0415
+                from tidings.store.migrate import apply_migrations  # noqa: PLC0415
             except ImportError as exc:
                 fail(
                     f"PostgreSQL needs a client library that is not installed ({exc.name}); "
                     "run: pip install 'tidings[postgres]'"
                 )
-            applied = pg_migrate(
+            applied = apply_migrations(
                 url, partition=partition, seed_notify=seed_notify, connect_timeout=timeout
             )
+            for schema in transport_schemas or ():
+                applied += apply_migrations(
+                    url, ("transport_postgres",), schema=schema, connect_timeout=timeout
+                )
         elif scheme == "sqlite":
-            if partition is not None or seed_notify is not None:
-                fail("--partition and --seed-notify apply to PostgreSQL only")
-            from tidings.store.sqlite import migrate as sqlite_migrate  # noqa: PLC0415
+            if partition is not None or seed_notify is not None or transport_schemas:
+                fail("--partition, --seed-notify and --transport-schema apply to PostgreSQL only")
+            from tidings.store.sqlite import apply_migrations as sqlite_migrate  # noqa: PLC0415
 
             applied = sqlite_migrate(url)
         else:
@@ -260,8 +274,8 @@ def migrate_command(
     where = redact_url(url)
     if not applied:
         out.print(f"{where}: up to date, nothing to apply", markup=False)
-    for version in applied:
-        out.print(f"applied {version}", style="green", markup=False)
+    for m in applied:
+        out.print(f"applied {m.version} ({m.component})", style="green", markup=False)
     if applied:
         out.print(f"{where}: {len(applied)} migration(s) applied", markup=False)
     if seed_notify is not None:

@@ -138,6 +138,23 @@ def test_bad_options_are_named() -> None:
         PostgresTransport(ADMIN, pol_interval=1.0)
 
 
+async def test_queue_tables_are_a_migration_recorded_in_the_transport_schema(
+    ns: Namespace,
+) -> None:
+    """Component transport_postgres, recorded in the schema itself: DROP SCHEMA ... CASCADE
+    drops the record with the tables, and the next start builds both again, as it always did."""
+    for _ in range(2):
+        t = await _started(ns.url)
+        try:
+            await t.publish(make_event("pg.migrated"))
+            assert await ns.count("messages") == 1
+        finally:
+            await t.close()
+        rows = await _sql(f'SELECT component, version FROM "{ns.schema}".tidings_migrations')
+        assert rows == [("transport_postgres", "001_queue.sql")]
+        await _sql(f'DROP SCHEMA "{ns.schema}" CASCADE')
+
+
 async def test_unreachable_names_server_without_password() -> None:
     port = _free_port()
     transport = PostgresTransport(f"postgresql://app:s3cret@{HOST}:{port}/db")

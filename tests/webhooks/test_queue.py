@@ -14,6 +14,7 @@ import pytest
 
 from tests.webhooks.conftest import pg_sql
 from tidings.event import Event
+from tidings.sqlfiles import load
 from tidings.store import Criteria, EventStore, StoreError, open_store
 from tidings.webhooks import queue as queue_module
 from tidings.webhooks.endpoint import Endpoint
@@ -466,7 +467,8 @@ def test_claim_uses_the_partial_index(store_url: str, queue: DeliveryQueue) -> N
             plan = "\n".join(
                 str(r[3])
                 for r in conn.execute(
-                    "EXPLAIN QUERY PLAN " + queue_module._CLAIM_SQLITE,
+                    "EXPLAIN QUERY PLAN "
+                    + load("tidings.webhooks", "sql/sqlite/queries.sql").claim,
                     {"until": 1.0, "token": "t", "now": 1.0, "n": 10, "skip": "[]"},
                 )
             )
@@ -484,7 +486,12 @@ def test_claim_uses_the_partial_index(store_url: str, queue: DeliveryQueue) -> N
     pg_sql(store_url, "ANALYZE tidings_webhook_deliveries")
     params = {"until": 1.0, "token": "t", "now": time.time(), "n": 10, "skip": []}
     plan = "\n".join(
-        r[0] for r in pg_sql(store_url, "EXPLAIN " + queue_module._CLAIM_POSTGRES.decode(), params)
+        r[0]
+        for r in pg_sql(
+            store_url,
+            "EXPLAIN " + load("tidings.webhooks", "sql/postgres/queries.sql").claim,
+            params,
+        )
     )
     assert "tidings_webhook_deliveries_due" in plan
     assert "Seq Scan on tidings_webhook_deliveries" not in plan
@@ -509,6 +516,17 @@ def test_two_queues_open_the_schema_at_once(store: EventStore) -> None:
     assert len(opened) == 3
     for q in opened:
         q.close()
+
+
+def test_the_queue_tables_are_a_recorded_migration(store_url: str, queue: DeliveryQueue) -> None:
+    """Component `webhooks` in tidings_migrations, so later files reach old databases."""
+    query = "SELECT version FROM tidings_migrations WHERE component = 'webhooks'"
+    if store_url.startswith("sqlite"):
+        with sqlite3.connect(store_url.removeprefix("sqlite:///")) as conn:
+            versions = [r[0] for r in conn.execute(query)]
+        assert versions == ["001_queue"]
+    else:
+        assert [r[0] for r in pg_sql(store_url, query)] == ["001_queue.sql"]
 
 
 # ------------------------------------------------------------------ other sources

@@ -1,27 +1,36 @@
-"""Apply the shipped PostgreSQL schema (``tidings/store/sql/postgres/*.sql``) in order.
+"""Apply tidings' PostgreSQL migrations to a database URL (the runner is tidings.migrations).
 
-Each file runs in its own transaction and is recorded in ``tidings_migrations``; files already
-recorded are skipped, so migrating twice is a no-op. A session-level ``pg_advisory_lock`` keyed
-on the target schema serialises concurrent runs: a second process waits, then finds everything
-applied. ``PostgresStore`` never migrates on its own unless opened with ``migrate=True``;
-``tidings migrate URL`` is the normal way.
+``migrate(url)`` applies the event store's files (``tidings/store/sql/postgres/*.sql``);
+``apply_migrations(url)`` every component of the database (store, webhook queue, ...), which is
+what ``tidings migrate URL`` does. Each file runs in its own transaction and is recorded in
+``tidings_migrations``; a session ``pg_advisory_lock`` keyed on the target schema serialises
+concurrent runs: a second process waits, then finds everything applied. ``PostgresStore`` never
+migrates on its own unless opened with ``migrate=True``; ``tidings migrate URL`` is the normal way.
 """
 
 from __future__ import annotations
 
-import importlib.resources
-import re
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from tidings.migrations import (
+    Migration,
+    MigrationError,
+    database_components,
+    postgres_apply,
+    postgres_pending,
+)
+from tidings.migrations import migrations as component_files
 from tidings.store.base import StoreError, StoreUnavailable
+from tidings.store.postgres_queries import TEXT, Q
 
 __all__ = [
     "PARTITION_INTERVALS",
     "Migration",
+    "apply_migrations",
     "connect",
     "describe",
     "migrate",
@@ -31,25 +40,11 @@ __all__ = [
 ]
 
 PARTITION_INTERVALS = ("day", "week", "month")
-_LOCK_CLASS = 29802  # advisory lock namespace for migrations ("tidings" + 1)
-_NAME_RE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    version: str  # the file name, e.g. "001_events.sql"
-    sql: str
 
 
 def migrations() -> list[Migration]:
-    """The shipped migrations, in the order they apply (by their numeric prefix)."""
-    root = importlib.resources.files("tidings.store").joinpath("sql", "postgres")
-    found = [
-        Migration(entry.name, entry.read_text(encoding="utf-8"))
-        for entry in root.iterdir()
-        if _NAME_RE.match(entry.name)
-    ]
-    return sorted(found, key=lambda m: m.version)
+    """The event store's migrations, in the order they apply (by their numeric prefix)."""
+    return list(component_files("store", "postgres"))
 
 
 def describe(url: str) -> str:
@@ -87,18 +82,13 @@ def _redact(text: str, url: str) -> str:
     return text.replace(str(password), "***") if password else text
 
 
-def _applied(conn: psycopg.Connection[Any]) -> set[str]:
-    row = conn.execute("SELECT to_regclass('tidings_migrations') IS NOT NULL").fetchone()
-    if not row or not row[0]:
-        return set()
-    return {r[0] for r in conn.execute("SELECT version FROM tidings_migrations")}
-
-
 def pending(url: str, *, connect_timeout: float = 5.0) -> list[str]:
-    """The migrations not applied yet to ``url`` (all of them on an empty database)."""
+    """The store migrations not applied yet to ``url`` (all of them on an empty database)."""
     with connect(url, connect_timeout=connect_timeout, autocommit=True) as conn:
-        applied = _applied(conn)
-    return [m.version for m in migrations() if m.version not in applied]
+        try:
+            return [m.version for m in postgres_pending(conn, ("store",))]
+        except MigrationError as exc:
+            raise StoreError(f"PostgreSQL at {describe(url)}: {exc}") from exc
 
 
 def migrate(
@@ -108,67 +98,75 @@ def migrate(
     seed_notify: bool | None = None,
     connect_timeout: float = 5.0,
 ) -> list[str]:
-    """Apply the missing migrations to ``url``; return the names applied (empty: up to date).
+    """Apply the missing event store migrations to ``url``; return the file names applied
+    (empty: up to date).
 
     ``partition`` ("day" | "week" | "month") creates ``events`` partitioned by ``recorded_at``;
     it only has an effect when the table is created (on a fresh database). ``seed_notify``
     switches seed 001's per-row ``new_event`` trigger on or off (None leaves it as it is; a
     fresh schema ships it on).
     """
+    done = apply_migrations(
+        url,
+        ("store",),
+        partition=partition,
+        seed_notify=seed_notify,
+        connect_timeout=connect_timeout,
+    )
+    return [m.version for m in done]
+
+
+def apply_migrations(
+    url: str,
+    components: Sequence[str] | None = None,
+    *,
+    schema: str | None = None,
+    partition: str | None = None,
+    seed_notify: bool | None = None,
+    connect_timeout: float = 5.0,
+) -> list[Migration]:
+    """Apply the missing files of ``components`` (default: every component of the database,
+    see ``tidings.migrations.COMPONENTS``) to ``url``; return those applied.
+
+    ``schema`` is for components with a schema of their own (``transport_postgres``).
+    ``partition`` and ``seed_notify`` concern the store, as in ``migrate``.
+    """
     if partition is not None and partition not in PARTITION_INTERVALS:
         raise StoreError(
             f"partition={partition!r}: expected one of {', '.join(PARTITION_INTERVALS)}"
         )
-    applied_now: list[str] = []
+    names = tuple(database_components() if components is None else components)
+    settings = {"tidings.partition": partition} if partition is not None else None
     with connect(url, connect_timeout=connect_timeout, autocommit=True) as conn:
-        key = conn.execute("SELECT hashtext(current_schema())").fetchone()
-        if key is None or conn.execute("SELECT current_schema()").fetchone() == (None,):
-            raise StoreError(
-                f"PostgreSQL at {describe(url)}: no schema to create tables in "
-                "(search_path names no existing schema)"
-            )
-        conn.execute("SELECT pg_advisory_lock(%s, %s)", (_LOCK_CLASS, key[0]))
         try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS tidings_migrations ("
-                " version text PRIMARY KEY,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            done = _applied(conn)
-            for m in migrations():
-                if m.version in done:
-                    continue
-                with conn.transaction():
-                    if partition is not None:
-                        conn.execute(
-                            "SELECT set_config('tidings.partition', %s, true)", (partition,)
-                        )
-                    conn.execute(m.sql.encode())
-                    conn.execute(
-                        "INSERT INTO tidings_migrations (version) VALUES (%s)", (m.version,)
-                    )
-                applied_now.append(m.version)
-            kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = 'events'::regclass")
-            if partition is not None and kind.fetchone() != ("p",):
-                raise StoreError(
-                    f"PostgreSQL at {describe(url)}: events already exists as a plain table; "
-                    "--partition only applies when the table is created (see "
-                    "docs/store-postgres.md for moving rows into a partitioned table)"
-                )
-            conn.execute("SELECT count(*) FROM tidings_ensure_partitions()")
-            if seed_notify is not None:
-                _set_seed_notify(conn, seed_notify)
-        except psycopg.Error as exc:
+            applied = postgres_apply(conn, names, schema=schema, settings=settings)
+            if "store" in names:
+                _after_store(conn, url, partition, seed_notify)
+        except (MigrationError, psycopg.Error) as exc:
             raise StoreError(f"migrating PostgreSQL at {describe(url)} failed: {exc}") from exc
-        finally:
-            if not conn.closed:
-                conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_LOCK_CLASS, key[0]))
-    return applied_now
+    return applied
+
+
+def _after_store(
+    conn: psycopg.Connection[Any], url: str, partition: str | None, seed_notify: bool | None
+) -> None:
+    """What the store needs after its files, applied or not: the partition check, the coming
+    partitions, the seed trigger switch."""
+    kind = conn.execute(Q.events_kind)
+    if partition is not None and kind.fetchone() != ("p",):
+        raise StoreError(
+            f"PostgreSQL at {describe(url)}: events already exists as a plain table; "
+            "--partition only applies when the table is created (see "
+            "docs/store-postgres.md for moving rows into a partitioned table)"
+        )
+    conn.execute(Q.ensure_partitions).fetchall()
+    if seed_notify is not None:
+        _set_seed_notify(conn, seed_notify)
 
 
 def _set_seed_notify(conn: psycopg.Connection[Any], enabled: bool) -> None:
     action = sql.SQL("ENABLE" if enabled else "DISABLE")
-    conn.execute(sql.SQL("ALTER TABLE events {} TRIGGER trigger_notify_new_event").format(action))
+    conn.execute(sql.SQL(TEXT.seed_notify).format(action=action))
 
 
 def set_seed_notify(url: str, enabled: bool, *, connect_timeout: float = 5.0) -> None:

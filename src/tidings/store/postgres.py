@@ -10,19 +10,20 @@ Batches go in with binary COPY after one round trip that reserves their position
 
 The gap problem: positions are drawn from a sequence at insert time but become visible at
 commit, so a plain ``WHERE position > N`` reader can skip a lower position that commits late.
-Every inserting transaction holds a shared advisory lock (the *fence*, see 001_events.sql) from
-before it draws a position until it ends. A reader reads the sequence's last value L, then the
-list of fence holders; when those have ended, every position <= L is final (committed and
-visible, or rolled back for good), so reads return rows up to L only. Shared locks never block
-each other: writers stay fully concurrent, and a reader waits at most for the writes that were
-already in flight when it started. ``txid`` (``pg_current_xact_id()``) is stored per row as well,
-for external readers that page by ``(txid, position)`` with a ``pg_snapshot_xmin`` horizon.
+Reads stop at the *read horizon* (``postgres_horizon``): the last position whose writers, held
+apart by a shared advisory lock (the fence, see 001_events.sql), have all ended. Shared locks
+never block each other: writers stay fully concurrent, and a reader waits at most for the writes
+that were already in flight when it started. ``txid`` (``pg_current_xact_id()``) is stored per
+row as well, for external readers that page by ``(txid, position)`` with a
+``pg_snapshot_xmin`` horizon.
 
 Subscriptions: one LISTEN connection per store (channel ``tidings_events``, one payload-light
 notification per transaction) wakes the shared polling engine of ``tidings.store.subscription``;
 the listener is up before a subscription starts catching up, is pinged while idle, and after a
-lost connection reconnects, listens again and wakes every subscription to catch up. Polling every
-``poll_interval`` remains the fallback, so a missed notification only delays, never loses.
+lost connection reconnects, listens again and wakes every subscription to catch up (see
+``postgres_conns``). Polling every ``poll_interval`` remains the fallback, so a missed
+notification only delays, never loses. The statements are the named queries of
+``sql/postgres/queries.sql``.
 """
 
 from __future__ import annotations
@@ -30,21 +31,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
-from typing import Any, LiteralString
+from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg.adapt import Buffer, Loader
-from psycopg.pq import Format
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from tidings.event import Event, decode, encode
+from tidings.event import Event
+from tidings.migrations import MigrationError, postgres_pending
 from tidings.retry import RetryPolicy
 from tidings.store import AfterCommit, as_events, redact_url
+from tidings.store import postgres_queries as pgq
 from tidings.store.base import (
     ConcurrencyError,
     Criteria,
@@ -57,8 +56,10 @@ from tidings.store.base import (
     check_criteria,
     check_page,
 )
-from tidings.store.migrate import connect, describe, migrations
+from tidings.store.migrate import connect, describe
 from tidings.store.migrate import migrate as run_migrations
+from tidings.store.postgres_conns import AsyncConn, AsyncConnections, Listener, configure
+from tidings.store.postgres_horizon import ReadHorizon
 from tidings.store.subscription import (
     DEFAULT_PAGE_SIZE,
     AlsoWrite,
@@ -72,105 +73,10 @@ from tidings.store.subscription import (
 __all__ = ["CHANNEL", "SEED_CHANNEL", "PostgresStore"]
 
 log = logging.getLogger("tidings.store.postgres")
+_Q = pgq.Q
 
 CHANNEL = "tidings_events"  # tidings' own wake-up: one per transaction, payload = schema name
 SEED_CHANNEL = "new_event"  # seed 001's per-row JSON notification
-
-_COLUMNS = "position, stream, version, recorded_at, payload"
-_INSERT_COLUMNS = (
-    "position, id, type, source, stream, version, time, subject, correlation_id, "
-    "causation_id, aggregate_id, aggregate_type, payload"
-)
-_COPY_TYPES = [
-    "int8", "text", "text", "text", "text", "int8", "timestamptz",
-    "text", "text", "text", "text", "text", "bytea",
-]  # fmt: skip
-# payload goes as bytea in binary COPY: json's binary input is its UTF-8 text, byte for byte
-_RESERVE = (
-    "SELECT ok, actual, first_version, positions, recorded_at FROM tidings_reserve(%s, %s, %s)"
-)
-_INSERT_ONE = (
-    f"INSERT INTO events ({_INSERT_COLUMNS}) "
-    "SELECT r.positions[1], %s, %s, %s, %s, r.first_version, %s, %s, %s, %s, %s, %s, "
-    "convert_from(%s::bytea, 'UTF8')::json "
-    "FROM tidings_reserve(%s, %s, 1) r WHERE r.ok "
-    "RETURNING position, version, recorded_at"
-)
-# no stream: a plain INSERT (the fence trigger runs before the position default is drawn)
-_INSERT_PLAIN = (
-    f"INSERT INTO events ({_INSERT_COLUMNS.removeprefix('position, ')}) "
-    "VALUES (%s, %s, %s, NULL, NULL, %s, %s, %s, %s, %s, %s, "
-    "convert_from(%s::bytea, 'UTF8')::json) "
-    "RETURNING position, version, recorded_at"
-)
-_UPSERT_CHECKPOINT = (
-    "INSERT INTO tidings_checkpoints (name, position) VALUES (%s, %s) "
-    "ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = now()"
-)
-
-
-class _RawJsonText(Loader):
-    """Load json as its raw bytes: tidings decodes CloudEvents JSON itself (msgspec)."""
-
-    def load(self, data: Buffer) -> bytes:
-        return bytes(data)
-
-
-class _RawJsonBinary(_RawJsonText):
-    format = Format.BINARY
-
-
-def _configure(conn: psycopg.Connection[Any]) -> None:
-    conn.adapters.register_loader("json", _RawJsonText)
-    conn.adapters.register_loader("json", _RawJsonBinary)
-
-
-async def _aconfigure(conn: psycopg.AsyncConnection[Any]) -> None:
-    conn.adapters.register_loader("json", _RawJsonText)
-    conn.adapters.register_loader("json", _RawJsonBinary)
-
-
-def _record(row: tuple[Any, ...]) -> Recorded:
-    return Recorded(row[0], decode(row[4]), row[1], row[2], row[3])
-
-
-def _like_prefix(pattern: str) -> str | None:
-    """A LIKE prefix that every name matching the glob ``pattern`` starts with (None: any)."""
-    literal = pattern.split("*", 1)[0]
-    if not literal:
-        return None
-    escaped = literal.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped + "%"
-
-
-def _where(criteria: Criteria, horizon: int) -> tuple[str, list[Any], bool]:
-    """SQL conditions for ``criteria`` up to ``horizon``; the flag says "filter in Python too"."""
-    where = ["position > %s", "position <= %s"]
-    params: list[Any] = [criteria.after_position, horizon]
-    exact = criteria.exact_types
-    post_filter = False
-    if criteria.types:
-        if exact is not None:
-            where.append("type = ANY(%s)")
-            params.append(list(exact))
-        else:
-            post_filter = True
-            prefixes = [_like_prefix(t) for t in criteria.types]
-            if all(p is not None for p in prefixes):
-                where.append("(" + " OR ".join(["type LIKE %s"] * len(prefixes)) + ")")
-                params += prefixes
-    if criteria.since is not None:
-        where.append("time >= %s")
-        params.append(criteria.since)
-    if criteria.until is not None:
-        where.append("time < %s")
-        params.append(criteria.until)
-    for column in ("correlation_id", "aggregate_id", "stream"):
-        value = getattr(criteria, column)
-        if value is not None:
-            where.append(f"{column} = %s")
-            params.append(value)
-    return " AND ".join(where), params, post_filter
 
 
 class PostgresStore:
@@ -206,7 +112,6 @@ class PostgresStore:
         self._connect_timeout = connect_timeout
         self._poll_interval = poll_interval
         self._ping_interval = ping_interval
-        self._horizon_wait = horizon_wait
         self._publisher = AfterCommit(publish)
         # With publish=, appends of this process go one at a time so that commit order, position
         # order and publish order agree (the contract promises publication in commit order).
@@ -214,16 +119,14 @@ class PostgresStore:
         self._wakeup = Wakeup()
         self._subscriptions: list[PollingSubscription] = []
         self._closed = False
-        self._safe = 0  # every position <= _safe is final (monotonic, shared by all readers)
-        self._safe_lock = threading.Lock()
-        self._stuck: frozenset[str] = frozenset()  # writers a read already gave up waiting for
-        self._listener: _Listener | None = None
+        self._horizon = ReadHorizon(self._where_text, horizon_wait)
+        self._listener: Listener | None = None
         self._listener_lock = threading.Lock()
-        self._aconns = _AsyncConnections(self, max_idle=pool_size)
+        self._aconns = AsyncConnections(url, self._where_text, connect_timeout, max_idle=pool_size)
 
         with connect(url, connect_timeout=connect_timeout, autocommit=True) as conn:
-            self.schema = str(conn.execute("SELECT current_schema()").fetchone()[0])  # type: ignore[index]
-            missing = self._missing_migrations(conn)
+            self.schema = str(conn.execute(_Q.current_schema).fetchone()[0])  # type: ignore[index]
+            missing = self._missing_migrations(conn, url)
             if not missing:
                 self._ensure_partitions(conn)
         if missing and migrate:
@@ -240,7 +143,7 @@ class PostgresStore:
             min_size=1,
             max_size=max(1, pool_size),
             kwargs={"autocommit": True, "connect_timeout": max(1, round(connect_timeout))},
-            configure=_configure,
+            configure=configure,
             open=False,
             name=f"tidings-store-{self._where_text}",
         )
@@ -259,7 +162,7 @@ class PostgresStore:
         the DEFAULT partition takes rows until an operator runs tidings_ensure_partitions().
         """
         try:
-            created = [r[0] for r in conn.execute("SELECT tidings_ensure_partitions()")]
+            created = [r[0] for r in conn.execute(_Q.ensure_partitions)]
         except psycopg.Error as exc:
             log.warning(
                 "PostgreSQL %s: could not create upcoming event partitions (%s); rows go to "
@@ -272,12 +175,14 @@ class PostgresStore:
             log.info("PostgreSQL %s: created partitions %s", self._where_text, created)
 
     @staticmethod
-    def _missing_migrations(conn: psycopg.Connection[Any]) -> list[str]:
-        row = conn.execute("SELECT to_regclass('tidings_migrations') IS NOT NULL").fetchone()
-        applied: set[str] = set()
-        if row and row[0]:
-            applied = {r[0] for r in conn.execute("SELECT version FROM tidings_migrations")}
-        return [m.version for m in migrations() if m.version not in applied]
+    def _missing_migrations(conn: psycopg.Connection[Any], url: str) -> list[str]:
+        try:
+            return [m.version for m in postgres_pending(conn, ("store",))]
+        except MigrationError as exc:
+            raise SchemaMissing(
+                f"PostgreSQL at {describe(url)}: {exc}; point the URL's search_path at the "
+                "schema that holds the tidings tables"
+            ) from exc
 
     # ------------------------------------------------------------------ plumbing
 
@@ -311,28 +216,6 @@ class PostgresStore:
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError(f"store {redact_url(self.url)!r} is closed; open_store() it again")
-
-    @staticmethod
-    def _rows(batch: list[Event], stream: str | None) -> list[list[Any]]:
-        # encode() raises EventError for an unencodable event: before anything is written
-        return [
-            [
-                None,
-                e.id,
-                e.type,
-                e.source,
-                stream,
-                None,
-                e.time,
-                e.subject,
-                e.correlation_id,
-                e.causation_id,
-                e.aggregate_id,
-                e.aggregate_type,
-                encode(e),
-            ]
-            for e in batch
-        ]
 
     @staticmethod
     def _check_args(stream: str | None, expected_version: int | None) -> None:
@@ -371,7 +254,7 @@ class PostgresStore:
         ``also(conn, recorded)`` runs inside that transaction before the commit."""
         batch = as_events(events)
         self._check_args(stream, expected_version)
-        rows = self._rows(batch, stream)
+        rows = pgq.event_rows(batch, stream)
         self._check_open()
         if not batch:
             if expected_version is not None:
@@ -403,7 +286,7 @@ class PostgresStore:
                     # one statement is one transaction in autocommit mode: no BEGIN/COMMIT trips;
                     # when the version does not match, tidings_reserve changes nothing
                     with conn.cursor() as cur:
-                        cur.execute(*self._single(rows[0], stream, expected))
+                        cur.execute(*pgq.single_insert(rows[0], stream, expected))
                         one = cur.fetchone()
                         if one is None:
                             raise ConcurrencyError(
@@ -413,18 +296,16 @@ class PostgresStore:
                             )
                     return [Recorded(one[0], batch[0], stream, one[1], one[2])]
                 with conn.transaction(), conn.cursor() as cur:
-                    cur.execute(_RESERVE, (stream, expected, len(rows)))
+                    cur.execute(_Q.reserve, (stream, expected, len(rows)))
                     ok, actual, first, positions, recorded_at = cur.fetchone()  # type: ignore[misc]
                     if not ok:
                         raise ConcurrencyError(stream, expected, actual)  # type: ignore[arg-type]
-                    self._fill(rows, positions, first)
-                    with cur.copy(
-                        f"COPY events ({_INSERT_COLUMNS}) FROM STDIN (FORMAT BINARY)"
-                    ) as cp:
-                        cp.set_types(_COPY_TYPES)
+                    pgq.fill_rows(rows, positions, first)
+                    with cur.copy(_Q.copy_events) as cp:
+                        cp.set_types(pgq.COPY_TYPES)
                         for row in rows:
                             cp.write_row(row)
-                    recorded = self._recorded(batch, rows, stream, recorded_at)
+                    recorded = pgq.recorded(batch, rows, stream, recorded_at)
                     if also is not None:
                         also(conn, recorded)
             except psycopg.IntegrityError as exc:
@@ -432,31 +313,8 @@ class PostgresStore:
         return recorded
 
     @staticmethod
-    def _single(
-        row: list[Any], stream: str | None, expected: int | None
-    ) -> tuple[LiteralString, list[Any]]:
-        if stream is None:
-            return _INSERT_PLAIN, [*row[1:4], *row[6:]]
-        return _INSERT_ONE, [*row[1:5], *row[6:], stream, expected]
-
-    @staticmethod
-    def _fill(rows: list[list[Any]], positions: list[int], first: int | None) -> None:
-        for i, row in enumerate(rows):
-            row[0] = positions[i]
-            if first is not None:
-                row[5] = first + i
-
-    @staticmethod
-    def _recorded(
-        batch: list[Event], rows: list[list[Any]], stream: str | None, at: datetime
-    ) -> list[Recorded]:
-        return [Recorded(row[0], e, stream, row[5], at) for e, row in zip(batch, rows, strict=True)]
-
-    @staticmethod
     def _version(cur: psycopg.Cursor[Any], stream: str) -> int:
-        row = cur.execute(
-            "SELECT version FROM tidings_streams WHERE stream = %s", (stream,)
-        ).fetchone()
+        row = cur.execute(_Q.stream_version, (stream,)).fetchone()
         return 0 if row is None else int(row[0])
 
     async def aappend(
@@ -468,7 +326,7 @@ class PostgresStore:
     ) -> list[Recorded]:
         batch = as_events(events)
         self._check_args(stream, expected_version)
-        rows = self._rows(batch, stream)
+        rows = pgq.event_rows(batch, stream)
         self._check_open()
         if not batch or self._publisher.active:
             # publish= keeps appends one at a time (commit order); the thread keeps the loop free
@@ -493,88 +351,25 @@ class PostgresStore:
     ) -> list[Recorded]:
         cur = conn.cursor()
         if len(rows) == 1:  # one statement, one transaction (autocommit), as in _append
-            await cur.execute(*self._single(rows[0], stream, expected))
+            await cur.execute(*pgq.single_insert(rows[0], stream, expected))
             one = await cur.fetchone()
             if one is None:
-                await cur.execute(
-                    "SELECT version FROM tidings_streams WHERE stream = %s", (stream,)
-                )
+                await cur.execute(_Q.stream_version, (stream,))
                 row = await cur.fetchone()
                 actual = 0 if row is None else int(row[0])
                 raise ConcurrencyError(stream, expected, actual)  # type: ignore[arg-type]
             return [Recorded(one[0], batch[0], stream, one[1], one[2])]
         async with conn.transaction():
-            await cur.execute(_RESERVE, (stream, expected, len(rows)))
+            await cur.execute(_Q.reserve, (stream, expected, len(rows)))
             ok, actual, first, positions, at = await cur.fetchone()  # type: ignore[misc]
             if not ok:
                 raise ConcurrencyError(stream, expected, actual)  # type: ignore[arg-type]
-            self._fill(rows, positions, first)
-            async with cur.copy(
-                f"COPY events ({_INSERT_COLUMNS}) FROM STDIN (FORMAT BINARY)"
-            ) as cp:
-                cp.set_types(_COPY_TYPES)
+            pgq.fill_rows(rows, positions, first)
+            async with cur.copy(_Q.copy_events) as cp:
+                cp.set_types(pgq.COPY_TYPES)
                 for r in rows:
                     await cp.write_row(r)
-        return self._recorded(batch, rows, stream, at)
-
-    # ------------------------------------------------------------------ the read horizon
-
-    def _raise_safe(self, last: int) -> int:
-        with self._safe_lock:
-            self._safe = max(self._safe, last)
-            return self._safe
-
-    def _horizon(self, conn: psycopg.Connection[Any]) -> int:
-        """The highest position up to which reads are complete now (see the module docstring)."""
-        row = conn.execute("SELECT last_position, writers FROM tidings_horizon()").fetchone()
-        last, writers = int(row[0]), row[1]  # type: ignore[index]
-        if last <= self._safe or not writers:
-            return self._raise_safe(last)
-        if self._stuck and self._stuck.issuperset(writers):
-            return self._safe  # the same long writers as last time: do not wait again
-        deadline = time.monotonic() + self._horizon_wait
-        delay = 0.0002
-        while True:
-            active = conn.execute("SELECT tidings_writers_active(%s)", (writers,)).fetchone()
-            if not (active and active[0]):
-                return self._raise_safe(last)
-            if time.monotonic() >= deadline:
-                return self._give_up(writers)
-            time.sleep(delay)
-            delay = min(delay * 2, 0.01)
-
-    def _give_up(self, writers: list[str]) -> int:
-        """A writer stayed open past ``horizon_wait``: serve what is final, remember it."""
-        self._stuck = frozenset(writers)
-        log.warning(
-            "PostgreSQL %s: transactions writing events (%s) stayed open for more than %.1fs; "
-            "reads stop at position %d until they end",
-            self._where_text,
-            ", ".join(sorted(writers)),
-            self._horizon_wait,
-            self._safe,
-        )
-        return self._safe
-
-    async def _ahorizon(self, conn: psycopg.AsyncConnection[Any]) -> int:
-        cur = await conn.execute("SELECT last_position, writers FROM tidings_horizon()")
-        row = await cur.fetchone()
-        last, writers = int(row[0]), row[1]  # type: ignore[index]
-        if last <= self._safe or not writers:
-            return self._raise_safe(last)
-        if self._stuck and self._stuck.issuperset(writers):
-            return self._safe
-        deadline = time.monotonic() + self._horizon_wait
-        delay = 0.0002
-        while True:
-            cur = await conn.execute("SELECT tidings_writers_active(%s)", (writers,))
-            active = await cur.fetchone()
-            if not (active and active[0]):
-                return self._raise_safe(last)
-            if time.monotonic() >= deadline:
-                return self._give_up(writers)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.01)
+        return pgq.recorded(batch, rows, stream, at)
 
     # ------------------------------------------------------------------ reads
 
@@ -590,105 +385,60 @@ class PostgresStore:
         """Events matching ``criteria`` in global order, never past the safe horizon."""
         check_criteria(criteria)
         with self._conn("load") as conn:
-            horizon = self._horizon(conn)
+            horizon = self._horizon.read(conn)
             if horizon <= criteria.after_position:
                 return []
             out: list[Recorded] = []
             after = criteria.after_position
             while True:
-                sql, params, post = self._select(criteria, after, horizon)
+                sql, params, post = pgq.page_query(criteria, after, horizon)
                 with conn.cursor(binary=True) as cur:
                     rows = cur.execute(sql, params).fetchall()
-                if self._collect(rows, criteria, post, out):
+                if pgq.collect(rows, criteria, post, out):
                     return out
                 after = rows[-1][0]
 
     async def aload(self, criteria: Criteria) -> list[Recorded]:
         check_criteria(criteria)
         async with self._aconn() as conn:
-            horizon = await self._ahorizon(conn)
+            horizon = await self._horizon.aread(conn)
             if horizon <= criteria.after_position:
                 return []
             out: list[Recorded] = []
             after = criteria.after_position
             while True:
-                sql, params, post = self._select(criteria, after, horizon)
+                sql, params, post = pgq.page_query(criteria, after, horizon)
                 cur = conn.cursor(binary=True)
                 await cur.execute(sql, params)
                 rows = await cur.fetchall()
-                if self._collect(rows, criteria, post, out):
+                if pgq.collect(rows, criteria, post, out):
                     return out
                 after = rows[-1][0]
-
-    @staticmethod
-    def _select(criteria: Criteria, after: int, horizon: int) -> tuple[str, list[Any], bool]:
-        where, params, post = _where(
-            Criteria(
-                types=criteria.types,
-                after_position=after,
-                since=criteria.since,
-                until=criteria.until,
-                correlation_id=criteria.correlation_id,
-                aggregate_id=criteria.aggregate_id,
-                stream=criteria.stream,
-            ),
-            horizon,
-        )
-        page = 1000 if post or criteria.limit is None else criteria.limit
-        params.append(page)
-        return (
-            f"SELECT {_COLUMNS} FROM events WHERE {where} ORDER BY position LIMIT %s",
-            params,
-            post,
-        )
-
-    @staticmethod
-    def _collect(
-        rows: list[tuple[Any, ...]], criteria: Criteria, post: bool, out: list[Recorded]
-    ) -> bool:
-        """Append matching rows to ``out``; True when the load is complete."""
-        for row in rows:
-            rec = _record(row)
-            if post and not criteria.matches(rec):
-                continue
-            out.append(rec)
-            if criteria.limit is not None and len(out) >= criteria.limit:
-                return True
-        page = 1000 if post or criteria.limit is None else criteria.limit
-        return len(rows) < page or (not post and criteria.limit is not None)
 
     def count(self, criteria: Criteria | None = None) -> int:
         """How many events ``criteria`` matches (limit ignored); replay uses it for progress."""
         criteria = criteria or Criteria()
         with self._conn("count") as conn:
-            horizon = self._horizon(conn)
-            where, params, post = _where(criteria, horizon)
-            if not post:
-                row = conn.execute(f"SELECT count(*) FROM events WHERE {where}", params).fetchone()
+            horizon = self._horizon.read(conn)
+            query = pgq.count_query(criteria, horizon)
+            if query is not None:
+                row = conn.execute(*query).fetchone()
                 return int(row[0]) if row else 0
-        return len(self.load(Criteria(**{**_fields(criteria), "limit": None})))
+        return len(self.load(pgq.unlimited(criteria)))
 
     def load_stream(self, stream: str, from_version: int = 1) -> list[Recorded]:
         """A stream's events from ``from_version``. Versions of one stream commit in order (the
         stream row lock), so this needs no horizon."""
         with self._conn("load_stream") as conn, conn.cursor(binary=True) as cur:
-            rows = cur.execute(
-                f"SELECT {_COLUMNS} FROM events WHERE stream = %s AND version >= %s "
-                "ORDER BY version",
-                (stream, from_version),
-            ).fetchall()
-        return [_record(r) for r in rows]
+            rows = cur.execute(_Q.load_stream, (stream, from_version)).fetchall()
+        return [pgq.record(r) for r in rows]
 
     async def aload_stream(self, stream: str, from_version: int = 1) -> list[Recorded]:
         async with self._aconn() as conn:
             cur = conn.cursor(binary=True)
-            await cur.execute(
-                f"SELECT {_COLUMNS} FROM events WHERE stream = %s AND version >= %s "
-                "ORDER BY version",
-                (stream, from_version),
-            )
+            await cur.execute(_Q.load_stream, (stream, from_version))
             rows = await cur.fetchall()
-        return [_record(r) for r in rows]
+        return [pgq.record(r) for r in rows]
 
     def stream_version(self, stream: str) -> int:
         with self._conn("stream_version") as conn, conn.cursor() as cur:
@@ -696,14 +446,14 @@ class PostgresStore:
 
     def head(self) -> int:
         with self._conn("head") as conn:
-            row = conn.execute("SELECT COALESCE(max(position), 0) FROM events").fetchone()
+            row = conn.execute(_Q.head).fetchone()
         return int(row[0]) if row else 0
 
     # ------------------------------------------------------------------ asyncio plumbing
 
-    def _aconn(self) -> _AsyncConn:
+    def _aconn(self) -> AsyncConn:
         self._check_open()
-        return _AsyncConn(self)
+        return AsyncConn(self._aconns)
 
     # ------------------------------------------------------------------ subscriptions
 
@@ -752,15 +502,22 @@ class PostgresStore:
         self._subscriptions.append(sub)
         return sub
 
-    def _ensure_listener(self) -> _Listener:
+    def _ensure_listener(self) -> Listener:
         with self._listener_lock:
             if self._listener is None or not self._listener.is_alive():
-                self._listener = _Listener(self)
+                self._listener = Listener(
+                    self.url,
+                    schema=self.schema,
+                    where=self._where_text,
+                    wakeup=self._wakeup,
+                    connect_timeout=self._connect_timeout,
+                    ping_interval=self._ping_interval,
+                )
                 self._listener.start()
             return self._listener
 
     @property
-    def listener(self) -> _Listener | None:
+    def listener(self) -> Listener | None:
         """The LISTEN thread (``backend_pid``, ``connects``), for health checks and tests."""
         return self._listener
 
@@ -769,14 +526,12 @@ class PostgresStore:
 
     def checkpoint(self, name: str) -> int:
         with self._conn("checkpoint") as conn:
-            row = conn.execute(
-                "SELECT position FROM tidings_checkpoints WHERE name = %s", (name,)
-            ).fetchone()
+            row = conn.execute(_Q.checkpoint, (name,)).fetchone()
         return 0 if row is None else int(row[0])
 
     def save_checkpoint(self, name: str, position: int) -> None:
         with self._conn("save_checkpoint") as conn:
-            conn.execute(_UPSERT_CHECKPOINT, (name, position))
+            conn.execute(_Q.save_checkpoint, (name, position))
 
     def reset_subscription(self, name: str, position: int = 0) -> None:
         """Move ``name``'s checkpoint; stop a running subscription of that name first."""
@@ -810,22 +565,13 @@ class PostgresStore:
 
     @staticmethod
     def _lock_checkpoint(conn: psycopg.Connection[Any], name: str) -> int:
-        conn.execute(
-            "INSERT INTO tidings_checkpoints (name, position) VALUES (%s, 0) "
-            "ON CONFLICT (name) DO NOTHING",
-            (name,),
-        )
-        row = conn.execute(
-            "SELECT position FROM tidings_checkpoints WHERE name = %s FOR UPDATE", (name,)
-        ).fetchone()
+        conn.execute(_Q.add_checkpoint, (name,))
+        row = conn.execute(_Q.lock_checkpoint, (name,)).fetchone()
         return 0 if row is None else int(row[0])
 
     @staticmethod
     def _move_checkpoint(conn: psycopg.Connection[Any], name: str, position: int) -> None:
-        conn.execute(
-            "UPDATE tidings_checkpoints SET position = %s, updated_at = now() WHERE name = %s",
-            (position, name),
-        )
+        conn.execute(_Q.move_checkpoint, (position, name))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -847,173 +593,3 @@ class PostgresStore:
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self._where_text} schema={getattr(self, 'schema', '?')}>"
-
-
-def _fields(criteria: Criteria) -> dict[str, Any]:
-    return {
-        "types": criteria.types,
-        "after_position": criteria.after_position,
-        "since": criteria.since,
-        "until": criteria.until,
-        "correlation_id": criteria.correlation_id,
-        "aggregate_id": criteria.aggregate_id,
-        "stream": criteria.stream,
-        "limit": criteria.limit,
-    }
-
-
-class _AsyncConnections:
-    """Idle asyncio connections for the ``a``-methods, reused across calls.
-
-    Deliberately not psycopg_pool's AsyncConnectionPool: its background tasks belong to one
-    event loop and outlive a test's or a request's loop; this cache runs no task at all, so
-    closing never needs the loop that opened a connection.
-    """
-
-    def __init__(self, store: PostgresStore, max_idle: int) -> None:
-        self._store = store
-        self._max_idle = max(1, max_idle)
-        self._idle: list[psycopg.AsyncConnection[Any]] = []
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    async def get(self) -> psycopg.AsyncConnection[Any]:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            if loop is not self._loop:  # a new event loop: do not reuse the old loop's sockets
-                self._drop_idle()
-                self._loop = loop
-            while self._idle:
-                conn = self._idle.pop()
-                if not conn.closed:
-                    return conn
-        store = self._store
-        try:
-            conn = await psycopg.AsyncConnection.connect(
-                store.url, autocommit=True, connect_timeout=max(1, round(store._connect_timeout))
-            )
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(
-                f"PostgreSQL at {store._where_text}: cannot connect: {exc}"
-            ) from None
-        await _aconfigure(conn)
-        return conn
-
-    def put(self, conn: psycopg.AsyncConnection[Any], broken: bool) -> None:
-        idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-        with self._lock:
-            if not broken and idle and not conn.closed and len(self._idle) < self._max_idle:
-                self._idle.append(conn)
-                return
-        conn.pgconn.finish()
-
-    def _drop_idle(self) -> None:
-        for conn in self._idle:
-            conn.pgconn.finish()  # closes the socket without needing an event loop
-        self._idle.clear()
-
-    def close(self) -> None:
-        with self._lock:
-            self._drop_idle()
-
-
-class _AsyncConn:
-    """``async with`` an async connection, mapping connection trouble as ``_conn`` does."""
-
-    def __init__(self, store: PostgresStore) -> None:
-        self._store = store
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-
-    async def __aenter__(self) -> psycopg.AsyncConnection[Any]:
-        self._conn = await self._store._aconns.get()
-        return self._conn
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        exc = exc_info[1]
-        broken = isinstance(exc, psycopg.OperationalError)
-        if self._conn is not None:
-            self._store._aconns.put(self._conn, broken)
-        if isinstance(exc, pg_errors.UndefinedTable):
-            raise SchemaMissing(
-                f"PostgreSQL at {self._store._where_text}: the tidings schema is gone ({exc}); "
-                f"run `tidings migrate {redact_url(self._store.url)}`"
-            ) from exc
-        if broken:
-            raise StoreUnavailable(
-                f"PostgreSQL at {self._store._where_text}: connection lost: {exc}"
-            ) from exc
-
-
-class _Listener(threading.Thread):
-    """The store's LISTEN connection: wakes subscriptions, survives a lost connection.
-
-    Notifications are only wake-ups. While idle it runs ``SELECT 1`` every ``ping_interval`` so a
-    silently dead connection is noticed; on any connection error it reconnects with backoff,
-    LISTENs again and wakes every subscription, which then catches up from its position.
-    """
-
-    def __init__(self, store: PostgresStore) -> None:
-        super().__init__(name=f"tidings-listen-{store.schema}", daemon=True)
-        self._store = store
-        self.ready = threading.Event()
-        self.backend_pid: int | None = None
-        self.connects = 0
-        self._stopping = threading.Event()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stopping.set()
-        if threading.current_thread() is not self:
-            self.join(timeout)
-
-    def run(self) -> None:
-        store = self._store
-        backoff = 0.05
-        while not self._stopping.is_set():
-            try:
-                with psycopg.connect(
-                    store.url,
-                    autocommit=True,
-                    connect_timeout=max(1, round(store._connect_timeout)),
-                ) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    self.backend_pid = conn.info.backend_pid
-                    self.connects += 1
-                    if self.connects > 1:
-                        log.warning(
-                            "PostgreSQL %s: LISTEN connection re-established; catching up",
-                            store._where_text,
-                        )
-                    self.ready.set()
-                    store._wakeup.notify()  # (re)connected: catch up whatever was missed
-                    backoff = 0.05
-                    self._serve(conn)
-            except Exception as exc:  # any failure: keep the store's wake-ups alive
-                self.ready.clear()
-                if self._stopping.is_set():
-                    return
-                log.warning(
-                    "PostgreSQL %s: LISTEN connection lost (%s); reconnecting in %.2fs, "
-                    "subscriptions poll meanwhile",
-                    store._where_text,
-                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
-                    backoff,
-                    exc_info=not isinstance(exc, psycopg.Error),
-                )
-                store._wakeup.notify()
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 2.0)
-
-    def _serve(self, conn: psycopg.Connection[Any]) -> None:
-        store = self._store
-        idle_since = time.monotonic()
-        while not self._stopping.is_set():
-            woke = False
-            for note in conn.notifies(timeout=0.2, stop_after=1):
-                if note.payload in (store.schema, ""):
-                    woke = True
-            if woke:
-                store._wakeup.notify()
-                idle_since = time.monotonic()
-            elif time.monotonic() - idle_since >= store._ping_interval:
-                conn.execute("SELECT 1")  # raises on a dead connection
-                idle_since = time.monotonic()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import importlib.resources
+import json
 import logging
 import os
 import sqlite3
@@ -24,7 +24,15 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from tidings import sqlfiles
 from tidings.event import Event, decode, encode
+from tidings.migrations import (
+    Migration,
+    MigrationError,
+    database_components,
+    sqlite_apply,
+    sqlite_pending,
+)
 from tidings.retry import RetryPolicy
 from tidings.store import AfterCommit, as_events
 from tidings.store.base import (
@@ -51,21 +59,12 @@ from tidings.store.subscription import (
 from tidings.topics import compile_pattern
 from tidings.urls import redact_url
 
-__all__ = ["SqliteStore", "migrate", "path_of"]
+__all__ = ["SqliteStore", "apply_migrations", "migrate", "path_of"]
 
 log = logging.getLogger("tidings.store.sqlite")
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
-_COLUMNS = "position, stream, version, recorded_at, body"
-_INSERT = (
-    "INSERT INTO tidings_events (id, type, stream, version, time, correlation_id, aggregate_id, "
-    "recorded_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_UPSERT_CHECKPOINT = (
-    "INSERT INTO tidings_checkpoints (name, position, updated_at) VALUES (?, ?, ?) "
-    "ON CONFLICT (name) DO UPDATE SET position = excluded.position, "
-    "updated_at = excluded.updated_at"
-)
+_Q = sqlfiles.load("tidings.store", "sql/sqlite/queries.sql")
 
 # Subscriptions of every SqliteStore on one file in this process wake each other at once.
 _wakeups: dict[str, Wakeup] = {}
@@ -110,43 +109,48 @@ def _types_match(patterns: str, name: str) -> bool:
     return _type_filter(patterns)(name)
 
 
+def _where(criteria: Criteria) -> tuple[tuple[str, ...], int, list[Any]]:
+    """The ``event_*`` conditions for ``criteria``, how many ``?`` marks ``event_types`` needs,
+    and the parameters. Every criterion is filtered in SQL."""
+    names = ["after"]
+    params: list[Any] = [criteria.after_position]
+    marks = 0
+    if criteria.types:
+        if criteria.exact_types is not None:
+            names.append("types")
+            marks = len(criteria.types)
+            params += criteria.types
+        else:
+            names.append("type_patterns")
+            params.append("\n".join(criteria.types))
+    for name, value in (
+        ("since", None if criteria.since is None else _fmt(criteria.since)),
+        ("until", None if criteria.until is None else _fmt(criteria.until)),
+        ("correlation_id", criteria.correlation_id),
+        ("aggregate_id", criteria.aggregate_id),
+        ("stream", criteria.stream),
+    ):
+        if value is not None:
+            names.append(name)
+            params.append(value)
+    return tuple(names), marks, params
+
+
+@functools.lru_cache(maxsize=256)
+def _compose(template: str, names: tuple[str, ...], marks: int) -> str:
+    """``template`` (events, events_limited, events_count) with those conditions."""
+    parts = [
+        sqlfiles.fill(_Q.event_types, marks=sqlfiles.marks(marks))
+        if name == "types"
+        else _Q[f"event_{name}"]
+        for name in names
+    ]
+    return sqlfiles.fill(_Q[template], conditions=" AND ".join(parts))
+
+
 def _row(row: tuple[Any, ...]) -> Recorded:
     position, stream, version, recorded_at, body = row
     return Recorded(position, decode(body), stream, version, datetime.fromisoformat(recorded_at))
-
-
-def _migrations() -> list[tuple[str, str]]:
-    folder = importlib.resources.files("tidings.store").joinpath("sql", "sqlite")
-    files = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
-    return [(name.removesuffix(".sql"), folder.joinpath(name).read_text("utf-8")) for name in files]
-
-
-def _applied(conn: sqlite3.Connection) -> set[str]:
-    has = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tidings_migrations'"
-    ).fetchone()
-    if not has:
-        return set()
-    return {row[0] for row in conn.execute("SELECT version FROM tidings_migrations")}
-
-
-def _apply(conn: sqlite3.Connection) -> list[str]:
-    """Apply the shipped migrations that are missing; each in its own transaction."""
-    done: list[str] = []
-    for version, sql in _migrations():
-        if version in _applied(conn):
-            continue
-        now = _fmt(datetime.now(UTC))
-        conn.executescript(
-            "BEGIN IMMEDIATE;\n"
-            "CREATE TABLE IF NOT EXISTS tidings_migrations "
-            "(version TEXT PRIMARY KEY, applied_at TEXT NOT NULL);\n"
-            f"{sql}\n"
-            f"INSERT OR IGNORE INTO tidings_migrations VALUES ('{version}', '{now}');\n"
-            "COMMIT;"
-        )
-        done.append(version)
-    return done
 
 
 def _connect(path: str, busy_timeout: float, synchronous: str) -> sqlite3.Connection:
@@ -154,7 +158,7 @@ def _connect(path: str, busy_timeout: float, synchronous: str) -> sqlite3.Connec
         conn = sqlite3.connect(
             path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
         )
-        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute(sqlfiles.fill(_Q.synchronous, level=synchronous))
         conn.create_function("tidings_types", 2, _types_match, deterministic=True)
         return conn
     except sqlite3.Error as exc:
@@ -165,13 +169,22 @@ def _connect(path: str, busy_timeout: float, synchronous: str) -> sqlite3.Connec
 
 
 def migrate(url: str, *, busy_timeout: float = 5.0) -> list[str]:
-    """Apply missing migrations to the database at ``url``; return their names (idempotent)."""
+    """Apply the event store's missing migrations to the database at ``url``; return their
+    names (idempotent)."""
+    return [m.version for m in apply_migrations(url, ("store",), busy_timeout=busy_timeout)]
+
+
+def apply_migrations(
+    url: str, components: Sequence[str] | None = None, *, busy_timeout: float = 5.0
+) -> list[Migration]:
+    """Apply the missing files of ``components`` (default: every component of the database:
+    store, webhook queue, ...) to the database at ``url``; return those applied."""
     path = path_of(url)
     conn = _connect(path, busy_timeout, "FULL")
     try:
-        conn.execute("PRAGMA journal_mode = WAL")
-        return _apply(conn)
-    except sqlite3.Error as exc:
+        conn.execute(_Q.wal)
+        return sqlite_apply(conn, database_components() if components is None else components)
+    except (sqlite3.Error, MigrationError) as exc:
         raise StoreUnavailable(f"cannot migrate SQLite database {path!r}: {exc}") from exc
     finally:
         conn.close()
@@ -216,19 +229,20 @@ class SqliteStore:
         self._closed = False
         self._writer = _connect(self.path, busy_timeout, synchronous)
         try:
-            mode = self._writer.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._writer.execute(_Q.wal).fetchone()[0]
             if str(mode).lower() != "wal":
                 log.warning("SQLite %r: WAL mode unavailable (journal_mode=%s)", self.path, mode)
             if migrate:
-                applied = _apply(self._writer)
+                applied = sqlite_apply(self._writer, ("store",))
                 if applied:
-                    log.info("SQLite %r: applied migrations %s", self.path, ", ".join(applied))
-            elif {v for v, _ in _migrations()} - _applied(self._writer):
+                    names = ", ".join(m.version for m in applied)
+                    log.info("SQLite %r: applied migrations %s", self.path, names)
+            elif sqlite_pending(self._writer, ("store",)):
                 raise SchemaMissing(
                     f"SQLite database {self.path!r} has no (or an old) tidings schema; run "
                     f"`tidings migrate {url}` or open it with migrate=True"
                 )
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, MigrationError) as exc:
             self._writer.close()
             raise StoreUnavailable(
                 f"cannot use SQLite database {self.path!r}: {exc}; check that it is a SQLite "
@@ -248,7 +262,7 @@ class SqliteStore:
         if conn is None:
             self._check_open()
             conn = _connect(self.path, self._busy_timeout, self._synchronous)
-            conn.execute("PRAGMA query_only = ON")
+            conn.execute(_Q.read_only)
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
@@ -334,10 +348,7 @@ class SqliteStore:
             with self.transaction(on_commit=lambda: self._publisher.enqueue(batch)) as conn:
                 current = 0
                 if stream is not None:
-                    current = conn.execute(
-                        "SELECT COALESCE(MAX(version), 0) FROM tidings_events WHERE stream = ?",
-                        (stream,),
-                    ).fetchone()[0]
+                    current = conn.execute(_Q.stream_version, (stream,)).fetchone()[0]
                     if expected_version is not None and expected_version != current:
                         raise ConcurrencyError(stream, expected_version, current)
                 if not batch:
@@ -356,8 +367,8 @@ class SqliteStore:
                     )
                     for i, (e, body) in enumerate(zip(batch, bodies, strict=True))
                 ]
-                conn.executemany(_INSERT, rows)
-                last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+                conn.executemany(_Q.insert, rows)
+                last = conn.execute(_Q.last_position).fetchone()[0]
                 first = last - len(batch) + 1
                 recorded = [
                     Recorded(first + i, e, stream, None if stream is None else current + i + 1, now)
@@ -378,13 +389,8 @@ class SqliteStore:
         seen: set[str] = set()
         dupes = [i for i in ids if i in seen or seen.add(i)]  # type: ignore[func-returns-value]
         if not dupes:
-            marks = ",".join("?" * len(ids[:500]))
-            dupes = [
-                r[0]
-                for r in self._reader().execute(
-                    f"SELECT id FROM tidings_events WHERE id IN ({marks})", ids[:500]
-                )
-            ]
+            found = self._reader().execute(_Q.existing_ids, (json.dumps(ids),))
+            dupes = [r[0] for r in found]
         if dupes:
             return DuplicateEvent(dupes[0])
         return StoreError(f"SQLite {self.path!r}: append rejected: {exc}; nothing was written")
@@ -404,95 +410,49 @@ class SqliteStore:
 
     def read_all(self, after_position: int = 0, limit: int = 1000) -> list[Recorded]:
         check_page(after_position, limit)
-        return self._query(
-            f"SELECT {_COLUMNS} FROM tidings_events WHERE position > ? ORDER BY position LIMIT ?",
-            (after_position, limit),
-        )
+        return self._query(_Q.read_all, (after_position, limit))
 
     async def aread_all(self, after_position: int = 0, limit: int = 1000) -> list[Recorded]:
         return await asyncio.to_thread(self.read_all, after_position, limit)
 
-    @staticmethod
-    def _where(criteria: Criteria) -> tuple[str, list[Any]]:
-        where = ["position > ?"]
-        params: list[Any] = [criteria.after_position]
-        if criteria.types:
-            if criteria.exact_types is not None:
-                where.append(f"type IN ({','.join('?' * len(criteria.types))})")
-                params += criteria.types
-            else:
-                where.append("tidings_types(?, type)")
-                params.append("\n".join(criteria.types))
-        if criteria.since is not None:
-            where.append("time >= ?")
-            params.append(_fmt(criteria.since))
-        if criteria.until is not None:
-            where.append("time < ?")
-            params.append(_fmt(criteria.until))
-        for column in ("correlation_id", "aggregate_id", "stream"):
-            value = getattr(criteria, column)
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        return " AND ".join(where), params
-
     def load(self, criteria: Criteria) -> list[Recorded]:
         """Events matching ``criteria`` in global order; every criterion is filtered in SQL."""
         check_criteria(criteria)
-        where, params = self._where(criteria)
-        sql = f"SELECT {_COLUMNS} FROM tidings_events WHERE {where} ORDER BY position"
-        if criteria.limit is not None:
-            sql += " LIMIT ?"
-            params.append(criteria.limit)
-        return self._query(sql, params)
+        names, marks, params = _where(criteria)
+        if criteria.limit is None:
+            return self._query(_compose("events", names, marks), params)
+        params.append(criteria.limit)
+        return self._query(_compose("events_limited", names, marks), params)
 
     async def aload(self, criteria: Criteria) -> list[Recorded]:
         return await asyncio.to_thread(self.load, criteria)
 
     def count(self, criteria: Criteria | None = None) -> int:
         """How many events ``criteria`` matches (limit ignored); replay uses it for progress."""
-        where, params = self._where(criteria or Criteria())
+        names, marks, params = _where(criteria or Criteria())
         try:
-            row = (
-                self._reader()
-                .execute(f"SELECT COUNT(*) FROM tidings_events WHERE {where}", params)
-                .fetchone()
-            )
+            query = _compose("events_count", names, marks)
+            row = self._reader().execute(query, params).fetchone()
         except sqlite3.Error as exc:
             raise self._error("count", exc) from exc
         return int(row[0])
 
     def head(self) -> int:
         try:
-            row = (
-                self._reader()
-                .execute("SELECT COALESCE(MAX(position), 0) FROM tidings_events")
-                .fetchone()
-            )
+            row = self._reader().execute(_Q.head).fetchone()
         except sqlite3.Error as exc:
             raise self._error("head", exc) from exc
         return int(row[0])
 
     def load_stream(self, stream: str, from_version: int = 1) -> list[Recorded]:
-        return self._query(
-            f"SELECT {_COLUMNS} FROM tidings_events WHERE stream = ? AND version >= ? "
-            "ORDER BY version",
-            (stream, from_version),
-        )
+        return self._query(_Q.load_stream, (stream, from_version))
 
     async def aload_stream(self, stream: str, from_version: int = 1) -> list[Recorded]:
         return await asyncio.to_thread(self.load_stream, stream, from_version)
 
     def stream_version(self, stream: str) -> int:
         try:
-            row = (
-                self._reader()
-                .execute(
-                    "SELECT COALESCE(MAX(version), 0) FROM tidings_events WHERE stream = ?",
-                    (stream,),
-                )
-                .fetchone()
-            )
+            row = self._reader().execute(_Q.stream_version, (stream,)).fetchone()
         except sqlite3.Error as exc:
             raise self._error("stream_version", exc) from exc
         return int(row[0])
@@ -548,11 +508,7 @@ class SqliteStore:
 
     def checkpoint(self, name: str) -> int:
         try:
-            row = (
-                self._reader()
-                .execute("SELECT position FROM tidings_checkpoints WHERE name = ?", (name,))
-                .fetchone()
-            )
+            row = self._reader().execute(_Q.checkpoint, (name,)).fetchone()
         except sqlite3.Error as exc:
             raise self._error("checkpoint", exc) from exc
         return 0 if row is None else int(row[0])
@@ -561,7 +517,7 @@ class SqliteStore:
         self._check_open()
         with self._write_lock:
             try:
-                self._writer.execute(_UPSERT_CHECKPOINT, (name, position, _fmt(datetime.now(UTC))))
+                self._writer.execute(_Q.save_checkpoint, (name, position, _fmt(datetime.now(UTC))))
             except sqlite3.Error as exc:
                 raise self._error("checkpoint", exc) from exc
 
@@ -581,7 +537,7 @@ class SqliteStore:
                     "itself (COMMIT/ROLLBACK); let tidings commit its writes with the "
                     "checkpoint"
                 )
-            conn.execute(_UPSERT_CHECKPOINT, (name, rec.position, _fmt(datetime.now(UTC))))
+            conn.execute(_Q.save_checkpoint, (name, rec.position, _fmt(datetime.now(UTC))))
 
     def handle_page_in_transaction(
         self, name: str, page: list[Recorded], handler: PageTxHandler
@@ -589,9 +545,7 @@ class SqliteStore:
         """The checkpoint is read inside the write transaction, so a second process running the
         same subscription skips what the first has done: effects happen once."""
         with self.transaction() as conn:
-            row = conn.execute(
-                "SELECT position FROM tidings_checkpoints WHERE name = ?", (name,)
-            ).fetchone()
+            row = conn.execute(_Q.checkpoint, (name,)).fetchone()
             done = 0 if row is None else int(row[0])
             todo = [rec for rec in page if rec.position > done]
             if not todo:
@@ -603,7 +557,7 @@ class SqliteStore:
                     "itself (COMMIT/ROLLBACK); let tidings commit its writes with the "
                     "checkpoint"
                 )
-            conn.execute(_UPSERT_CHECKPOINT, (name, todo[-1].position, _fmt(datetime.now(UTC))))
+            conn.execute(_Q.save_checkpoint, (name, todo[-1].position, _fmt(datetime.now(UTC))))
 
     # ------------------------------------------------------------------ lifecycle
 

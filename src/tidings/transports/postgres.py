@@ -45,6 +45,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from tidings.event import Event, EventError, decode, encode
+from tidings.migrations import MigrationError, postgres_apply
 from tidings.topics import Pattern, compile_pattern
 from tidings.transport import (
     AsyncHandler,
@@ -205,52 +206,12 @@ def _parse(url: str, options: dict[str, Any]) -> _Settings:
 
 
 class _Sql:
-    """Every statement, written once per schema (the schema name is validated, then quoted)."""
+    """Every statement, written once per schema (the schema name is validated, then quoted).
+    The tables come from the migration files in ``transports/sql/postgres/``."""
 
     def __init__(self, schema: str, channel: str) -> None:
         s = f'"{schema}"'
         self.channel = channel
-        self.ddl = [
-            f"CREATE SCHEMA IF NOT EXISTS {s}",
-            f"""CREATE TABLE IF NOT EXISTS {s}.messages (
-                id bigserial PRIMARY KEY,
-                event_id text,
-                type text NOT NULL,
-                key text,
-                body bytea NOT NULL,
-                created_at timestamptz NOT NULL DEFAULT now())""",
-            f"""CREATE TABLE IF NOT EXISTS {s}.subscriptions (
-                name text PRIMARY KEY,
-                pattern text NOT NULL,
-                regex text NOT NULL,
-                group_name text,
-                created_at timestamptz NOT NULL DEFAULT now(),
-                last_seen timestamptz NOT NULL DEFAULT now())""",
-            f"""CREATE TABLE IF NOT EXISTS {s}.deliveries (
-                subscription text NOT NULL,
-                message_id bigint NOT NULL,
-                key text,
-                lease_until timestamptz,
-                owner text,
-                attempts integer NOT NULL DEFAULT 0,
-                PRIMARY KEY (subscription, message_id))""",
-            # Only leased rows: small, and the claim's scan for unleased rows then walks the
-            # primary key in message order and stops at LIMIT.
-            f"""CREATE INDEX IF NOT EXISTS deliveries_leased
-                ON {s}.deliveries (subscription, lease_until) WHERE lease_until IS NOT NULL""",
-            f"""CREATE TABLE IF NOT EXISTS {s}.dead_letters (
-                id bigserial PRIMARY KEY,
-                subscription text NOT NULL,
-                event_id text,
-                type text,
-                key text,
-                body bytea NOT NULL,
-                error text NOT NULL,
-                attempts integer NOT NULL,
-                failed_at timestamptz NOT NULL DEFAULT now())""",
-            f"""CREATE INDEX IF NOT EXISTS dead_letters_sub
-                ON {s}.dead_letters (subscription, id)""",
-        ]
         # Patterns are matched once per distinct type of the batch, not once per event.
         # The publish returns the subscriptions it queued work for; the NOTIFY payload names
         # them (with too many names it is empty, which wakes every subscription).
@@ -375,7 +336,6 @@ class _Sql:
                 RETURNING 1)
             SELECT count(*), pg_notify('{self.channel}', %(sub)s) FROM d"""
         self.housekeeping_lock = "SELECT pg_try_advisory_xact_lock(hashtext(%s), 0)"
-        self.ddl_lock = "SELECT pg_advisory_xact_lock(hashtext(%s), 1)"
         self.expire_broadcast = f"""
             DELETE FROM {s}.subscriptions
             WHERE group_name IS NULL AND last_seen < now() - %s * interval '1 second'
@@ -454,21 +414,13 @@ class PostgresTransport:
             return
         self._link.state = TransportState.CONNECTING
         try:
-            conn = await psycopg.AsyncConnection.connect(
-                self._cfg.conninfo,
-                autocommit=True,
-                connect_timeout=max(1, round(self._cfg.connect_timeout)),
-            )
+            conn = await asyncio.to_thread(self._connect_sync)
         except psycopg.Error as exc:
             self._link.state = TransportState.DISCONNECTED
             raise self._error("cannot connect", exc) from None
         try:
-            async with conn, conn.transaction():
-                # Concurrent CREATE ... IF NOT EXISTS can still collide; serialise them.
-                await conn.execute(self._sql.ddl_lock, [self._cfg.schema])
-                for stmt in self._sql.ddl:
-                    await conn.execute(stmt)
-        except psycopg.Error as exc:
+            await asyncio.to_thread(self._migrate, conn)
+        except (psycopg.Error, MigrationError) as exc:
             self._link.state = TransportState.DISCONNECTED
             raise self._error(
                 f"cannot create the queue tables in schema {self._cfg.schema!r}", exc
@@ -492,6 +444,16 @@ class PostgresTransport:
         self._started = True
         self._link.state = TransportState.CONNECTED
         self._housekeeper = asyncio.create_task(self._housekeeping_loop())
+
+    def _connect_sync(self) -> psycopg.Connection[Any]:
+        timeout = max(1, round(self._cfg.connect_timeout))
+        return psycopg.connect(self._cfg.conninfo, autocommit=True, connect_timeout=timeout)
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+        """Create or update the queue tables: migration component ``transport_postgres``,
+        recorded in the schema itself (see tidings.migrations); up to date costs two reads."""
+        with conn:
+            postgres_apply(conn, ("transport_postgres",), schema=self._cfg.schema)
 
     async def close(self, timeout: float = 5.0) -> None:
         if self._closing:

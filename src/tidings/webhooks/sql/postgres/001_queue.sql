@@ -1,6 +1,7 @@
--- tidings webhook delivery queue, PostgreSQL. Applied by DeliveryQueue on open, in one
--- transaction under a pg_advisory_xact_lock keyed on the schema, so two processes opening at once
--- do not clash; every statement is idempotent. Times are epoch seconds (double precision).
+-- tidings webhook delivery queue, PostgreSQL schema 001 (component `webhooks`). Applied by
+-- `tidings migrate URL` and by DeliveryQueue on open (tidings.migrations). Every statement is
+-- idempotent: databases of earlier releases, which ran this file on every open, already have
+-- these tables and adopt the file as applied. Times are epoch seconds (double precision).
 
 -- body: the Endpoint as msgspec JSON (the source of truth); enabled and source mirror it for SQL.
 CREATE TABLE IF NOT EXISTS tidings_webhook_endpoints (

@@ -1,6 +1,8 @@
--- tidings webhook delivery queue, SQLite. Applied by DeliveryQueue on open, inside one
--- BEGIN IMMEDIATE; every statement is idempotent, so two processes opening at once both succeed.
--- Times are epoch seconds (REAL).
+-- tidings webhook delivery queue, SQLite schema 001 (component `webhooks`). Applied by
+-- `tidings migrate URL` and by DeliveryQueue on open (tidings.migrations). Every statement is
+-- idempotent: databases of earlier releases, which ran this file on every open, already have
+-- these tables and adopt the file as applied. Keep the CREATE statements byte for byte: SQLite
+-- stores their text, and the upgrade test compares it. Times are epoch seconds (REAL).
 
 -- body: the Endpoint as msgspec JSON (the source of truth); enabled and source mirror it for SQL.
 CREATE TABLE IF NOT EXISTS tidings_webhook_endpoints (

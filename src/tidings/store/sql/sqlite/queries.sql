@@ -1,0 +1,93 @@
+-- The SQLite event store's statements (tidings.store.sqlite). Times are fixed-width UTC text
+-- ('YYYY-MM-DDTHH:MM:SS.ffffffZ'), so time ranges are plain text comparisons.
+
+-- ---------------------------------------------------------------- connections
+
+-- name: synchronous
+-- {level}: one of OFF, NORMAL, FULL, EXTRA (checked before; PRAGMA takes no parameter).
+PRAGMA synchronous = {level}
+
+-- name: wal
+PRAGMA journal_mode = WAL
+
+-- name: read_only
+PRAGMA query_only = ON
+
+-- ---------------------------------------------------------------- writes
+
+-- name: insert
+INSERT INTO tidings_events (id, type, stream, version, time, correlation_id, aggregate_id,
+    recorded_at, body)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+
+-- name: last_position
+SELECT last_insert_rowid()
+
+-- name: stream_version
+SELECT COALESCE(MAX(version), 0) FROM tidings_events WHERE stream = ?
+
+-- name: existing_ids
+-- Which of a JSON array of ids are stored already (to name the duplicate of a failed append).
+SELECT id FROM tidings_events WHERE id IN (SELECT value FROM json_each(?))
+
+-- ---------------------------------------------------------------- reads
+
+-- name: read_all
+SELECT position, stream, version, recorded_at, body FROM tidings_events
+WHERE position > ? ORDER BY position LIMIT ?
+
+-- name: events
+-- {conditions}: the event_* fragments below that the criteria need, joined by AND.
+SELECT position, stream, version, recorded_at, body FROM tidings_events
+WHERE {conditions} ORDER BY position
+
+-- name: events_limited
+SELECT position, stream, version, recorded_at, body FROM tidings_events
+WHERE {conditions} ORDER BY position LIMIT ?
+
+-- name: events_count
+SELECT COUNT(*) FROM tidings_events WHERE {conditions}
+
+-- name: event_after
+position > ?
+
+-- name: event_types
+-- {marks}: one ? per type name. An IN list, so the (type) index (type, position underneath)
+-- serves "type IN (...) ORDER BY position".
+type IN ({marks})
+
+-- name: event_type_patterns
+-- The glob patterns, newline-separated, matched by the tidings_types() function that every
+-- connection registers: the filter runs under the LIMIT.
+tidings_types(?, type)
+
+-- name: event_since
+time >= ?
+
+-- name: event_until
+time < ?
+
+-- name: event_correlation_id
+correlation_id = ?
+
+-- name: event_aggregate_id
+aggregate_id = ?
+
+-- name: event_stream
+stream = ?
+
+-- name: load_stream
+SELECT position, stream, version, recorded_at, body FROM tidings_events
+WHERE stream = ? AND version >= ? ORDER BY version
+
+-- name: head
+SELECT COALESCE(MAX(position), 0) FROM tidings_events
+
+-- ---------------------------------------------------------------- checkpoints
+
+-- name: checkpoint
+SELECT position FROM tidings_checkpoints WHERE name = ?
+
+-- name: save_checkpoint
+INSERT INTO tidings_checkpoints (name, position, updated_at) VALUES (?, ?, ?)
+ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at
