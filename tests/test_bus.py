@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tidings import Bus, Event, RetryPolicy
-from tidings.bus import BusClosed, QueueFull
+from tidings.bus import BusClosed, BusQueueFull
 from tidings.delivery import DeliveryStatus
 from tidings.event import current_event
 from tidings.middleware import HandlerTimeout, Middleware
@@ -446,7 +446,7 @@ def test_full_queue_drop_counts_and_drops() -> None:
 
 def test_full_queue_raise_raises_queue_full() -> None:
     bus, gate, done = _blocking_bus("raise")
-    with pytest.raises(QueueFull, match="buffer_size"):
+    with pytest.raises(BusQueueFull, match="buffer_size"):
         bus.publish(OrderPlaced(order_id="3"))
     gate.set()
     assert bus.close(5).drained

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from tidings.clock import Clock, Timer, system_clock
-from tidings.delivery import Delivery, DeliveryStatus
+from tidings.delivery import DeliveryStatus, HandlerDelivery
 from tidings.event import Event, _current
 from tidings.middleware.base import Middleware, compose
 from tidings.middleware.dead_letter import DeadLetter, DeadLetterMiddleware, DeadLetterQueue
@@ -46,7 +46,7 @@ from tidings.transports import open_transport, redact_url
 if TYPE_CHECKING:
     from tidings.config import Settings
 
-__all__ = ["Bus", "BusClosed", "BusStats", "CloseReport", "QueueFull", "Subscription"]
+__all__ = ["Bus", "BusClosed", "BusQueueFull", "BusStats", "CloseReport", "Subscription"]
 
 log = logging.getLogger("tidings.bus")
 
@@ -61,7 +61,7 @@ class BusClosed(RuntimeError):
     """The bus is closing or closed and takes no more events."""
 
 
-class QueueFull(RuntimeError):
+class BusQueueFull(RuntimeError):
     """Async mode with ``when_full="raise"``: the worker queue for this event's key is full."""
 
 
@@ -85,7 +85,7 @@ class BusStats:
     dead: int = 0  # deliveries dead-lettered
     dropped: int = 0  # async, when_full="drop": events dropped at a full queue
     blocked: int = 0  # async, when_full="block": publishes that had to wait for room
-    rejected: int = 0  # async, when_full="raise": publishes refused with QueueFull
+    rejected: int = 0  # async, when_full="raise": publishes refused with BusQueueFull
 
 
 @dataclass(slots=True)
@@ -94,7 +94,7 @@ class CloseReport:
 
     drained: bool
     unfinished_events: list[Event] = field(default_factory=list)
-    pending_retries: list[Delivery] = field(default_factory=list)
+    pending_retries: list[HandlerDelivery] = field(default_factory=list)
     running_tasks: int = 0
 
     def __bool__(self) -> bool:
@@ -305,7 +305,7 @@ class _Worker:
             self.parked.setdefault(key, deque())
             self.retrying[key] = self.retrying.get(key, 0) + 1
 
-    def run_retry(self, delivery: Delivery) -> None:
+    def run_retry(self, delivery: HandlerDelivery) -> None:
         delay = self.bus._attempt(delivery)
         if delay is not None:
             self.bus._schedule_retry(delivery, delay, self)
@@ -353,7 +353,7 @@ class _TransportLink:
         self._running: dict[int, Event] = {}  # handler calls in progress, by call id
         # Deliveries whose last attempt failed and that the transport will retry: what a
         # close() that cannot wait for them reports as pending retries.
-        self._waiting: dict[tuple[Subscription, str], Delivery] = {}
+        self._waiting: dict[tuple[Subscription, str], HandlerDelivery] = {}
         self._calls = itertools.count()
         self._pending: set[asyncio.Task[None]] = set()  # publishes started on the loop thread
         self._closed = False
@@ -488,7 +488,7 @@ class _TransportLink:
         count), so that close() can report it if it has to cancel the retry."""
         if not policy.should_retry(attempt, exc):
             return
-        delivery = Delivery(event, sub, sub.name, time.time())
+        delivery = HandlerDelivery(event, sub, sub.name, time.time())
         delivery.attempts = attempt
         delivery.status = DeliveryStatus.FAILED
         delivery.error = str(exc) or type(exc).__name__
@@ -690,13 +690,13 @@ class Bus:
             self._middleware.append(MetricsMiddleware(metrics))
         self._middleware.extend(middleware)
         self._track = track_deliveries
-        self._history: OrderedDict[tuple[str, int], Delivery] = OrderedDict()
+        self._history: OrderedDict[tuple[str, int], HandlerDelivery] = OrderedDict()
         self._history_size = history_size
         # Retries scheduled on the clock (not yet due), and inline retries running now (by the
         # thread running them). Every move between "scheduled", "running" and a worker's queue
         # bumps _retry_gen, so drain() can tell a quiet moment from one it happened to miss.
-        self._timers: dict[Delivery, Timer | None] = {}
-        self._firing: dict[Delivery, int] = {}
+        self._timers: dict[HandlerDelivery, Timer | None] = {}
+        self._firing: dict[HandlerDelivery, int] = {}
         self._retry_gen = 0
         self._retries_stopped = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -1002,7 +1002,7 @@ class Bus:
         if self.when_full == "raise":
             with self._lock:
                 self.stats.rejected += 1
-            raise QueueFull(
+            raise BusQueueFull(
                 f"the worker queue for event {event.id} is full ({worker.capacity} waiting); "
                 "raise buffer_size, add workers, or choose when_full='block'"
             )
@@ -1059,26 +1059,28 @@ class Bus:
         else:
             sub.handled += 1
 
-    def _new_deliveries(self, event: Event, subs: tuple[Subscription, ...]) -> list[Delivery]:
+    def _new_deliveries(
+        self, event: Event, subs: tuple[Subscription, ...]
+    ) -> list[HandlerDelivery]:
         now = self._clock.time()
-        out = [Delivery(event, sub, sub.name, now) for sub in subs]
+        out = [HandlerDelivery(event, sub, sub.name, now) for sub in subs]
         for delivery in out:
             self._record(delivery)
         return out
 
-    def _start(self, delivery: Delivery) -> None:
+    def _start(self, delivery: HandlerDelivery) -> None:
         delivery.attempts += 1
         delivery.status = DeliveryStatus.PROCESSING
         if delivery.started_at is None:
             delivery.started_at = self._clock.time()
 
-    def _completed(self, delivery: Delivery) -> None:
+    def _completed(self, delivery: HandlerDelivery) -> None:
         delivery.status = DeliveryStatus.COMPLETED
         delivery.finished_at = self._clock.time()
         delivery.next_attempt_at = None
         self._record(delivery)
 
-    def _attempt(self, delivery: Delivery) -> float | None:
+    def _attempt(self, delivery: HandlerDelivery) -> float | None:
         """Run one attempt; return the delay before the next one, or None when finished."""
         sub: Subscription = delivery.subscription
         event = delivery.event
@@ -1101,7 +1103,7 @@ class Bus:
         self._completed(delivery)
         return None
 
-    def _run_inline(self, delivery: Delivery) -> None:
+    def _run_inline(self, delivery: HandlerDelivery) -> None:
         delay = self._attempt(delivery)
         if delay is not None:
             self._schedule_retry(delivery, delay, None)
@@ -1111,12 +1113,12 @@ class Bus:
         sub: Subscription,
         event: Event,
         exc: BaseException,
-        delivery: Delivery | None = None,
-    ) -> tuple[Delivery, float | None]:
+        delivery: HandlerDelivery | None = None,
+    ) -> tuple[HandlerDelivery, float | None]:
         """Record a failed attempt; return the delivery and the retry delay (None = dead)."""
         now = self._clock.time()
         if delivery is None:
-            delivery = Delivery(event, sub, sub.name, now)
+            delivery = HandlerDelivery(event, sub, sub.name, now)
             delivery.attempts = 1
             delivery.started_at = now
         delivery.error = str(exc) or type(exc).__name__
@@ -1156,7 +1158,9 @@ class Bus:
         self._record(delivery)
         return delivery, delay
 
-    def _schedule_retry(self, delivery: Delivery, delay: float, worker: _Worker | None) -> None:
+    def _schedule_retry(
+        self, delivery: HandlerDelivery, delay: float, worker: _Worker | None
+    ) -> None:
         """Run the next attempt of ``delivery`` after ``delay``, unless close() stops it first.
 
         The timer's entry leaves ``_timers`` only when the attempt starts (under the lock, so
@@ -1197,7 +1201,7 @@ class Bus:
             if delivery in self._timers:
                 self._timers[delivery] = timer
 
-    def _record(self, delivery: Delivery) -> None:
+    def _record(self, delivery: HandlerDelivery) -> None:
         key = (delivery.event.id, id(delivery.subscription))
         with self._lock:
             history = self._history
@@ -1210,7 +1214,7 @@ class Bus:
 
     def deliveries(
         self, event_id: str | None = None, status: DeliveryStatus | str | None = None
-    ) -> list[Delivery]:
+    ) -> list[HandlerDelivery]:
         """Recorded deliveries, oldest first.
 
         Failed, retried and dead deliveries are always recorded; successful ones only with
@@ -1235,7 +1239,7 @@ class Bus:
         )
         for letter in letters:
             sub: Subscription = letter.subscription
-            delivery = Delivery(letter.event, sub, sub.name, self._clock.time())
+            delivery = HandlerDelivery(letter.event, sub, sub.name, self._clock.time())
             self._record(delivery)
             if self._workers:
                 key = letter.event.key

@@ -67,7 +67,7 @@ _FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "tidings_bus_queue_capacity": (_GAUGE, "Async queue room before when_full", ("bus",)),
     "tidings_bus_events_dropped": (_COUNTER, "Events dropped at a full queue", ("bus",)),
     "tidings_bus_publish_blocked": (_COUNTER, "Publishes that waited for room", ("bus",)),
-    "tidings_bus_publish_rejected": (_COUNTER, "Publishes refused with QueueFull", ("bus",)),
+    "tidings_bus_publish_rejected": (_COUNTER, "Publishes refused with BusQueueFull", ("bus",)),
     "tidings_bus_retries_pending": (_GAUGE, "Failed deliveries waiting to retry", ("bus",)),
     "tidings_bus_dead_letters": (_GAUGE, "Dead letters held by the bus", ("bus",)),
     "tidings_transport_state": (

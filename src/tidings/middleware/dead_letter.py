@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from tidings.delivery import Delivery, DeliveryStatus
+from tidings.delivery import DeliveryStatus, HandlerDelivery
 from tidings.event import Event
 
 __all__ = ["DeadLetter", "DeadLetterMiddleware", "DeadLetterQueue", "DeadLettered"]
@@ -103,7 +103,7 @@ class DeadLetterMiddleware:
         self.queue = queue
         self._publish = publish
 
-    def dead(self, delivery: Delivery, error: BaseException, now: float) -> DeadLetter:
+    def dead(self, delivery: HandlerDelivery, error: BaseException, now: float) -> DeadLetter:
         delivery.status = DeliveryStatus.DEAD
         letter = DeadLetter(
             event=delivery.event,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tidings.delivery import Delivery
+from tidings.delivery import HandlerDelivery
 from tidings.retry import RetryPolicy
 
 __all__ = ["RetryMiddleware"]
@@ -18,11 +18,11 @@ class RetryMiddleware:
     def __init__(self, default: RetryPolicy | None = None) -> None:
         self.default = default
 
-    def policy_for(self, delivery: Delivery) -> RetryPolicy | None:
+    def policy_for(self, delivery: HandlerDelivery) -> RetryPolicy | None:
         own: RetryPolicy | None = getattr(delivery.subscription, "retry", None)
         return own if own is not None else self.default
 
-    def next_delay(self, delivery: Delivery, error: BaseException) -> float | None:
+    def next_delay(self, delivery: HandlerDelivery, error: BaseException) -> float | None:
         """Seconds until the next attempt, or None when the failure is final."""
         policy = self.policy_for(delivery)
         if policy is None or not policy.should_retry(delivery.attempts, error):

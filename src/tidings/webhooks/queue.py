@@ -48,11 +48,11 @@ __all__ = [
     "STATES",
     "Attempt",
     "Claimed",
-    "Delivery",
     "DeliveryQueue",
     "Outcome",
-    "QueueFull",
     "QueueStats",
+    "WebhookDelivery",
+    "WebhookQueueFull",
     "replay_bound",
 ]
 
@@ -162,7 +162,7 @@ SELECT c.*, ev.payload::text FROM claimed c LEFT JOIN events ev ON ev.position =
 
 
 @dataclass(frozen=True, slots=True)
-class Delivery:
+class WebhookDelivery:
     """One event's delivery to one endpoint; ``id`` is the ``webhook-id`` header."""
 
     id: str
@@ -183,7 +183,7 @@ class Delivery:
 class Claimed:
     """A delivery a worker holds until its lease ends; ``finish`` needs ``lease_token``."""
 
-    delivery: Delivery
+    delivery: WebhookDelivery
     event: Event
     lease_token: str
 
@@ -222,7 +222,7 @@ class QueueStats:
     per_endpoint: dict[str, dict[str, int]]  # endpoint id -> state -> count
 
 
-class QueueFull(StoreError):
+class WebhookQueueFull(StoreError):
     """``accept(max_pending=...)`` would exceed the bound; nothing was written (``redeliver``:
     ``written`` deliveries were, before the queue filled up).
 
@@ -470,8 +470,8 @@ def _schema(name: str) -> str:
 # ---------------------------------------------------------------------- the queue
 
 
-def _delivery(row: Sequence[Any]) -> Delivery:
-    return Delivery(*row[:12])
+def _delivery(row: Sequence[Any]) -> WebhookDelivery:
+    return WebhookDelivery(*row[:12])
 
 
 def _truncate(body: str | None) -> str | None:
@@ -678,7 +678,7 @@ class DeliveryQueue:
         if max_pending is not None and adding:
             pending = self.count_open(max_pending + 1)
             if pending + adding > max_pending:
-                raise QueueFull(pending, max_pending, adding)
+                raise WebhookQueueFull(pending, max_pending, adding)
         ids = [[new_id() for _ in r] for r in routes]
         now = time.time()
         token = new_id()
@@ -695,7 +695,7 @@ class DeliveryQueue:
                     if room.get(ep, 0) > 0:
                         room[ep] -= 1
                         leased.append((did, rec.event.id, rec.position, ep, now, now, now))
-                        delivery = Delivery(
+                        delivery = WebhookDelivery(
                             did, rec.event.id, rec.position, ep, "delivering", 0, now, now, now,
                             None, None, None,
                         )  # fmt: skip
@@ -934,7 +934,7 @@ class DeliveryQueue:
         event_id: str | None = None,
         limit: int = 100,
         before: str | None = None,
-    ) -> list[Delivery]:
+    ) -> list[WebhookDelivery]:
         """Newest first; pass the last id of a page as ``before`` for the next one."""
         if state is not None and state not in STATES:
             raise ValueError(
@@ -963,7 +963,7 @@ class DeliveryQueue:
             rows = self._db.execute(conn, sql + " ORDER BY id DESC LIMIT ?", params).fetchall()
         return [_delivery(r) for r in rows]
 
-    def delivery(self, id: str) -> Delivery | None:
+    def delivery(self, id: str) -> WebhookDelivery | None:
         with self._db.connection() as conn:
             row = self._db.execute(
                 conn,
@@ -1077,8 +1077,8 @@ class DeliveryQueue:
         ``max_pending`` bounds the deliveries pending or in flight: a page is written as far as
         there is room, and while there is none ``wait(open, max_pending)`` is called; it should
         block a while (deliveries drain meanwhile) and return True to look again, or False to
-        give up with ``QueueFull`` (what was written stays). Without ``wait``, no room is
-        ``QueueFull`` at once.
+        give up with ``WebhookQueueFull`` (what was written stays). Without ``wait``, no room is
+        ``WebhookQueueFull`` at once.
         """
         created = read = 0
         for page, routes in self._replay_pages(criteria, route, batch, "redeliver"):
@@ -1095,7 +1095,9 @@ class DeliveryQueue:
                     room = min(room, max_pending - open_now)
                     if room <= 0:
                         if wait is None or not wait(open_now, max_pending):
-                            raise QueueFull(open_now, max_pending, len(rows), written=created)
+                            raise WebhookQueueFull(
+                                open_now, max_pending, len(rows), written=created
+                            )
                         continue
                 with self._db.transaction() as conn:
                     self._db.executemany(conn, _INSERT_DELIVERY, rows[:room])
