@@ -114,7 +114,7 @@ def test_bus_kwargs_build_a_real_bus(tmp_path: Path) -> None:
     bus = tidings.Bus(**load(path, env={}).bus_kwargs())
     try:
         assert bus.mode == "async"
-        assert len(bus._workers) == 2
+        assert bus._pool is not None and len(bus._pool.workers) == 2
     finally:
         bus.close(timeout=1.0)
 

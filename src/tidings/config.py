@@ -164,7 +164,7 @@ class BusSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
 class RedisBrokerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """``event_broker.redis``: where the Redis Streams provider connects and which stream it
     uses. ``url`` or ``host``/``port``/``username``/``password``/``db``, not both; how each key
-    maps onto the Redis transport is in docs/config.md (``tidings.bus_config`` applies it)."""
+    maps onto the Redis transport is in docs/config.md (``tidings.bus.from_config`` applies it)."""
 
     url: str | None = None
     host: str | None = None
