@@ -12,11 +12,10 @@ from typing import Any
 import pytest
 
 from tidings import Bus, Event, RetryPolicy
-from tidings.bus import BusClosed, QueueFull
+from tidings.bus import BusClosed, BusQueueFull, DeadLettered
 from tidings.delivery import DeliveryStatus
 from tidings.event import current_event
 from tidings.middleware import HandlerTimeout, Middleware
-from tidings.middleware.dead_letter import DeadLettered
 from tidings.testing import FakeClock
 from tidings.topics import PatternError
 
@@ -428,7 +427,9 @@ def _blocking_bus(when_full: str) -> tuple[Bus, threading.Event, list[str]]:
 
     bus.subscribe("order.placed", handler)
     bus.publish(OrderPlaced(order_id="0"))
-    wait_until(lambda: bus._workers[0].busy and not bus._workers[0].q)
+    wait_until(
+        lambda: bus._pool is not None and bus._pool.workers[0].busy and not bus._pool.workers[0].q
+    )
     bus.publish(OrderPlaced(order_id="1"))
     bus.publish(OrderPlaced(order_id="2"))  # queue now full (2 waiting)
     return bus, gate, done
@@ -446,7 +447,7 @@ def test_full_queue_drop_counts_and_drops() -> None:
 
 def test_full_queue_raise_raises_queue_full() -> None:
     bus, gate, done = _blocking_bus("raise")
-    with pytest.raises(QueueFull, match="buffer_size"):
+    with pytest.raises(BusQueueFull, match="buffer_size"):
         bus.publish(OrderPlaced(order_id="3"))
     gate.set()
     assert bus.close(5).drained
@@ -705,7 +706,9 @@ def test_close_reports_retries_queued_for_async_workers() -> None:
     bus.publish(failing)
     wait_until(lambda: clock.pending() == 1)
     bus.publish(OrderPlaced(order_id="block", aggregate_id="b"))
-    wait_until(lambda: bus._workers[0].busy and not bus._workers[0].q)
+    wait_until(
+        lambda: bus._pool is not None and bus._pool.workers[0].busy and not bus._pool.workers[0].q
+    )
     clock.advance(1)  # the retry goes to the worker's queue, behind the blocked handler
     report = bus.close(timeout=0.1)
     gate.set()

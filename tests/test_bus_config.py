@@ -28,7 +28,7 @@ from redis import Redis
 from tests.conftest import require_service
 from tests.test_config import SEED_002_BLOCKS, SEED_002_QUICK_START
 from tidings import Bus, Event, RetryPolicy
-from tidings.bus_config import ConfiguredBus, plan_bus
+from tidings.bus.from_config import ConfiguredBus, plan_bus
 from tidings.config import ConfigError, load
 from tidings.testing import NoopBus
 from tidings.transport import SubscribeOptions, TransportError

@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 from tests.conftest import require_service
 from tests.server.conftest import Running, serve  # noqa: F401 - the serve fixture
 from tidings import Bus, Event, RetryPolicy
-from tidings.bus import QueueFull
+from tidings.bus import BusQueueFull
 from tidings.integrations.prometheus import TidingsCollector, instrument
 from tidings.store import open_store
 from tidings.store.base import Criteria, Recorded
@@ -227,7 +227,7 @@ def test_async_bus_exports_queue_depth_capacity_and_full_queue_outcomes() -> Non
         bus.publish(OrderPlaced(order_id="q1"))
         bus.publish(OrderPlaced(order_id="q2"))  # the queue (capacity 2) is full
     buses["drop"].publish(OrderPlaced(order_id="dropped"))
-    with pytest.raises(QueueFull):
+    with pytest.raises(BusQueueFull):
         buses["raise"].publish(OrderPlaced(order_id="refused"))
     blocked = threading.Thread(target=buses["block"].publish, args=(OrderPlaced(order_id="w"),))
     blocked.start()

@@ -13,7 +13,7 @@ from typing import Any
 
 from tidings.event import Event
 
-__all__ = ["Delivery", "DeliveryStatus"]
+__all__ = ["DeliveryStatus", "HandlerDelivery"]
 
 
 class DeliveryStatus(enum.StrEnum):
@@ -26,7 +26,7 @@ class DeliveryStatus(enum.StrEnum):
     DEAD = "dead"
 
 
-class Delivery:
+class HandlerDelivery:
     """One (event, handler) pair and its history. Times are wall-clock epoch seconds."""
 
     __slots__ = (
@@ -79,6 +79,6 @@ class Delivery:
 
     def __repr__(self) -> str:
         return (
-            f"Delivery(event={self.event.id!r}, handler={self.handler!r}, "
+            f"HandlerDelivery(event={self.event.id!r}, handler={self.handler!r}, "
             f"status={self.status.value!r}, attempts={self.attempts})"
         )

@@ -1,5 +1,8 @@
 """Test doubles: a bus that records, a bus that counts, and a clock that only moves when told.
 
+``NoopBus`` lives with the bus (``tidings.bus.noop``: configuration gives it for
+``event_broker.enabled: false``) and is exported here too, beside the other doubles.
+
 Application tests assert on what was published without wiring handlers, and retry schedules
 are checked to the millisecond without sleeping. The pytest fixtures wrapping these live in
 ``tidings.pytest_plugin``.
@@ -13,7 +16,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from tidings.bus import Bus, BusClosed
+from tidings.bus import Bus
+from tidings.bus.noop import NoopBus
 from tidings.clock import Timer
 from tidings.event import Event
 from tidings.topics import compile_pattern
@@ -107,25 +111,6 @@ def _field(event: Event, name: str) -> Any:
     if not event.__data_fields__ and isinstance(event.data, dict) and name in event.data:
         return event.data[name]
     return getattr(event, name, _MISSING)
-
-
-class NoopBus(Bus):
-    """A Bus that accepts events and delivers nothing: for code that must publish somewhere."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._count = itertools.count()
-        self.publish_count = 0
-
-    def publish(self, event: Event) -> None:
-        if not isinstance(event, Event):
-            raise TypeError(f"publish expects a tidings Event, got {type(event).__name__}")
-        if self.closed:
-            raise BusClosed("the bus is closed; publish before close() or use a new Bus")
-        self.publish_count = next(self._count) + 1
-
-    async def apublish(self, event: Event) -> None:
-        self.publish(event)
 
 
 class FakeClock:

@@ -25,7 +25,7 @@ from tidings.webhooks.queue import (
     Claimed,
     DeliveryQueue,
     Outcome,
-    QueueFull,
+    WebhookQueueFull,
 )
 
 
@@ -104,7 +104,7 @@ def test_a_failing_delivery_insert_rolls_back_the_events(
 
 def test_queue_full_writes_nothing(store: EventStore, queue: DeliveryQueue) -> None:
     queue.accept(events(2), to_a, max_pending=4)
-    with pytest.raises(QueueFull, match=r"2 deliveries pending.*max_pending=3") as info:
+    with pytest.raises(WebhookQueueFull, match=r"2 deliveries pending.*max_pending=3") as info:
         queue.accept(events(2), to_a, max_pending=3)
     assert (info.value.pending, info.value.max_pending, info.value.adding) == (2, 3, 2)
     assert len(store.read_all()) == 2
@@ -407,11 +407,11 @@ def test_redeliver_without_room_and_no_wait_is_queue_full(
     store: EventStore, queue: DeliveryQueue
 ) -> None:
     store.append(events(5))
-    with pytest.raises(QueueFull, match="2 were written first") as info:
+    with pytest.raises(WebhookQueueFull, match="2 were written first") as info:
         queue.redeliver(Criteria(), to_a, max_pending=2)
     assert (info.value.pending, info.value.written) == (2, 2)
     assert queue.stats().pending == 2
-    with pytest.raises(QueueFull, match="nothing was written"):
+    with pytest.raises(WebhookQueueFull, match="nothing was written"):
         queue.redeliver(Criteria(), to_a, max_pending=2, wait=lambda o, b: False)
 
 

@@ -17,6 +17,7 @@ import time
 import weakref
 from bisect import bisect_left as bisect
 from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,9 +36,9 @@ except ImportError as exc:  # the message is checked in a subprocess by the test
         "installed; run: pip install 'tidings[server]' (or: pip install prometheus-client)"
     ) from exc
 
-from tidings.bus import Bus, Subscription
+from tidings.bus import Bus
 from tidings.event import Event
-from tidings.middleware.base import AsyncCall, Call, Middleware
+from tidings.middleware.base import AsyncCall, Call, Middleware, SubscriptionInfo
 from tidings.store.base import EventStore, StoreSubscription
 from tidings.transport import Transport, TransportState
 
@@ -67,7 +68,7 @@ _FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "tidings_bus_queue_capacity": (_GAUGE, "Async queue room before when_full", ("bus",)),
     "tidings_bus_events_dropped": (_COUNTER, "Events dropped at a full queue", ("bus",)),
     "tidings_bus_publish_blocked": (_COUNTER, "Publishes that waited for room", ("bus",)),
-    "tidings_bus_publish_rejected": (_COUNTER, "Publishes refused with QueueFull", ("bus",)),
+    "tidings_bus_publish_rejected": (_COUNTER, "Publishes refused with BusQueueFull", ("bus",)),
     "tidings_bus_retries_pending": (_GAUGE, "Failed deliveries waiting to retry", ("bus",)),
     "tidings_bus_dead_letters": (_GAUGE, "Dead letters held by the bus", ("bus",)),
     "tidings_transport_state": (
@@ -139,12 +140,12 @@ class HandlerLatency(Middleware):
                 f"got {list(buckets)!r}"
             )
         self.bounds = bounds
-        self._by_sub: dict[Subscription, _Histogram] = {}
+        self._by_sub: dict[SubscriptionInfo, _Histogram] = {}
 
-    def _histogram(self, sub: Subscription) -> _Histogram:
+    def _histogram(self, sub: SubscriptionInfo) -> _Histogram:
         return self._by_sub.setdefault(sub, _Histogram(len(self.bounds) + 1))
 
-    def wrap(self, call: Call, sub: Subscription) -> Call:
+    def wrap(self, call: Call, sub: SubscriptionInfo) -> Call:
         hist, bounds, clock, find = self._histogram(sub), self.bounds, time.perf_counter, bisect
 
         def timed(event: Event) -> Any:
@@ -158,7 +159,7 @@ class HandlerLatency(Middleware):
 
         return timed
 
-    def awrap(self, call: AsyncCall, sub: Subscription) -> AsyncCall:
+    def awrap(self, call: AsyncCall, sub: SubscriptionInfo) -> AsyncCall:
         hist, bounds, clock, find = self._histogram(sub), self.bounds, time.perf_counter, bisect
 
         async def timed(event: Event) -> Any:
@@ -172,10 +173,10 @@ class HandlerLatency(Middleware):
 
         return timed
 
-    def get(self, sub: Subscription) -> _Histogram | None:
+    def get(self, sub: SubscriptionInfo) -> _Histogram | None:
         return self._by_sub.get(sub)
 
-    def forget_all_but(self, live: set[Subscription]) -> None:
+    def forget_all_but(self, live: AbstractSet[SubscriptionInfo]) -> None:
         """Drop the histograms of unsubscribed handlers."""
         for sub in [s for s in list(self._by_sub) if s not in live]:
             self._by_sub.pop(sub, None)

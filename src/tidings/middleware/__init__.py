@@ -1,4 +1,4 @@
-"""Middleware around each delivery attempt, and the failure policy after it.
+"""Middleware around each delivery attempt of a handler.
 
 The order is fixed and documented (docs/bus.md):
 
@@ -7,27 +7,25 @@ The order is fixed and documented (docs/bus.md):
 3. ``TimeoutMiddleware``  - innermost: bounds one attempt of the handler.
 4. the handler.
 
-When an attempt raises, ``RetryMiddleware`` decides whether and when to try again (it schedules
-on the clock; it never sleeps in a worker), and once retries are exhausted
-``DeadLetterMiddleware`` records the delivery in the dead-letter queue.
+Middleware types against ``SubscriptionInfo`` (name, timeout, retry), not against the bus, so
+this package imports nothing of the bus. What happens after a failed attempt is the bus's own
+business: its ``RetryScheduler`` (``tidings.bus.retries``) schedules the next attempt on the
+clock and its ``DeadLetterRecorder`` (``tidings.bus.dead_letters``) keeps the delivery once
+retries are exhausted.
 """
 
-from tidings.middleware.base import AsyncCall, Call, Middleware, compose
-from tidings.middleware.dead_letter import DeadLetter, DeadLetterQueue
+from tidings.middleware.base import AsyncCall, Call, Middleware, SubscriptionInfo, compose
 from tidings.middleware.metrics import MetricsHook, MetricsMiddleware
-from tidings.middleware.retry import RetryMiddleware
 from tidings.middleware.timeout import HandlerTimeout, TimeoutMiddleware
 
 __all__ = [
     "AsyncCall",
     "Call",
-    "DeadLetter",
-    "DeadLetterQueue",
     "HandlerTimeout",
     "MetricsHook",
     "MetricsMiddleware",
     "Middleware",
-    "RetryMiddleware",
+    "SubscriptionInfo",
     "TimeoutMiddleware",
     "compose",
 ]

@@ -1,19 +1,38 @@
-"""The middleware protocol: wrap one attempt of a handler, sync or async."""
+"""The middleware protocol: wrap one attempt of a handler, sync or async.
+
+Middleware sees a subscription only through ``SubscriptionInfo`` (its name, timeout and retry
+policy), so it depends on nothing of the bus that hosts it: the bus imports middleware, never
+the other way round.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from tidings.event import Event
+from tidings.retry import RetryPolicy
 
-if TYPE_CHECKING:
-    from tidings.bus import Subscription
-
-__all__ = ["AsyncCall", "Call", "Middleware", "compose"]
+__all__ = ["AsyncCall", "Call", "Middleware", "SubscriptionInfo", "compose"]
 
 Call = Callable[[Event], Any]
 AsyncCall = Callable[[Event], Awaitable[Any]]
+
+
+class SubscriptionInfo(Protocol):
+    """What a middleware may read of the subscription it wraps (``tidings.Subscription`` is
+    one): the handler's ``name``, its attempt ``timeout`` in seconds (None: unbounded) and its
+    own ``retry`` policy (None: the bus default). The object is also a stable key for the
+    subscription, e.g. for per-handler metrics."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def timeout(self) -> float | None: ...
+
+    @property
+    def retry(self) -> RetryPolicy | None: ...
 
 
 class Middleware:
@@ -23,17 +42,17 @@ class Middleware:
     a subscription (returns ``call`` unchanged) costs nothing per event.
     """
 
-    def wrap(self, call: Call, sub: Subscription) -> Call:
+    def wrap(self, call: Call, sub: SubscriptionInfo) -> Call:
         return call
 
-    def awrap(self, call: AsyncCall, sub: Subscription) -> AsyncCall:
+    def awrap(self, call: AsyncCall, sub: SubscriptionInfo) -> AsyncCall:
         return call
 
 
 def compose(
     handler: Callable[[Event], Any],
     middleware: Sequence[Middleware],
-    sub: Subscription,
+    sub: SubscriptionInfo,
     *,
     is_async: bool,
 ) -> Callable[[Event], Any]:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from tidings.event import Event
-from tidings.middleware.base import AsyncCall, Call, Middleware
-
-if TYPE_CHECKING:
-    from tidings.bus import Subscription
+from tidings.middleware.base import AsyncCall, Call, Middleware, SubscriptionInfo
 
 __all__ = ["MetricsHook", "MetricsMiddleware"]
 
@@ -18,7 +15,7 @@ class MetricsHook(Protocol):
     """Receives one call per attempt; ``error`` is None on success. Must not raise."""
 
     def on_attempt(
-        self, sub: Subscription, event: Event, seconds: float, error: BaseException | None
+        self, sub: SubscriptionInfo, event: Event, seconds: float, error: BaseException | None
     ) -> None: ...
 
 
@@ -28,7 +25,7 @@ class MetricsMiddleware(Middleware):
     def __init__(self, hook: MetricsHook) -> None:
         self.hook = hook
 
-    def wrap(self, call: Call, sub: Subscription) -> Call:
+    def wrap(self, call: Call, sub: SubscriptionInfo) -> Call:
         hook = self.hook.on_attempt
         clock = time.perf_counter
 
@@ -44,7 +41,7 @@ class MetricsMiddleware(Middleware):
 
         return measured
 
-    def awrap(self, call: AsyncCall, sub: Subscription) -> AsyncCall:
+    def awrap(self, call: AsyncCall, sub: SubscriptionInfo) -> AsyncCall:
         hook = self.hook.on_attempt
         clock = time.perf_counter
 

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tidings.event import Event, _current
-from tidings.middleware.base import AsyncCall, Call, Middleware
-
-if TYPE_CHECKING:
-    from tidings.bus import Subscription
+from tidings.middleware.base import AsyncCall, Call, Middleware, SubscriptionInfo
 
 __all__ = ["HandlerTimeout", "TimeoutMiddleware"]
 
@@ -38,7 +35,7 @@ class TimeoutMiddleware(Middleware):
             )
         return self._pool
 
-    def wrap(self, call: Call, sub: Subscription) -> Call:
+    def wrap(self, call: Call, sub: SubscriptionInfo) -> Call:
         limit = sub.timeout
         if limit is None:
             return call
@@ -52,7 +49,7 @@ class TimeoutMiddleware(Middleware):
 
         return timed
 
-    def awrap(self, call: AsyncCall, sub: Subscription) -> AsyncCall:
+    def awrap(self, call: AsyncCall, sub: SubscriptionInfo) -> AsyncCall:
         limit = sub.timeout
         if limit is None:
             return call

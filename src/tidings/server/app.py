@@ -35,7 +35,7 @@ from tidings.store.base import Criteria, DuplicateEvent, StoreError
 from tidings.topics import PatternError, compile_pattern
 from tidings.webhooks.endpoint import Auth, Endpoint, PayloadFormat, inherit
 from tidings.webhooks.guard import UnsafeURL, check_url, resolve_checked
-from tidings.webhooks.queue import Delivery, QueueFull
+from tidings.webhooks.queue import WebhookDelivery, WebhookQueueFull
 from tidings.webhooks.signing import SigningError, generate_secret, parse_secret
 
 __all__ = ["create_app"]
@@ -67,7 +67,7 @@ def _rfc3339(seconds: float | None) -> str | None:
 _DELIVERY_TIMES = ("next_attempt_at", "created_at", "updated_at", "delivered_at")
 
 
-def _delivery(d: Delivery) -> dict[str, Any]:
+def _delivery(d: WebhookDelivery) -> dict[str, Any]:
     data: dict[str, Any] = dataclasses.asdict(d)
     for name in _DELIVERY_TIMES:
         data[name] = _rfc3339(data[name])
@@ -271,7 +271,7 @@ def _guarded(
             return await handler(request)
         except ApiError as exc:
             return _reply({"error": exc.message, "field": exc.field}, exc.status)
-        except QueueFull as exc:
+        except WebhookQueueFull as exc:
             return _reply({"error": str(exc)}, 503)
         except DuplicateEvent as exc:  # the client's input, not the store's health
             return _reply({"error": str(exc), "field": "id"}, 409)
@@ -509,7 +509,7 @@ class _Api:
         dry_run = data.get("dry_run", False)
         if not isinstance(dry_run, bool):
             raise ApiError(400, "dry_run: expected true or false", "dry_run")
-        # Refused whole (503, QueueFull) when it does not fit in the queue's bound now.
+        # Refused whole (503, WebhookQueueFull) when it does not fit in the queue's bound now.
         done = await asyncio.to_thread(self.service.replay, criteria, dry_run=dry_run)
         if dry_run:
             return _reply(

@@ -21,7 +21,13 @@ from tidings.store import open_store
 from tidings.store.base import Criteria, EventStore
 from tidings.urls import redact_url
 from tidings.webhooks.endpoint import from_settings
-from tidings.webhooks.queue import Claimed, DeliveryQueue, QueueFull, QueueStats, replay_bound
+from tidings.webhooks.queue import (
+    Claimed,
+    DeliveryQueue,
+    QueueStats,
+    WebhookQueueFull,
+    replay_bound,
+)
 from tidings.webhooks.sources import Feed, open_feed
 from tidings.webhooks.worker import DeliveryWorker, Router
 
@@ -196,8 +202,8 @@ class Service:
                 take=take,
                 lease=self.worker.lease,
             )
-        except QueueFull as exc:  # name the bound as the config does
-            raise QueueFull(
+        except WebhookQueueFull as exc:  # name the bound as the config does
+            raise WebhookQueueFull(
                 exc.pending, exc.max_pending, exc.adding, setting="events.queue_size"
             ) from None
         self._open_guess += sum(len(ids) for _, ids in done)
@@ -229,7 +235,8 @@ class Service:
 
         A replay may fill the queue to ``replay_bound(events.queue_size)``, leaving the rest to
         live events. An HTTP request cannot wait for the queue to drain, so a replay that does
-        not fit now is refused whole (``QueueFull``); ``tidings replay`` waits for room instead.
+        not fit now is refused whole (``WebhookQueueFull``); ``tidings replay`` waits for room
+        instead.
         """
         plan = self.queue.plan_redeliver(criteria, self.router)
         total = sum(plan.values())
@@ -240,7 +247,7 @@ class Service:
         open_now = self.queue.count_open(bound + 1)
         room = max(0, bound - open_now)
         if total > room:
-            raise QueueFull(
+            raise WebhookQueueFull(
                 open_now,
                 bound,
                 total,

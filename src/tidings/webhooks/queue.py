@@ -39,10 +39,10 @@ from tidings.webhooks.records import (
     STATES,
     Attempt,
     Claimed,
-    Delivery,
     Outcome,
-    QueueFull,
     QueueStats,
+    WebhookDelivery,
+    WebhookQueueFull,
     outcome_rows,
     replay_bound,
 )
@@ -57,11 +57,11 @@ __all__ = [
     "STATES",
     "Attempt",
     "Claimed",
-    "Delivery",
     "DeliveryQueue",
     "Outcome",
-    "QueueFull",
     "QueueStats",
+    "WebhookDelivery",
+    "WebhookQueueFull",
     "replay_bound",
 ]
 
@@ -71,8 +71,8 @@ REMOVED_FROM_CONFIG = "removed from the config"
 _EVENT_GONE = "the event is no longer in the store (retention?); nothing to deliver"
 
 
-def _delivery(row: Sequence[Any]) -> Delivery:
-    return Delivery(*row[:12])
+def _delivery(row: Sequence[Any]) -> WebhookDelivery:
+    return WebhookDelivery(*row[:12])
 
 
 def _routes(route: Callable[[Event], Sequence[str]], event: Event) -> list[str]:
@@ -243,7 +243,7 @@ class DeliveryQueue:
         if max_pending is not None and adding:
             pending = self.count_open(max_pending + 1)
             if pending + adding > max_pending:
-                raise QueueFull(pending, max_pending, adding)
+                raise WebhookQueueFull(pending, max_pending, adding)
         ids = [[new_id() for _ in r] for r in routes]
         now = time.time()
         token = new_id()
@@ -260,7 +260,7 @@ class DeliveryQueue:
                     if room.get(ep, 0) > 0:
                         room[ep] -= 1
                         leased.append((did, rec.event.id, rec.position, ep, now, now, now))
-                        delivery = Delivery(
+                        delivery = WebhookDelivery(
                             did, rec.event.id, rec.position, ep, "delivering", 0, now, now, now,
                             None, None, None,
                         )  # fmt: skip
@@ -437,7 +437,7 @@ class DeliveryQueue:
         event_id: str | None = None,
         limit: int = 100,
         before: str | None = None,
-    ) -> list[Delivery]:
+    ) -> list[WebhookDelivery]:
         """Newest first; pass the last id of a page as ``before`` for the next one."""
         if state is not None and state not in STATES:
             raise ValueError(
@@ -453,7 +453,7 @@ class DeliveryQueue:
             rows = self._db.execute(conn, query, params).fetchall()
         return [_delivery(r) for r in rows]
 
-    def delivery(self, id: str) -> Delivery | None:
+    def delivery(self, id: str) -> WebhookDelivery | None:
         with self._db.connection() as conn:
             row = self._db.execute(conn, self._db.q.delivery, (id,)).fetchone()
         return None if row is None else _delivery(row)
@@ -553,8 +553,8 @@ class DeliveryQueue:
         ``max_pending`` bounds the deliveries pending or in flight: a page is written as far as
         there is room, and while there is none ``wait(open, max_pending)`` is called; it should
         block a while (deliveries drain meanwhile) and return True to look again, or False to
-        give up with ``QueueFull`` (what was written stays). Without ``wait``, no room is
-        ``QueueFull`` at once.
+        give up with ``WebhookQueueFull`` (what was written stays). Without ``wait``, no room is
+        ``WebhookQueueFull`` at once.
         """
         created = read = 0
         for page, routes in self._replay_pages(criteria, route, batch, "redeliver"):
@@ -571,7 +571,9 @@ class DeliveryQueue:
                     room = min(room, max_pending - open_now)
                     if room <= 0:
                         if wait is None or not wait(open_now, max_pending):
-                            raise QueueFull(open_now, max_pending, len(rows), written=created)
+                            raise WebhookQueueFull(
+                                open_now, max_pending, len(rows), written=created
+                            )
                         continue
                 with self._db.transaction() as conn:
                     self._db.executemany(conn, self._db.q.insert_delivery, rows[:room])

@@ -19,11 +19,11 @@ __all__ = [
     "STATES",
     "Attempt",
     "Claimed",
-    "Delivery",
     "Outcome",
-    "QueueFull",
     "QueueStats",
     "State",
+    "WebhookDelivery",
+    "WebhookQueueFull",
     "outcome_rows",
     "replay_bound",
 ]
@@ -34,7 +34,7 @@ MAX_RESPONSE_BODY = 2048  # bytes of a response body kept in the attempts log
 
 
 @dataclass(frozen=True, slots=True)
-class Delivery:
+class WebhookDelivery:
     """One event's delivery to one endpoint; ``id`` is the ``webhook-id`` header."""
 
     id: str
@@ -55,7 +55,7 @@ class Delivery:
 class Claimed:
     """A delivery a worker holds until its lease ends; ``finish`` needs ``lease_token``."""
 
-    delivery: Delivery
+    delivery: WebhookDelivery
     event: Event
     lease_token: str
 
@@ -94,7 +94,7 @@ class QueueStats:
     per_endpoint: dict[str, dict[str, int]]  # endpoint id -> state -> count
 
 
-class QueueFull(StoreError):
+class WebhookQueueFull(StoreError):
     """``accept(max_pending=...)`` would exceed the bound; nothing was written (``redeliver``:
     ``written`` deliveries were, before the queue filled up).
 

@@ -1,4 +1,9 @@
-"""DeadLetterMiddleware: keep deliveries whose retries are exhausted, for inspection and replay."""
+"""The bus's dead letters: deliveries whose retries are exhausted, kept for inspection and replay.
+
+``DeadLetterRecorder`` is what the bus calls once a delivery has failed for good: it marks the
+delivery dead, keeps it in the bounded ``DeadLetterQueue`` (``bus.dead_letters``) and, with
+``Bus(publish_dead_letters=True)``, publishes a ``DeadLettered`` event about it.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +17,10 @@ from typing import Any
 
 import msgspec
 
-from tidings.delivery import Delivery, DeliveryStatus
+from tidings.delivery import DeliveryStatus, HandlerDelivery
 from tidings.event import Event
 
-__all__ = ["DeadLetter", "DeadLetterMiddleware", "DeadLetterQueue", "DeadLettered"]
+__all__ = ["DeadLetter", "DeadLetterQueue", "DeadLetterRecorder", "DeadLettered"]
 
 
 @dataclass(slots=True)
@@ -96,14 +101,14 @@ class DeadLetterQueue:
             self._items.clear()
 
 
-class DeadLetterMiddleware:
-    """Turns a delivery with no retries left into a DeadLetter and stores it."""
+class DeadLetterRecorder:
+    """Turns a delivery with no retries left into a DeadLetter, keeps it and announces it."""
 
     def __init__(self, queue: DeadLetterQueue, publish: Callable[[Event], Any] | None = None):
         self.queue = queue
         self._publish = publish
 
-    def dead(self, delivery: Delivery, error: BaseException, now: float) -> DeadLetter:
+    def record(self, delivery: HandlerDelivery, error: BaseException, now: float) -> DeadLetter:
         delivery.status = DeliveryStatus.DEAD
         letter = DeadLetter(
             event=delivery.event,

@@ -20,8 +20,8 @@ holds the queue, so ``buffer_size`` has no counterpart there and a log line says
 that once. ``instance_id`` is stamped on every published event whose ``source`` was left at the
 default: ``source`` becomes ``<source setting, else "tidings">/<instance_id>``.
 
-This module builds on the bus, the transports and the test doubles, so ``bus.py`` imports it
-only inside ``Bus.from_config``.
+This module builds on ``Bus`` (``tidings.bus.core``) and the transports, so ``Bus.from_config``
+imports it only when called.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import Any, overload
 from urllib.parse import parse_qsl, quote, urlsplit
 
-from tidings.bus import Bus, Handler, Subscription
+from tidings.bus.core import Bus
+from tidings.bus.noop import NoopBus
+from tidings.bus.subscription import Handler, Subscription
 from tidings.config import (
     CONFIG_ENV,
     BusKwargs,
@@ -47,7 +49,6 @@ from tidings.config import (
 )
 from tidings.event import DEFAULT_SOURCE, Event
 from tidings.retry import RetryPolicy
-from tidings.testing import NoopBus
 from tidings.transport import SubscribeOptions, TransportError
 from tidings.transports import open_transport
 from tidings.urls import redact_url
