@@ -47,8 +47,11 @@ def _imports(tree: ast.AST) -> Iterator[str]:
     ``a`` and, when it is a module, ``a.b``)."""
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            yield node.module
-            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+            subs = [f"{node.module}.{alias.name}" for alias in node.names]
+            # `from tidings import sqlfiles` imports the module, not what the package exports
+            if not all(sub in MODULES for sub in subs):
+                yield node.module
+            yield from subs
         elif isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from tidings import sqlfiles
+from tidings.sqlfiles import load as load_queries
 
 if TYPE_CHECKING:
     import psycopg
@@ -159,7 +159,7 @@ def _check_scope(names: Sequence[str], schema: str | None) -> None:
 
 # ---------------------------------------------------------------------- PostgreSQL
 
-_PG = sqlfiles.load("tidings", "sql/postgres/migrations.sql")
+_PG = load_queries("tidings", "sql/postgres/migrations.sql")
 _PGB = _PG.map(str.encode)  # the statements without identifiers, as psycopg sends them
 
 
@@ -272,7 +272,7 @@ def _file_sql(m: Migration, schema: str | None) -> sql.Composed | bytes:
 
 # ---------------------------------------------------------------------- SQLite
 
-_SQLITE = sqlfiles.load("tidings", "sql/sqlite/migrations.sql")
+_SQLITE = load_queries("tidings", "sql/sqlite/migrations.sql")
 
 
 def _sqlite_applied(conn: sqlite3.Connection) -> set[tuple[str, str]]:
