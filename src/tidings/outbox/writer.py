@@ -24,6 +24,7 @@ from tidings.topics import PatternError, compile_pattern
 __all__ = ["Outbox", "OutboxError", "Row"]
 
 Row = dict[str, Any]  # the insert's parameters: event_id, type, key, payload
+_DIALECT = {"sqlite": "sqlite", "psycopg": "postgresql"}
 
 
 class OutboxError(ValueError):
@@ -108,11 +109,11 @@ class Outbox:
             if kind == "psycopg":
                 _reject(conn, str(exc))
             raise
-        if not rows:
-            return
-        if kind == "sqlite":
+        if len(rows) == 1:  # the common case: one statement, no executemany set-up
+            conn.execute(query(_DIALECT[kind], "insert"), rows[0])
+        elif kind == "sqlite":
             conn.executemany(query("sqlite", "insert"), rows)
-        else:
+        elif rows:
             with conn.cursor() as cur:
                 cur.executemany(query("postgresql", "insert"), rows)
 

@@ -6,7 +6,10 @@
 -- published_at). A relay that dies leaves its lease to expire; another relay takes the rows.
 -- Times are epoch seconds.
 CREATE TABLE IF NOT EXISTS tidings_outbox (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: ids only grow
+    -- A new row's id is above every row present, so ids order the rows (one writer at a time:
+    -- they also commit in that order). No AUTOINCREMENT: it costs every insert, and an id
+    -- reused after its row was deleted harms nothing here.
+    id           INTEGER PRIMARY KEY,
     event_id     TEXT    NOT NULL,
     type         TEXT    NOT NULL,
     key          TEXT,
@@ -19,8 +22,9 @@ CREATE TABLE IF NOT EXISTS tidings_outbox (
 
 CREATE INDEX IF NOT EXISTS tidings_outbox_pending
     ON tidings_outbox (id) WHERE published_at IS NULL;
--- "does another relay hold a live lease on this key?", asked per candidate row
-CREATE INDEX IF NOT EXISTS tidings_outbox_key
-    ON tidings_outbox (key, lease_until) WHERE published_at IS NULL AND key IS NOT NULL;
+-- "does another relay hold a live lease on this key?", asked per candidate row. Only leased
+-- rows are in it (a few batches), so an insert does not pay for it.
+CREATE INDEX IF NOT EXISTS tidings_outbox_leased
+    ON tidings_outbox (key) WHERE lease_until IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tidings_outbox_published
     ON tidings_outbox (published_at) WHERE published_at IS NOT NULL;
