@@ -127,11 +127,12 @@ class Places:
             self.pg = pg_admin.rsplit("/", 1)[0] + "/" + name
             with psycopg.connect(self.pg) as conn:
                 schema.apply(conn)
-                for table in ("floor_orders", "outbox_orders"):
+                for table in ("floor_orders", "outbox_orders", "second_orders"):
                     conn.execute(
                         f"CREATE TABLE {table} (id bigint PRIMARY KEY, amount numeric NOT NULL, "
                         "sku text NOT NULL)"
                     )
+                conn.execute("CREATE TABLE plain_events (id bigint PRIMARY KEY, body text)")
                 conn.commit()
         except Exception as exc:
             self.pg_problem = f"{type(exc).__name__}: {exc}".splitlines()[0]
@@ -141,11 +142,12 @@ class Places:
         conn = sqlite3.connect(path)
         conn.execute("PRAGMA journal_mode = WAL")
         schema.apply(conn)
-        for table in ("floor_orders", "outbox_orders"):
+        for table in ("floor_orders", "outbox_orders", "second_orders"):
             conn.execute(
                 f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, amount REAL NOT NULL, "
                 "sku TEXT NOT NULL)"
             )
+        conn.execute("CREATE TABLE plain_events (id INTEGER PRIMARY KEY, body TEXT)")
         conn.commit()
         conn.close()
         return path
@@ -179,10 +181,19 @@ class _Seq:
 
 
 def _writer(
-    connect: Callable[[], Any], table: str, outbox: Outbox | None, mark: str
+    connect: Callable[[], Any],
+    table: str,
+    outbox: Outbox | None,
+    mark: str,
+    second_row: bool = False,
 ) -> tuple[Callable[[Work], float], Callable[[Work], str | None]]:
+    """A contender committing one business row per transaction; with ``outbox`` one event
+    through it as well; with ``second_row`` a pre-encoded event body into a bare table (what
+    any second INSERT costs: the bound of an outbox that writes a row)."""
     conn = connect()
     insert = f"INSERT INTO {table} (id, amount, sku) VALUES ({mark}, {mark}, {mark})"
+    insert2 = f"INSERT INTO plain_events (id, body) VALUES ({mark}, {mark})"
+    body = encode(OrderPlaced(seq=0, amount=10.5, sku="sku-1", aggregate_id="0")).decode()
     problems: list[str] = []
 
     def count(sql: str) -> int:
@@ -196,6 +207,8 @@ def _writer(
             conn.execute(insert, (i, 10.5, "sku-1"))
             if outbox is not None:
                 outbox.add(conn, OrderPlaced(seq=i, amount=10.5, sku="sku-1", aggregate_id=str(i)))
+            elif second_row:
+                conn.execute(insert2, (i, body))
             conn.commit()
         seconds = perf_counter() - t0
         rows = count(f"SELECT count(*) FROM {table}") - rows0
@@ -221,12 +234,14 @@ def write_section(places: Places) -> list[tuple[str, list[Contender[Work]]]]:
         pg = places.pg
         f_run, f_check = _writer(lambda: psycopg.connect(pg), "floor_orders", None, "%s")
         t_run, t_check = _writer(lambda: psycopg.connect(pg), "outbox_orders", Outbox(), "%s")
+        s_run, s_check = _writer(lambda: psycopg.connect(pg), "second_orders", None, "%s", True)
         rows.append(
             (
                 "outbox.pg.write",
                 [
                     Contender("tidings", "tidings", "tidings", t_run, t_check),
                     Contender("floor", "psycopg floor (no event)", "floor", f_run, f_check),
+                    Contender("second", "floor + a bare second row", "floor", s_run, s_check),
                 ],
             )
         )
@@ -240,12 +255,14 @@ def write_section(places: Places) -> list[tuple[str, list[Contender[Work]]]]:
 
         f_run, f_check = _writer(opener, "floor_orders", None, "?")
         t_run, t_check = _writer(opener, "outbox_orders", Outbox(), "?")
+        s_run, s_check = _writer(opener, "second_orders", None, "?", True)
         rows.append(
             (
                 f"outbox.sqlite.write ({sync})",
                 [
                     Contender("tidings", "tidings", "tidings", t_run, t_check),
                     Contender("floor", "sqlite3 floor (no event)", "floor", f_run, f_check),
+                    Contender("second", "floor + a bare second row", "floor", s_run, s_check),
                 ],
             )
         )
@@ -295,6 +312,7 @@ def lag_section(places: Places, opts: Options, seq: _Seq) -> LagResult | str:
     if places.pg is None:
         return f"skipped ({places.pg_problem})"
     lat: list[float] = []
+    stamps: list[int] = []
     seen: set[int] = set()
     dupes = 0
     lock = threading.Lock()
@@ -307,6 +325,7 @@ def lag_section(places: Places, opts: Options, seq: _Seq) -> LagResult | str:
             if event.seq in seen:
                 dupes += 1
             seen.add(event.seq)
+            stamps.append(event.t)
             lat.append((now - event.t) / 1e9)
 
     total = int(opts.rate * opts.lag_seconds)
@@ -317,10 +336,8 @@ def lag_section(places: Places, opts: Options, seq: _Seq) -> LagResult | str:
         proc = ctx.Process(
             target=_paced_writer, args=(places.pg, opts.rate, opts.lag_seconds, first)
         )
-        t0 = perf_counter()
         proc.start()
         proc.join(opts.lag_seconds * 3 + 30)
-        seconds = perf_counter() - t0
         deadline = time.monotonic() + 30
         while len(seen) < total and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -329,6 +346,7 @@ def lag_section(places: Places, opts: Options, seq: _Seq) -> LagResult | str:
     problem = None
     if len(seen) != total or dupes or set(range(first, first + total)) != seen:
         problem = f"lag: {len(seen)} of {total} events published, {dupes} twice"
+    seconds = (max(stamps) - min(stamps)) / 1e9 if len(stamps) > 1 else float("inf")
     return LagResult(opts.rate, total, seconds, sorted(lat), problem)
 
 
@@ -506,7 +524,8 @@ def main(argv: Sequence[str] = ()) -> int:
     print(
         f"write: {opts.writes:,} transactions per round, each one business row (id, amount, sku) "
         "and, for tidings, one OrderPlaced event (seq, amount, sku; about 230 bytes of "
-        "CloudEvents JSON) through Outbox.add; the floor inserts the row alone"
+        "CloudEvents JSON) through Outbox.add; the floor inserts the row alone; 'floor + a "
+        "bare second row' also inserts the pre-encoded event body into a two-column table"
     )
     print(
         f"lag: a second process commits {opts.rate:,}/s for {opts.lag_seconds:g} s; the relay "
