@@ -114,8 +114,6 @@ class Relay:
         self._stopping = threading.Event()
         self._draining = threading.Event()
         self._drained = threading.Event()
-        self._started = threading.Event()
-        self._start_error: BaseException | None = None
         self._failures = 0
         self._down_since: float | None = None
         self._last_purge = 0.0
