@@ -766,3 +766,17 @@ def test_from_dict_accepts_python_attribute_names() -> None:
 def test_empty_metadata_round_trips() -> None:
     event = Event(type="a.b", metadata={})
     assert decode(encode(event)) == event
+
+
+def test_a_typed_field_may_default_an_envelope_attribute_but_not_change_its_type() -> None:
+    class Linked(Event, type="test_event.link.made"):
+        aggregate_type: str | None = "payment_link"
+
+    assert Linked.from_json(Linked().to_json()).aggregate_type == "payment_link"
+    with pytest.raises(EventError) as caught:
+
+        class UserMade(Event, type="test_event.user.made"):
+            user_id: int  # travels as the CloudEvents attribute userid, a string
+
+    assert caught.value.field == "UserMade.user_id"
+    assert "str | None" in str(caught.value) and "Rename the field" in str(caught.value)

@@ -12,8 +12,10 @@ spec asks of an intermediary.
 from __future__ import annotations
 
 import base64
+import inspect
 import math
 import re
+import typing
 from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -265,7 +267,33 @@ def _check_extensions(extensions: Mapping[str, Any], where: str) -> None:
         )
 
 
+def _check_envelope_shadowing(cls: type[Event]) -> None:
+    """A typed field may give an envelope attribute a default, never another type: the
+    attribute travels as a CloudEvents attribute (``user_id`` as ``userid``) with the envelope's
+    type, so ``user_id: int`` would encode and then fail to decode on the consumer's side."""
+    own = inspect.get_annotations(cls)
+    shadowed = [n for n in own if n != "type" and n in _ENVELOPE_FIELDS]
+    if not shadowed:
+        return
+    try:
+        given, expected = typing.get_type_hints(cls), typing.get_type_hints(Event)
+    except NameError:  # a forward reference not defined yet: compare as written
+        given = {n: str(own[n]).replace(" ", "") for n in shadowed}
+        expected = {n: str(Event.__annotations__[n]).replace(" ", "") for n in shadowed}
+    for name in shadowed:
+        if given[name] != expected[name]:
+            want, wrote = Event.__annotations__[name], own[name]
+            wrote = getattr(wrote, "__name__", wrote)
+            raise EventError(
+                f"{cls.__name__}.{name}",
+                f"is an envelope attribute of type {want}, redeclared as {wrote}",
+                f"Rename the field (e.g. {cls.__name__.lower()}_{name}), or keep the envelope's "
+                f"type {want} and only give it a default.",
+            )
+
+
 def _finish_subclass(cls: type[Event], type_name: str | None) -> None:
+    _check_envelope_shadowing(cls)
     data_fields = tuple(f for f in cls.__struct_fields__ if f not in _ENVELOPE_FIELDS)
     cls.__data_fields__ = data_fields
     if type_name is None:

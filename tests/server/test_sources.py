@@ -147,7 +147,8 @@ async def test_store_source_on_sqlite_delivers_what_another_process_appends(
     app = await serve({"store": {"url": url}, "events": hooks(a, b, source="store")})
     # POST /events still works, and its events are not delivered a second time by the feed
     status, body = await app.post(
-        "/events", [{"type": "shop.order.placed", "source": "t", "data": {"n": n}} for n in range(5)]
+        "/events",
+        [{"type": "shop.order.placed", "source": "t", "data": {"n": n}} for n in range(5)],
     )
     assert status == 202 and body["deliveries"] == 10, body
     ids = body["ids"] + await feed("append", url, "300", "--batch", "25")

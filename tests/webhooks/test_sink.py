@@ -85,7 +85,9 @@ def test_endpoints_come_from_a_config_file_and_later_changes_are_seen(
             {
                 "events": {
                     "enabled": True,
-                    "webhooks": {"billing": {"url": "http://127.0.0.1:9/b", "events": ["shop.order.*"]}},
+                    "webhooks": {
+                        "billing": {"url": "http://127.0.0.1:9/b", "events": ["shop.order.*"]}
+                    },
                 }
             }
         )
