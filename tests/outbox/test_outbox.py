@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sqlite3
 import threading
 import time
 from collections import defaultdict
@@ -336,3 +337,19 @@ def test_a_target_that_raises_keeps_the_rows_and_logs_once(
     assert rows(db_url) == [(0,)]
     conn.close()
     time.sleep(0)
+
+
+def test_an_autocommit_connection_outside_a_transaction_is_refused(db_url: str) -> None:
+    if db_url.startswith("sqlite"):
+        conn: Any = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
+        begin = lambda: conn.execute("BEGIN")  # noqa: E731
+    else:
+        conn = psycopg.connect(db_url, autocommit=True)
+        begin = lambda: conn.execute("BEGIN")  # noqa: E731
+    with pytest.raises(OutboxError, match="autocommit mode and not in a transaction"):
+        Outbox().add(conn, Event(type="outbox.test.auto", data={}))
+    begin()
+    Outbox().add(conn, Event(type="outbox.test.auto", data={}))
+    conn.execute("COMMIT")
+    conn.close()
+    assert rows(db_url) == [(1,)]

@@ -109,6 +109,7 @@ class Outbox:
             if kind == "psycopg":
                 _reject(conn, str(exc))
             raise
+        _check_transaction(conn, kind)
         if len(rows) == 1:  # the common case: one statement, no executemany set-up
             conn.execute(query(_DIALECT[kind], "insert"), rows[0])
         elif kind == "sqlite":
@@ -137,6 +138,24 @@ class Outbox:
         if rows:
             async with conn.cursor() as cur:
                 await cur.executemany(query("postgresql", "insert"), rows)
+
+
+def _check_transaction(conn: Any, kind: str) -> None:
+    """Refuse a connection in autocommit mode outside a transaction: the event would commit on
+    its own, not with the business rows."""
+    if kind == "sqlite":
+        outside = conn.isolation_level is None and not conn.in_transaction
+    else:
+        import psycopg  # noqa: PLC0415
+
+        idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        outside = conn.autocommit and idle
+    if outside:
+        raise OutboxError(
+            "outbox.add(): the connection is in autocommit mode and not in a transaction, so "
+            "the event would commit on its own, apart from your data; write both inside one "
+            "transaction (`with conn.transaction():` on psycopg, BEGIN on sqlite3)"
+        )
 
 
 def _flatten(events: Iterable[Any]) -> Iterable[Any]:
