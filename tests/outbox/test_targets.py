@@ -128,3 +128,57 @@ def test_a_coroutine_target_is_awaited(db_url: str) -> None:
     with Relay(db_url, handler, poll_interval=0.05):
         wait_until(lambda: len(got) == 3, 10, lambda: f"{got}")
     assert got == [e.id for e in events]
+
+
+def test_a_lost_database_connection_is_logged_once_and_the_relay_recovers(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The relay reaches PostgreSQL through a proxy that goes away and comes back."""
+    proxy = TcpProxy(5432)
+    proxy.up()
+    via_proxy = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    got = Recorder()
+    relay = Relay(via_proxy, got, poll_interval=0.05, backoff=FAST, connect_timeout=1.0)
+    try:
+        with caplog.at_level(logging.INFO, logger="tidings.outbox"):
+            relay.start()
+            _commit(pg_url, [Event(type="outbox.db.e", data={"n": 0})])
+            wait_until(lambda: len(got) == 1, 10, lambda: str(relay.health()))
+            proxy.down()
+            _commit(pg_url, [Event(type="outbox.db.e", data={"n": n}) for n in range(1, 4)])
+            wait_until(
+                lambda: relay.state == "database down" and relay.stats.failures >= 3,
+                20,
+                lambda: str(relay.health()),
+            )
+            proxy.up()
+            wait_until(lambda: len(got) == 4, 20, lambda: f"{len(got)}; {relay.health()}")
+            relay.stop()
+        assert [e.data["n"] for e in got.events] == [0, 1, 2, 3]
+        messages = [r.getMessage() for r in caplog.records]
+        assert sum("database down" in m for m in messages) == 1, messages
+        assert sum("the database is back" in m for m in messages) == 1, messages
+    finally:
+        relay.stop()
+        proxy.close()
+
+
+def test_a_row_that_is_not_an_event_is_logged_and_does_not_block_the_rest(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    conn = connect(pg_url)
+    conn.execute(
+        "INSERT INTO tidings_outbox (event_id, type, key, payload) "
+        "VALUES ('x', 'hand.written', 'k', '{\"no\": \"envelope\"}')"
+    )
+    conn.commit()
+    good = Event(type="outbox.after.bad", aggregate_id="k", data={})
+    Outbox().add(conn, good)
+    conn.commit()
+    conn.close()
+    got = Recorder()
+    with caplog.at_level(logging.ERROR, logger="tidings.outbox"), Relay(pg_url, got) as relay:
+        wait_until(lambda: len(got) == 1, 10, lambda: str(relay.health()))
+    assert got.ids() == [good.id]
+    assert any("is not a valid event and is dropped" in r.getMessage() for r in caplog.records)
+    assert rows(pg_url) == [(0,)]

@@ -276,24 +276,22 @@ class Relay:
                     self._claims = self._open()
                 done = self._cycle(self._claims)
                 self._maybe_purge(self._claims)
+                self._ok()
+                if done >= self.batch_size:
+                    continue  # more is waiting
+                if self._draining.is_set() and done == 0:
+                    self._drained.set()
+                    if self._stopping.wait(WAIT_SLICE):
+                        return
+                    continue
+                self._wait(self._claims)  # a dead LISTEN connection raises here too
             except _TargetFailed as exc:
                 self._failed("target down", exc.__cause__ or exc)
-                continue
             except Exception as exc:
                 if self._claims is not None:
                     self._claims.close()
                     self._claims = None
                 self._failed("database down", exc)
-                continue
-            self._ok()
-            if done >= self.batch_size:
-                continue  # more is waiting
-            if self._draining.is_set() and done == 0:
-                self._drained.set()
-                if self._stopping.wait(WAIT_SLICE):
-                    return
-                continue
-            self._wait(self._claims)
 
     def _wait(self, claims: Claims) -> None:
         deadline = time.monotonic() + self.poll_interval
