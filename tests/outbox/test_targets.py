@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -20,6 +21,7 @@ from tidings.outbox import Outbox, Relay
 from tidings.publishers import MemoryPublisher, open_publisher
 from tidings.retry import RetryPolicy
 from tidings.store import open_store
+from tidings.transport import TransportError
 
 FAST = RetryPolicy(max_retries=0, initial_delay=0.05, max_delay=0.3)
 
@@ -182,3 +184,16 @@ def test_a_row_that_is_not_an_event_is_logged_and_does_not_block_the_rest(
     assert got.ids() == [good.id]
     assert any("is not a valid event and is dropped" in r.getMessage() for r in caplog.records)
     assert rows(pg_url) == [(0,)]
+
+
+def test_a_target_that_cannot_start_fails_the_start_and_leaves_nothing_running(
+    sqlite_url: str,
+) -> None:
+    before = {t.name for t in threading.enumerate()}
+    memory = MemoryPublisher()
+    relay = Relay(sqlite_url, [memory, "redis://127.0.0.1:1/0"])
+    with pytest.raises(TransportError, match=r"127\.0\.0\.1:1"):
+        relay.start()
+    assert not relay.running
+    leftover = {t.name for t in threading.enumerate()} - before
+    assert not {n for n in leftover if n.startswith("tidings-relay")}, leftover

@@ -152,7 +152,10 @@ class Relay:
         self._stopping.set()
         self._wake()
         thread.join(max(0.1, deadline - time.monotonic()))
-        self.target.close(max(0.1, deadline - time.monotonic()))
+        try:
+            self.target.close(max(0.1, deadline - time.monotonic()))
+        except Exception as exc:  # the rows are finished or kept either way
+            log.warning("%s: closing %s failed: %s", self.name, self.target.name, exc)
         self._thread = None
         self.state = "stopped"
         if drain and not drained:

@@ -70,8 +70,14 @@ class _Async:
     def start(self) -> None:
         self._loop = _Loop(f"tidings-relay-{self.name}")
         start = getattr(self.obj, "start", None)
-        if start is not None:
+        if start is None:
+            return
+        try:
             self._loop.run(start(), None)
+        except BaseException:
+            self._loop.close()
+            self._loop = None
+            raise
 
     def publish(self, events: list[Event], timeout: float) -> None:
         assert self._loop is not None, "target not started"
@@ -148,8 +154,15 @@ class _FanOut:
         self.name = " + ".join(t.name for t in targets)
 
     def start(self) -> None:
-        for t in self.targets:
-            t.start()
+        started: list[Target] = []
+        try:
+            for t in self.targets:
+                t.start()
+                started.append(t)
+        except BaseException:
+            for t in reversed(started):
+                t.close(5.0)
+            raise
 
     def publish(self, events: list[Event], timeout: float) -> None:
         for t in self.targets:
