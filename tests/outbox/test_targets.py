@@ -197,3 +197,16 @@ def test_a_target_that_cannot_start_fails_the_start_and_leaves_nothing_running(
     assert not relay.running
     leftover = {t.name for t in threading.enumerate()} - before
     assert not {n for n in leftover if n.startswith("tidings-relay")}, leftover
+
+
+def test_a_store_url_target_is_opened_and_closed_by_the_relay(
+    db_url: str, tmp_path: object
+) -> None:
+    events = [Event(type="outbox.storeurl.e", data={"n": n}) for n in range(2)]
+    _commit(db_url, events)
+    url = f"sqlite:///{tmp_path}/by-url.db"
+    with Relay(db_url, f"store+{url}", poll_interval=0.05) as relay:
+        assert relay.target.name == f"store {url}"
+    store = open_store(url)
+    assert [r.event.id for r in store.read_all()] == [e.id for e in events]
+    store.close()

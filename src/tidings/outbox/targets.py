@@ -1,11 +1,13 @@
 """Where a relay publishes: a Bus, an event store, a transport or publisher, a callable, or several.
 
-``resolve(target)`` wraps each kind behind one synchronous ``publish(events, timeout)`` that the
-relay thread calls; it returns once the target has accepted every event, or raises. Async
-targets (transports, ``tidings.publishers``, coroutine functions) run on a private event loop
-thread owned by the relay, which starts them and closes them: give the relay a transport that is
-not started yet, or a URL. A store target skips events it already holds (same id), so a batch
-published again after a crash appends each event once.
+A URL is a transport or publisher (``kafka://…``, ``logging``), or with ``store+`` an event
+store (``store+sqlite:///events.db``). ``resolve(target)`` wraps each kind behind one
+synchronous ``publish(events, timeout)`` that the relay thread calls; it returns once the
+target has accepted every event, or raises. Async targets (transports, ``tidings.publishers``,
+coroutine functions) run on a private event loop thread owned by the relay, which starts them
+and closes them: give the relay a transport that is not started yet, or a URL. A store target
+skips events it already holds (same id), so a batch published again after a crash appends each
+event once.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ from tidings.event import Event
 from tidings.store.base import DuplicateEvent
 from tidings.urls import redact_url
 
-__all__ = ["Target", "resolve"]
+__all__ = ["STORE_PREFIX", "Target", "resolve"]
+
+#: A target URL with this prefix is an event store: ``store+sqlite:///events.db``,
+#: ``store+postgresql://…`` (a bare ``postgresql://`` is the PostgreSQL transport).
+STORE_PREFIX = "store+"
 
 R = TypeVar("R")
 
@@ -133,9 +139,14 @@ class _Sync:
 class _Store(_Sync):
     """An event store: one append per batch; events it already holds are skipped."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, owned: bool = False) -> None:
         super().__init__(self._append, f"store {redact_url(getattr(store, 'url', '?'))}")
         self.store = store
+        self.owned = owned  # opened from a URL by the relay: closed by it too
+
+    def close(self, timeout: float) -> None:
+        if self.owned:
+            self.store.close()
 
     def _append(self, events: list[Event]) -> None:
         try:
@@ -183,6 +194,10 @@ def _each(fn: Callable[[Event], Any]) -> Callable[[list[Event]], None]:
 
 def resolve(target: Any) -> Target:
     """Wrap ``target`` (see the module docstring); TypeError names what was given instead."""
+    if isinstance(target, str) and target.lower().startswith(STORE_PREFIX):
+        from tidings.store import open_store  # noqa: PLC0415
+
+        return _Store(open_store(target[len(STORE_PREFIX) :]), owned=True)
     if isinstance(target, str):
         from tidings.publishers import open_publisher  # noqa: PLC0415
 
