@@ -109,12 +109,14 @@ class Outbox:
             if kind == "psycopg":
                 _reject(conn, str(exc))
             raise
+        if not rows:
+            return
         _check_transaction(conn, kind)
         if len(rows) == 1:  # the common case: one statement, no executemany set-up
             conn.execute(query(_DIALECT[kind], "insert"), rows[0])
         elif kind == "sqlite":
             conn.executemany(query("sqlite", "insert"), rows)
-        elif rows:
+        else:
             with conn.cursor() as cur:
                 cur.executemany(query("postgresql", "insert"), rows)
 
@@ -135,9 +137,11 @@ class Outbox:
         except OutboxError as exc:
             await _areject(conn, str(exc))
             raise
-        if rows:
-            async with conn.cursor() as cur:
-                await cur.executemany(query("postgresql", "insert"), rows)
+        if not rows:
+            return
+        _check_transaction(conn, kind)
+        async with conn.cursor() as cur:
+            await cur.executemany(query("postgresql", "insert"), rows)
 
 
 def _check_transaction(conn: Any, kind: str) -> None:
