@@ -54,9 +54,9 @@ class Relay:
     (``logging``, ``memory``, ``redis://…``, ``kafka://…``; ``store+sqlite:///events.db`` for a
     store), a callable taking one event, or a list of these (each gets every batch, in
     order). ``on_publish`` deletes published rows (``"delete"``) or marks them (``"mark"``),
-    kept ``retention`` seconds. ``lease`` (SQLite)
-    is how long a claim stays with a relay that stopped answering. ``migrate=True`` creates
-    the outbox table first (tests, single-process tools; otherwise ``tidings migrate``).
+    kept ``retention`` seconds. ``lease`` (SQLite) is how long a claim stays with a relay that
+    stopped answering. ``migrate=True`` creates the outbox table first (tests, single-process
+    tools); deployments create it with their migrations (see ``tidings.outbox.schema``).
     """
 
     def __init__(
