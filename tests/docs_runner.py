@@ -25,8 +25,14 @@ def main() -> int:
     try:
         for block in blocks:
             try:
+                # dont_inherit: a snippet runs as a script would, without this module's
+                # `from __future__ import annotations` (SQLAlchemy reads the annotations)
                 code = compile(
-                    block["code"], block["where"], "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+                    block["code"],
+                    block["where"],
+                    "exec",
+                    flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
+                    dont_inherit=True,
                 )
                 if code.co_flags & inspect.CO_COROUTINE:
                     loop.run_until_complete(eval(code, namespace))

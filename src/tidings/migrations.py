@@ -75,6 +75,7 @@ class Component:
 COMPONENTS: tuple[Component, ...] = (
     Component("store", "tidings.store"),
     Component("webhooks", "tidings.webhooks"),
+    Component("outbox", "tidings.outbox"),
     Component("transport_postgres", "tidings.transports", in_schema=True),
 )
 

@@ -26,6 +26,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     events: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    # The application's publisher (tidings.publishers): logging, memory or a transport URL;
+    # TIDINGS_PUBLISHER sets it.
+    publisher: str | None = None
 
     def bus_kwargs(self) -> BusKwargs:
         """Keyword arguments for ``tidings.Bus(**settings.bus_kwargs())``."""
@@ -61,6 +64,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
             ),
             store=msgspec.structs.replace(self.store, url=redact_url(self.store.url)),
             event_broker=redact_broker(self.event_broker),
+            publisher=None if self.publisher is None else redact_url(self.publisher),
             server=msgspec.structs.replace(
                 self.server, api_key=None if self.server.api_key is None else MASK
             ),
