@@ -251,6 +251,24 @@ def _open_everything(url: str) -> None:
     finally:
         store.close()
     asyncio.run(_start_transport(url))
+    _open_outbox(url)
+
+
+def _open_outbox(url: str) -> None:
+    """An application's outbox at start (``Relay(migrate=True)`` / ``schema.apply``)."""
+    from tidings.outbox import schema  # noqa: PLC0415
+
+    if url.startswith("sqlite"):
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+        try:
+            schema.apply(conn)
+        finally:
+            conn.close()
+        return
+    import psycopg  # noqa: PLC0415
+
+    with psycopg.connect(url) as pg:
+        schema.apply(pg)
 
 
 def test_postgres_database_of_the_previous_release_upgrades_to_the_fresh_schema(
@@ -311,6 +329,7 @@ def _open_sqlite(path: Path) -> None:
         DeliveryQueue(store).close()  # type: ignore[arg-type]
     finally:
         store.close()
+    _open_outbox(f"sqlite:///{path}")
 
 
 def test_sqlite_database_of_the_previous_release_upgrades_to_the_fresh_schema(
@@ -330,7 +349,11 @@ def test_sqlite_database_of_the_previous_release_upgrades_to_the_fresh_schema(
 
     expected = _sqlite_schema(fresh)
     records = "SELECT component, version FROM tidings_migrations ORDER BY 1, 2"
-    assert _sqlite_rows(fresh, records) == [("store", "001_init"), ("webhooks", "001_queue")]
+    assert _sqlite_rows(fresh, records) == [
+        ("outbox", "001_outbox"),
+        ("store", "001_init"),
+        ("webhooks", "001_queue"),
+    ]
     for path in (by_migrate, by_opening):
         got = _sqlite_schema(path)
         assert got == expected, "\n".join(

@@ -23,11 +23,12 @@ import re
 import sqlite3
 from typing import Any
 
+from tidings.migrations import postgres_apply, sqlite_apply
+
 __all__ = ["apply", "ddl", "downgrade", "files", "statements", "upgrade"]
 
 _FOLDERS = {"postgresql": "postgres", "postgres": "postgres", "sqlite": "sqlite"}
 _NAME = re.compile(r"^\d{3}_[a-z0-9_]+\.sql$")
-_LOCK = (29802, 29803)  # advisory lock while the DDL runs (the migrations' lock class)
 _DROP = {
     "postgres": "DROP TABLE IF EXISTS tidings_outbox;\n"
     "DROP FUNCTION IF EXISTS tidings_outbox_wakeup();\n"
@@ -92,16 +93,25 @@ def _text(sql: str) -> Any:
 
 
 def apply(conn: Any) -> None:
-    """Run the DDL on a psycopg connection or a sqlite3 connection (idempotent).
-
-    Used by ``Relay(..., migrate=True)`` and the tests until ``tidings migrate`` knows the
-    outbox component.
-    """
+    """Create or upgrade the outbox table on a psycopg or sqlite3 connection: the ``outbox``
+    component of ``tidings migrate``, recorded in ``tidings_migrations`` the same way, so
+    an application may call this, run ``tidings migrate``, or both."""
     if isinstance(conn, sqlite3.Connection):
-        with conn:
-            for sql in statements("sqlite"):
-                conn.execute(sql)
+        level = conn.isolation_level
+        if conn.in_transaction:
+            conn.commit()
+        conn.isolation_level = None
+        try:
+            sqlite_apply(conn, ("outbox",))
+        finally:
+            conn.isolation_level = level
         return
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _LOCK)
-        conn.execute(ddl("postgresql").encode())
+    autocommit = conn.autocommit
+    if not autocommit:
+        conn.commit()
+        conn.autocommit = True
+    try:
+        postgres_apply(conn, ("outbox",))
+    finally:
+        if not autocommit:
+            conn.autocommit = False
