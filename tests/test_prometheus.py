@@ -469,7 +469,7 @@ SNIPPET_SHOWS = [
         'tidings_bus_events_handled_total{bus="default",handler="audit",pattern="order.*"} 1.0',
         'tidings_store_head_position{store="sqlite"} 1.0',
     ],
-    ['tidings_bus_queue_capacity{bus="default"} 1000.0'],
+    ['tidings_bus_queue_capacity{bus="api"} 1000.0'],
 ]
 
 
