@@ -76,7 +76,7 @@ COMPONENTS: tuple[Component, ...] = (
     Component("store", "tidings.store"),
     Component("webhooks", "tidings.webhooks"),
     Component("outbox", "tidings.outbox"),
-    Component("transport_postgres", "tidings.transports", in_schema=True),
+    Component("transport_postgres", "tidings.transports.postgres", in_schema=True),
 )
 
 _FILE_RE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
