@@ -210,7 +210,7 @@ class ActionResults:
             return [_result(r) for r in conn.execute(query, params).fetchall()]
 
     async def get(self, key: str) -> ActionResult | None:
-        found = await asyncio.to_thread(self._rows, self._q.get, (key,))
+        found = await asyncio.to_thread(self._rows, self._q.by_key, (key,))
         return found[0] if found else None
 
     async def for_event(self, event_id: str) -> list[ActionResult]:

@@ -42,10 +42,15 @@ _OPTIONS = ("to", "subject", "body", "from", "host", "port", "starttls", "ssl", 
             "password_env", "timeout")  # fmt: skip
 
 
-def _template(options: Mapping[str, Any], name: str, *, header: bool, default: Any = None) -> Any:
-    text = option_str("email", options, name, default)
-    if text is None:
-        return None
+def _template(
+    options: Mapping[str, Any], name: str, *, header: bool, default: str | None = None
+) -> Template:
+    """A required template option (``default`` when absent, if one is given)."""
+    text = (
+        option_str("email", options, name)
+        if default is None
+        else option_str("email", options, name, default)
+    )
     if header and ("\r" in text or "\n" in text):
         raise ActionOptionError("email", name, "must not contain line breaks (CR or LF)")
     try:

@@ -25,7 +25,7 @@ SELECT seq, key, event_id, trigger_id, action_index, action_type, status, output
     extract(epoch FROM updated_at)::float8
 FROM action_results
 
--- name: get
+-- name: by_key
 {columns} WHERE key = %s
 
 -- name: for_event

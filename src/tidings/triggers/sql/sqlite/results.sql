@@ -15,7 +15,7 @@ SELECT seq, key, event_id, trigger_id, action_index, action_type, status, output
     duration_ms, attempts, created_at, updated_at
 FROM action_results
 
--- name: get
+-- name: by_key
 {columns} WHERE key = ?
 
 -- name: for_event
