@@ -118,19 +118,14 @@ class ActionResults:
         db, q = self._db, self._q
         with db.transaction() as conn:
             if db.dialect == "postgres":
-                params = {
-                    "keys": [r.key for r, _ in rows],
-                    "event_ids": [r.event_id for r, _ in rows],
-                    "trigger_ids": [r.trigger_id for r, _ in rows],
-                    "indexes": [r.action_index for r, _ in rows],
-                    "types": [r.action_type for r, _ in rows],
-                    "statuses": [r.status for r, _ in rows],
-                    "outputs": [o for _, o in rows],
-                    "errors": [r.error for r, _ in rows],
-                    "durations": [r.duration_ms for r, _ in rows],
-                    "attempts": [r.attempts for r, _ in rows],
-                }
-                return int(conn.execute(q.record, params).rowcount)
+                pg_rows = [
+                    (
+                        r.key, r.event_id, r.trigger_id, r.action_index, r.action_type, r.status,
+                        out, r.error, r.duration_ms, r.attempts,
+                    )
+                    for r, out in rows
+                ]  # fmt: skip
+                return db.executemany(conn, q.record, pg_rows)
             now = time.time()
             values = [
                 (

@@ -16,9 +16,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tidings.event import decode, new_id
+from tidings.event import decode, encode, new_id
 from tidings.triggers.database import Database, open_database
-from tidings.triggers.jobs.model import Job, action_from_json
+from tidings.triggers.jobs.model import Job, action_from_json, action_to_json
 
 __all__ = ["SqlJobQueue"]
 
@@ -76,29 +76,21 @@ class SqlJobQueue:
         if not jobs:
             return 0
         rows = []
+        actions: dict[int, str] = {}  # a batch repeats its specs and events: encode each once
+        events: dict[int, str] = {}
         for job in jobs:
             if not isinstance(job, Job):
                 raise TypeError(f"enqueue(): expected Jobs, got {type(job).__name__}")
-            body = job.body()
-            rows.append((job, body))
+            action = actions.get(id(job.action))
+            if action is None:
+                action = actions[id(job.action)] = action_to_json(job.action)
+            event = events.get(id(job.event))
+            if event is None:
+                event = events[id(job.event)] = encode(job.event).decode()
+            rows.append((job, {"action": action, "event": event}))
         now = time.time()
         db, q = self._db, self._q
         with db.transaction() as conn:
-            if db.dialect == "postgres":
-                params = {
-                    "now": now,
-                    "keys": [j.key for j, _ in rows],
-                    "event_ids": [j.event_id for j, _ in rows],
-                    "trigger_ids": [j.trigger_id for j, _ in rows],
-                    "indexes": [j.action_index for j, _ in rows],
-                    "types": [j.action.type for j, _ in rows],
-                    "compensations": [j.compensation for j, _ in rows],
-                    "partitions": [j.partition for j, _ in rows],
-                    "positions": [j.position for j, _ in rows],
-                    "actions": [b["action"] for _, b in rows],
-                    "events": [b["event"] for _, b in rows],
-                }
-                return int(conn.execute(q.enqueue, params).rowcount)
             values = [
                 (
                     j.key,
@@ -106,7 +98,7 @@ class SqlJobQueue:
                     j.trigger_id,
                     j.action_index,
                     j.action.type,
-                    int(j.compensation),
+                    j.compensation,  # sqlite3 stores a bool as 0 or 1
                     j.partition,
                     j.position,
                     b["action"],

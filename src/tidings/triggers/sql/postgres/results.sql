@@ -3,16 +3,11 @@
 
 -- name: record
 -- One row per key: a later outcome of the same job replaces the earlier one, except on a row a
--- reorg has invalidated (or compensated): that stays as it is.
+-- reorg has invalidated (or compensated): that stays as it is. Sent with executemany
+-- (pipelined), like the job queue's enqueue.
 INSERT INTO action_results (key, event_id, trigger_id, action_index, action_type, status,
     output, error, duration_ms, attempts)
-SELECT u.key, u.event_id, u.trigger_id, u.action_index, u.action_type, u.status,
-    u.output::jsonb, u.error, u.duration_ms, u.attempts
-FROM unnest(%(keys)s::text[], %(event_ids)s::text[], %(trigger_ids)s::text[],
-    %(indexes)s::int[], %(types)s::text[], %(statuses)s::text[], %(outputs)s::text[],
-    %(errors)s::text[], %(durations)s::float8[], %(attempts)s::int[])
-    AS u(key, event_id, trigger_id, action_index, action_type, status, output, error,
-         duration_ms, attempts)
+VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s)
 ON CONFLICT (key) DO UPDATE SET status = excluded.status, output = excluded.output,
     error = excluded.error, duration_ms = excluded.duration_ms, attempts = excluded.attempts,
     updated_at = now()
