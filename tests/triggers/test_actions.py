@@ -106,9 +106,9 @@ def test_a_field_the_event_lacks_is_a_permanent_error() -> None:
         (ActionSpec("webhook", {}), "endpoint", "exactly one"),
         (ActionSpec("webhook", {"endpoint": "a", "url": "http://x"}), "endpoint", "exactly one"),
         (ActionSpec("webhook", {"url": "ftp://x/y"}), "url", "http:// or https://"),
-        (ActionSpec("publish", {"data": {}}), "type", "is required"),
-        (ActionSpec("publish", {"type": "a b"}), "type", "spaces"),
-        (ActionSpec("publish", {"type": "a", "data": {"k": ["ok", "{data.}"]}}), "data.k[1]",
+        (ActionSpec("publish", {"data": {}}), "event_type", "is required"),
+        (ActionSpec("publish", {"event_type": "a b"}), "event_type", "spaces"),
+        (ActionSpec("publish", {"event_type": "a", "data": {"k": ["ok", "{data.}"]}}), "data.k[1]",
          "not a field path"),
     ],
 )  # fmt: skip
@@ -217,7 +217,7 @@ async def test_log_writes_the_rendered_message(caplog: pytest.LogCaptureFixture)
 
 
 async def test_publish_sets_causation_keeps_correlation_and_repeats_its_id(tmp_path: Path) -> None:
-    spec = ActionSpec("publish", {"type": "actions.test.scored",
+    spec = ActionSpec("publish", {"event_type": "actions.test.scored",
                                   "data": {"agent": "{data.agent}", "score": "{data.score}",
                                            "note": "agent {data.agent}", "fixed": [1, None]},
                                   "subject": "{data.agent}"})  # fmt: skip
@@ -244,12 +244,12 @@ async def test_publish_sets_causation_keeps_correlation_and_repeats_its_id(tmp_p
     assert new.data == {"agent": "a-7", "score": 93, "note": "agent a-7", "fixed": [1, None]}
 
     no_corr = Event(type="actions.test.bare")
-    made = PublishAction({"type": "x.y"}).event_for(ctx(spec, no_corr))
+    made = PublishAction({"event_type": "x.y"}).event_for(ctx(spec, no_corr))
     assert made.correlation_id == no_corr.id and made.causation_id == no_corr.id
 
 
 async def test_publish_without_a_way_to_publish_is_a_permanent_error() -> None:
-    spec = ActionSpec("publish", {"type": "x.y"})
+    spec = ActionSpec("publish", {"event_type": "x.y"})
     with pytest.raises(PermanentActionError, match="no way to publish"):
         await build_action(spec).run(ctx(spec))
 

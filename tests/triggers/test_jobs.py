@@ -62,7 +62,9 @@ async def test_the_key_is_event_trigger_and_action_index() -> None:
 
 async def test_a_claimed_job_comes_back_whole(queue: JobQueue) -> None:
     event = Event(type="jobs.test.whole", data={"x": [1, 2]}, extensions={"chainid": 5})
-    spec = ActionSpec(type="publish", options={"type": "a.b", "data": {"k": "{data.x}"}}, name="p")
+    spec = ActionSpec(
+        type="publish", options={"event_type": "a.b", "data": {"k": "{data.x}"}}, name="p"
+    )
     job = Job.for_event(event, "t9", 3, spec, position=42, partition="chain-5")
     assert await queue.enqueue([job]) == 1
     (got,) = await queue.claim("w1", 10, 30)
@@ -70,7 +72,7 @@ async def test_a_claimed_job_comes_back_whole(queue: JobQueue) -> None:
     assert got.event == event
     assert (got.action.type, dict(got.action.options), got.action.name) == (
         "publish",
-        {"type": "a.b", "data": {"k": "{data.x}"}},
+        {"event_type": "a.b", "data": {"k": "{data.x}"}},
         "p",
     )
     assert (got.position, got.partition, got.compensation) == (42, "chain-5", False)

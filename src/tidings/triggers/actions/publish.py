@@ -1,8 +1,9 @@
 """The ``publish`` action: a new event, caused by the matched one.
 
-Options: ``type`` (the new event's type, required), ``data`` (any JSON value; each string in
-it is a template, and a string that is one ``{path}`` keeps the value's own type),
-``source`` (default ``tidings/triggers``), ``subject`` (a template).
+Options: ``event_type`` (the new event's type, required; ``type`` names the action itself),
+``data`` (any JSON value; each string in it is a template, and a string that is one ``{path}``
+keeps the value's own type), ``source`` (default ``tidings/triggers``), ``subject`` (a
+template).
 
 The new event's ``causation_id`` is the matched event's id; its ``correlation_id`` is the
 matched event's (or, when that has none, the matched event's id), so a chain of reactions
@@ -59,10 +60,12 @@ def _fill(value: Any, event: Event) -> Any:
 
 class PublishAction:
     def __init__(self, options: Mapping[str, Any]) -> None:
-        options = check_options("publish", options, ("type", "data", "source", "subject"))
-        self.type = option_str("publish", options, "type")
+        options = check_options("publish", options, ("event_type", "data", "source", "subject"))
+        self.type = option_str("publish", options, "event_type")
         if any(c.isspace() for c in self.type):
-            raise ActionOptionError("publish", "type", f"must not contain spaces: {self.type!r}")
+            raise ActionOptionError(
+                "publish", "event_type", f"must not contain spaces: {self.type!r}"
+            )
         self.data = _compile(options.get("data"), "data")
         self.source = option_str("publish", options, "source", "tidings/triggers")
         subject = option_str("publish", options, "subject", None)
