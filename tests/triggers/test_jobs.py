@@ -50,6 +50,7 @@ async def test_enqueue_of_a_key_seen_before_adds_nothing_whatever_its_state(
     assert await queue.enqueue(again) == 0, states
     assert {j.key: await queue.state(j.key) for j in batch} == states
     assert await queue.enqueue([*again, *jobs_for(events(2))]) == 2  # only the new ones count
+    assert (queue.counts["enqueued"], queue.counts["duplicates"]) == (8, 6 + 6 + 6)
 
 
 async def test_the_key_is_event_trigger_and_action_index() -> None:

@@ -8,6 +8,7 @@ one row per key.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
@@ -149,9 +150,13 @@ class JobQueue(Protocol):
     ``enqueue`` returns how many jobs were new: a key seen before (queued, running, done,
     cancelled or dead) is ignored. ``claim`` leases up to ``limit`` due jobs to ``worker_id``
     for ``lease_seconds``; a job whose lease runs out (its worker died) is due again.
-    ``fail(job, error, retry_at)``: due again at ``retry_at`` (epoch seconds), or dead (the DLQ)
-    when ``retry_at`` is None. ``cancel_for_events`` cancels pending jobs only.
+    ``counts["enqueued"]`` and ``counts["duplicates"]`` (keys offered again and ignored) count
+    enqueues in this process. ``fail(job, error, retry_at)``: due again at ``retry_at`` (epoch
+    seconds), or dead (the DLQ) when ``retry_at`` is None. ``cancel_for_events`` cancels
+    pending jobs only.
     """
+
+    counts: Counter[str]
 
     async def enqueue(self, jobs: Sequence[Job]) -> int: ...
 

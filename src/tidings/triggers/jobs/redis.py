@@ -18,6 +18,7 @@ another worker holds now. ``?prefix=`` in the URL names the queue (default ``tid
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -196,6 +197,7 @@ class RedisJobQueue:
             )
         self.url = url
         self.prefix = prefix
+        self.counts: Counter[str] = Counter()  # enqueued (new), duplicates (keys seen before)
         client_url = urlunsplit(parts._replace(query=urlencode(query)))
         self._redis: Any = aioredis.from_url(client_url, decode_responses=False)
         tag = "{" + prefix + "}"
@@ -234,6 +236,8 @@ class RedisJobQueue:
             for job in batch[start : start + _BATCH]:
                 args += [job.key, msgspec.json.encode(job.body())]
             added += int(await self._enqueue(keys=keys, args=args))
+        self.counts["enqueued"] += added
+        self.counts["duplicates"] += len(batch) - added
         return added
 
     async def claim(self, worker_id: str, limit: int, lease_seconds: float) -> list[Job]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -68,6 +69,7 @@ class SqlJobQueue:
         self._q = self._db.queries("jobs")
         self.url = url
         self._closed = False
+        self.counts: Counter[str] = Counter()  # enqueued (new), duplicates (keys seen before)
 
     # ------------------------------------------------------------------ writing
 
@@ -109,7 +111,8 @@ class SqlJobQueue:
                 )
                 for j, b in rows
             ]
-            return db.executemany(conn, q.enqueue, values)
+            added = db.executemany(conn, q.enqueue, values)
+        return self._count(len(values), added)
 
     async def enqueue(self, jobs: Sequence[Job]) -> int:
         """Add ``jobs`` in one transaction; returns how many were new (see ``JobQueue``)."""
@@ -117,6 +120,11 @@ class SqlJobQueue:
         if not batch:
             return 0
         return await asyncio.to_thread(self.enqueue_sync, batch)
+
+    def _count(self, offered: int, added: int) -> int:
+        self.counts["enqueued"] += added
+        self.counts["duplicates"] += offered - added
+        return added
 
     def _claim(self, worker_id: str, limit: int, lease_seconds: float) -> list[Job]:
         _check_claim(worker_id, limit, lease_seconds)
