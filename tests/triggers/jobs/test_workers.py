@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.triggers.conftest import wait_for
+from tests.triggers.jobs.conftest import wait_for
 from tidings.event import Event
 from tidings.retry import RetryPolicy
 from tidings.triggers.actions import (

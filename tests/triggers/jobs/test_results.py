@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.triggers.conftest import pg_sql
+from tests.triggers.jobs.conftest import pg_sql
 from tidings.event import Event
 from tidings.store import open_store
 from tidings.triggers.results import ActionResult, ActionResults
