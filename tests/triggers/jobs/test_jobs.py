@@ -197,3 +197,25 @@ def test_open_job_queue_names_what_it_takes() -> None:
         open_job_queue("kafka://x", "sqlite:///x.db")
     with pytest.raises(StoreError, match="durable database"):
         open_job_queue("store", "memory://")
+
+
+async def test_bad_input_is_refused_naming_it_and_nothing_is_written(queue: JobQueue) -> None:
+    good = jobs_for(events(3))
+    bad = Job.for_event(Event(type="jobs.test.bad"), "t", 0, ActionSpec("log", {"x": object()}))
+    with pytest.raises(ValueError, match="action 'log': its options must be JSON values"):
+        await queue.enqueue([*good, bad])
+    assert await queue.depth() == 0
+    with pytest.raises(TypeError, match=r"enqueue\(\): expected Jobs, got dict"):
+        await queue.enqueue([{"key": "x"}])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"claim\(limit=\): expected an int >= 1, got 0"):
+        await queue.claim("w", 0, 30)
+    with pytest.raises(ValueError, match=r"claim\(lease_seconds=\): expected seconds > 0"):
+        await queue.claim("w", 1, -1)
+    with pytest.raises(ValueError, match=r"claim\(worker_id=\)"):
+        await queue.claim("", 1, 30)
+    with pytest.raises(TypeError, match="not a string"):
+        await queue.cancel_for_events("ev-1")
+    with pytest.raises(ValueError, match="was not claimed"):
+        await queue.complete(good[0])
+    with pytest.raises(ValueError, match=r"dead\(limit=\)"):
+        await queue.dead(limit=0)

@@ -228,13 +228,14 @@ class RedisJobQueue:
                 raise TypeError(f"enqueue(): expected Jobs, got {type(job).__name__}")
         if not batch:
             return 0
-        now = time.time()
+        encoded = [(job.key, msgspec.json.encode(job.body())) for job in batch]  # all, first:
+        now = time.time()  # a job that cannot be encoded stops the batch before any write
         keys = [self._k["state"], self._k["body"], self._k["ready"]]
         added = 0
-        for start in range(0, len(batch), _BATCH):
+        for start in range(0, len(encoded), _BATCH):
             args: list[Any] = [now]
-            for job in batch[start : start + _BATCH]:
-                args += [job.key, msgspec.json.encode(job.body())]
+            for key, body in encoded[start : start + _BATCH]:
+                args += [key, body]
             added += int(await self._enqueue(keys=keys, args=args))
         self.counts["enqueued"] += added
         self.counts["duplicates"] += len(batch) - added
