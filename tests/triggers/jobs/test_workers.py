@@ -280,7 +280,7 @@ async def test_stop_drains_then_hands_back_what_did_not_finish(
 # ---------------------------------------------------------------------- kill -9
 
 CHILD = r"""
-import asyncio, json, sys, time
+import asyncio, json, sys
 from pathlib import Path
 from tidings.triggers.actions import register_action
 from tidings.triggers.jobs import open_job_queue
@@ -289,14 +289,25 @@ from tidings.triggers.workers import ActionWorkers
 
 queue_name, store_url, marker = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 
-async def hold(ctx):
+def note(**fields):
     with marker.open("a") as f:
-        f.write(json.dumps({"key": ctx.key, "attempt": ctx.attempt}) + "\n")
-    await asyncio.sleep(3600)  # holding the claim until SIGKILL
+        f.write(json.dumps(fields) + "\n")
+
+async def act(ctx):
+    note(key=ctx.key, attempt=ctx.attempt)
+    if ctx.event.data["i"] % 2 == 0:
+        await asyncio.sleep(3600)  # holding the claim until SIGKILL
+    return {"by": "child"}
 
 async def main():
-    register_action("workers.test.kill", hold)
+    register_action("workers.test.kill", act)
     queue = open_job_queue(queue_name, store_url)
+
+    async def stuck(jobs):  # the results are written; the process dies before the queue hears
+        note(stuck=[j.key for j in jobs])
+        await asyncio.sleep(3600)
+
+    queue.complete_many = stuck
     results = ActionResults(store_url)
     workers = ActionWorkers(queue, results, concurrency=10, timeout=1.0, lease_seconds=1.5,
                             poll_interval=0.02, worker_id="doomed")
@@ -306,9 +317,17 @@ asyncio.run(main())
 """
 
 
+async def _count_by(results: ActionResults, by: str, n: int) -> bool:
+    rows = await results.list(limit=1000)
+    return len([r for r in rows if r.output and r.output.get("by") == by]) >= n
+
+
 async def test_a_sigkilled_worker_s_jobs_run_again_after_the_lease(
     queue: JobQueue, queue_url: tuple[str, str], results: ActionResults, tmp_path: Path, action: Any
 ) -> None:
+    """The child claims five jobs: it runs the odd ones and records their results, then dies
+    before telling the queue (stuck in complete); the even ones it holds mid-action. SIGKILL;
+    after the lease every job runs again here, and each key still has one result row."""
     marker = tmp_path / "held.jsonl"
     jobs = make_jobs("workers.test.kill", 5)
     await queue.enqueue(jobs)
@@ -317,15 +336,19 @@ async def test_a_sigkilled_worker_s_jobs_run_again_after_the_lease(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+
+    def notes() -> list[dict[str, Any]]:
+        if not marker.exists():
+            return []
+        return [json.loads(line) for line in marker.read_text().splitlines()]
+
+    def ready() -> bool:
+        seen = notes()
+        return len([n for n in seen if "key" in n]) == 5 and any("stuck" in n for n in seen)
+
     try:
-
-        def held() -> list[dict[str, Any]]:
-            if not marker.exists():
-                return []
-            return [json.loads(line) for line in marker.read_text().splitlines()]
-
-        await wait_for(lambda: len(held()) == 5, 30, lambda: (held(), child.poll()))
-        assert {h["key"] for h in held()} == {j.key for j in jobs}
+        await wait_for(ready, 30, lambda: (notes(), child.poll()))
+        assert {n["key"] for n in notes() if "key" in n} == {j.key for j in jobs}
         os.kill(child.pid, signal.SIGKILL)
         child.wait(10)
     finally:
@@ -334,19 +357,27 @@ async def test_a_sigkilled_worker_s_jobs_run_again_after_the_lease(
             child.wait(10)
     assert child.returncode == -signal.SIGKILL, child.stdout.read() if child.stdout else ""
     assert {await queue.state(j.key) for j in jobs} == {"running"}  # claims held by the dead
+    by_child = await results.list(limit=100)
+    assert sorted(r.key for r in by_child) == sorted(j.key for j in jobs[1::2])
+    assert {(r.status, r.attempts, (r.output or {}).get("by")) for r in by_child} == {
+        ("succeeded", 1, "child")
+    }
 
     ran: Counter[str] = Counter()
 
-    def finish(ctx: ActionContext) -> dict[str, int]:
+    def finish(ctx: ActionContext) -> dict[str, Any]:
         ran[ctx.key] += 1
-        return {"attempt": ctx.attempt}
+        return {"by": "parent", "attempt": ctx.attempt}
 
     action("kill", finish)
     workers = ActionWorkers(queue, results, concurrency=10, poll_interval=0.05)
     async with running(workers):
-        await wait_for(lambda: _settled(results, succeeded=5), 30, lambda: statuses(results))
+        await wait_for(lambda: _count_by(results, "parent", 5), 30, lambda: results.list(limit=100))
     assert dict(ran) == {j.key: 1 for j in jobs}
     rows = await results.list(limit=100)
     assert sorted(r.key for r in rows) == sorted(j.key for j in jobs)  # one row per key
-    assert {(r.status, r.attempts) for r in rows} == {("succeeded", 2)}
+    assert {(r.status, r.attempts, (r.output or {}).get("by")) for r in rows} == {
+        ("succeeded", 2, "parent")
+    }
     assert await queue.depth() == 0
+    assert {await queue.state(j.key) for j in jobs} == {"done"}
