@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -381,3 +382,28 @@ async def test_a_sigkilled_worker_s_jobs_run_again_after_the_lease(
     }
     assert await queue.depth() == 0
     assert {await queue.state(j.key) for j in jobs} == {"done"}
+
+
+async def test_a_queue_that_is_down_is_logged_and_stop_still_returns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pytest.importorskip("redis")
+    from tidings.triggers.jobs.redis import RedisJobQueue  # noqa: PLC0415
+
+    queue = RedisJobQueue("redis://127.0.0.1:1/0?prefix=tidings-test-down")  # nothing listens
+    results = ActionResults(f"sqlite:///{tmp_path / 'events.db'}")
+    workers = ActionWorkers(queue, results, poll_interval=0.02)
+    try:
+        with caplog.at_level(logging.ERROR, logger="tidings.triggers.workers"):
+            task = asyncio.create_task(workers.run_until_stopped())
+            await wait_for(
+                lambda: any("claiming failed" in r.getMessage() for r in caplog.records),
+                30,
+                lambda: [r.getMessage() for r in caplog.records],
+            )
+            assert not task.done()
+            assert await asyncio.wait_for(workers.stop(), 10) == []
+            await task
+    finally:
+        await queue.close()
+        await results.close()
