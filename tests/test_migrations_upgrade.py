@@ -252,6 +252,17 @@ def _open_everything(url: str) -> None:
         store.close()
     asyncio.run(_start_transport(url))
     _open_outbox(url)
+    asyncio.run(_open_triggers(url))
+
+
+async def _open_triggers(url: str) -> None:
+    """What ``tidings serve`` / ``tidings process`` open for triggers: the job queue and the
+    results in the store's database (each applies the ``triggers`` component)."""
+    from tidings.triggers.jobs import SqlJobQueue  # noqa: PLC0415
+    from tidings.triggers.results import ActionResults  # noqa: PLC0415
+
+    await SqlJobQueue(url).close()
+    await ActionResults(url).close()
 
 
 def _open_outbox(url: str) -> None:
@@ -330,6 +341,7 @@ def _open_sqlite(path: Path) -> None:
     finally:
         store.close()
     _open_outbox(f"sqlite:///{path}")
+    asyncio.run(_open_triggers(f"sqlite:///{path}"))
 
 
 def test_sqlite_database_of_the_previous_release_upgrades_to_the_fresh_schema(
@@ -352,6 +364,7 @@ def test_sqlite_database_of_the_previous_release_upgrades_to_the_fresh_schema(
     assert _sqlite_rows(fresh, records) == [
         ("outbox", "001_outbox"),
         ("store", "001_init"),
+        ("triggers", "001_jobs"),
         ("webhooks", "001_queue"),
     ]
     for path in (by_migrate, by_opening):
