@@ -242,10 +242,13 @@ async def _start_transport(url: str) -> None:
 
 
 def _open_everything(url: str) -> None:
-    """What an application does at start: open the store, the webhook queue, the transport."""
+    """What an application does at start: open the store, the webhook queue, the transport.
+
+    The PostgreSQL store applies its own files only when asked (``migrate=True``; the SQLite
+    store always does): an application that upgrades without ``tidings migrate`` opens so."""
     from tidings.webhooks.queue import DeliveryQueue  # noqa: PLC0415
 
-    store = open_store(url)
+    store = open_store(url, migrate=True)
     try:
         DeliveryQueue(store).close()  # type: ignore[arg-type]
     finally:
@@ -352,6 +355,7 @@ def test_sqlite_database_of_the_previous_release_upgrades_to_the_fresh_schema(
     assert _sqlite_rows(fresh, records) == [
         ("outbox", "001_outbox"),
         ("store", "001_init"),
+        ("store", "002_chain"),
         ("webhooks", "001_queue"),
     ]
     for path in (by_migrate, by_opening):
