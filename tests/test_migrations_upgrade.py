@@ -33,6 +33,7 @@ from typer.testing import CliRunner
 from tests.conftest import require_service
 from tidings.cli import app
 from tidings.store import open_store
+from tidings.triggers.chains import ChainTracker
 
 PREVIOUS = "081201d"
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,6 +252,7 @@ def _open_everything(url: str) -> None:
     store = open_store(url, migrate=True)
     try:
         DeliveryQueue(store).close()  # type: ignore[arg-type]
+        ChainTracker(store).close()  # the triggers component: chain checkpoints
     finally:
         store.close()
     asyncio.run(_start_transport(url))
@@ -330,6 +332,7 @@ def _open_sqlite(path: Path) -> None:
     store = open_store(f"sqlite:///{path}")
     try:
         DeliveryQueue(store).close()  # type: ignore[arg-type]
+        ChainTracker(store).close()  # the triggers component: chain checkpoints
     finally:
         store.close()
     _open_outbox(f"sqlite:///{path}")
@@ -356,6 +359,8 @@ def test_sqlite_database_of_the_previous_release_upgrades_to_the_fresh_schema(
         ("outbox", "001_outbox"),
         ("store", "001_init"),
         ("store", "002_chain"),
+        ("triggers", "001_jobs"),
+        ("triggers", "002_checkpoints"),
         ("webhooks", "001_queue"),
     ]
     for path in (by_migrate, by_opening):

@@ -1,0 +1,3 @@
+-- triggers component, schema 001: the action job queue and action_results (JOBS, issue 12).
+-- PLACEHOLDER on branch i12-chains only, so that 002_checkpoints.sql has its 001: JOBS' file
+-- of the same name replaces this one when the branches meet.
