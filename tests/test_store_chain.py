@@ -8,6 +8,7 @@ Event types here live under ``chaintest.`` (plus seed 001's ``AgentRegistered``)
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
@@ -298,3 +299,51 @@ def test_invalidated_events_are_kept_marked_and_skipped_by_every_reader(store_ur
         assert [r.event.id for r in seen] == valid_ids
     finally:
         store.close()
+
+
+# --------------------------------------------------------------------- the helpers
+
+
+def test_chain_helpers_name_columns_and_extensions() -> None:
+    ext = chain_extensions(chain_id=1, block_number=2, block_hash="0xb", registry=None)
+    assert ext == {"chainid": 1, "blocknumber": 2, "blockhash": "0xb"}
+    with pytest.raises(ValueError, match=r"unknown column.*blocknum; known: chain_id"):
+        chain_extensions(blocknum=2)
+    assert chain_info(Event(type="chaintest.none")) is None
+    assert chain_info(Event(type="chaintest.other", extensions={"traceparent": "00-x"})) is None
+    info = chain_info(Event(type="chaintest.text", extensions={"chainid": "10", "logindex": 0}))
+    assert info is not None and (info.chain_id, info.log_index) == (10, 0)
+    with pytest.raises(EventError, match=r"extensions\['chainid'\]\": expected a 64-bit integer"):
+        chain_info(Event(type="chaintest.bool", extensions={"chainid": True}))
+
+
+def test_sqlite_writes_fill_the_seed_columns(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/cols.db")
+    try:
+        ev = Event(
+            type="chaintest.logged",
+            extensions=chain_extensions(chain_id=1, block_number=42, block_hash="0xb", log_index=2),
+        )
+        store.append([Event(type="chaintest.plain")])  # no chain: the narrow statement
+        store.append([ev, Event(type="chaintest.plain")])  # chain columns in the batch
+    finally:
+        store.close()
+    with sqlite3.connect(tmp_path / "cols.db") as conn:
+        rows = conn.execute(
+            "SELECT type, chain_id, block_number, block_hash, log_index, event_type, timestamp, "
+            "created_at = recorded_at, invalidated FROM tidings_events ORDER BY position"
+        ).fetchall()
+    assert rows[0] == (
+        "chaintest.plain",
+        None,
+        None,
+        None,
+        None,
+        "chaintest.plain",
+        rows[0][6],
+        1,
+        0,
+    )
+    assert rows[1] == ("chaintest.logged", 1, 42, "0xb", 2, "chaintest.logged", rows[1][6], 1, 0)
+    assert rows[1][6] == int(ev.time.timestamp())
+    assert rows[2][1:5] == (None, None, None, None)

@@ -52,6 +52,7 @@ class _Data:
         self.streams: dict[str, list[Recorded]] = {}
         self.ids: set[str] = set()
         self.checkpoints: dict[str, int] = {}
+        self.invalidated = 0  # events a reorg invalidated: while 0, read_all is a slice
         self.wakeup = Wakeup()
 
 
@@ -148,7 +149,7 @@ class MemoryStore:
         self, after_position: int = 0, limit: int = 1000, *, include_invalidated: bool = False
     ) -> list[Recorded]:
         check_page(after_position, limit)
-        if not include_invalidated:
+        if not include_invalidated and self._data.invalidated:
             return self.load(Criteria(after_position=after_position, limit=limit))
         with self._data.lock:
             return self._data.records[after_position : after_position + limit]
@@ -218,6 +219,7 @@ class MemoryStore:
                 if rec.stream is not None and rec.version is not None:
                     data.streams[rec.stream][rec.version - 1] = marked
                 out.append(marked)
+            data.invalidated += len(out)
         return out
 
     def chain_blocks(

@@ -48,7 +48,7 @@ from tidings.store.base import (
     check_criteria,
     check_page,
 )
-from tidings.store.chain import chain_values
+from tidings.store.chain import chain_values, has_chain
 from tidings.store.subscription import (
     DEFAULT_PAGE_SIZE,
     AlsoWrite,
@@ -377,14 +377,17 @@ class SqliteStore:
                         e.aggregate_id,
                         stamp,
                         body,
-                        *chain,
                         e.type,  # event_type: seed 001's name for it
                         math.floor(e.time.timestamp()),  # seed 001's epoch seconds
                         stamp,  # created_at
                     )
-                    for i, (e, body, chain) in enumerate(zip(batch, bodies, chains, strict=True))
+                    for i, (e, body) in enumerate(zip(batch, bodies, strict=True))
                 ]
-                conn.executemany(_Q.insert, rows)
+                if any(has_chain(c) for c in chains):
+                    rows = [row + c for row, c in zip(rows, chains, strict=True)]
+                    conn.executemany(_Q.insert_chain, rows)
+                else:
+                    conn.executemany(_Q.insert, rows)
                 last = conn.execute(_Q.last_position).fetchone()[0]
                 first = last - len(batch) + 1
                 recorded = [

@@ -16,11 +16,18 @@ PRAGMA query_only = ON
 -- ---------------------------------------------------------------- writes
 
 -- name: insert
--- The chain columns (002_chain.sql) come from the event's extensions; event_type and
--- timestamp are type and time again, as seed 001's readers expect them.
+-- event_type, timestamp and created_at (002_chain.sql) are type, time and recorded_at again,
+-- as seed 001's readers expect them. A batch without chain coordinates leaves the chain
+-- columns out (binding seven NULLs per row is a fifth of the append's cost).
 INSERT INTO tidings_events (id, type, stream, version, time, correlation_id, aggregate_id,
-    recorded_at, body, chain_id, block_number, block_hash, parent_hash, transaction_hash,
-    log_index, registry, event_type, timestamp, created_at)
+    recorded_at, body, event_type, timestamp, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+
+-- name: insert_chain
+-- The same with the chain columns, filled from the events' extensions.
+INSERT INTO tidings_events (id, type, stream, version, time, correlation_id, aggregate_id,
+    recorded_at, body, event_type, timestamp, created_at, chain_id, block_number, block_hash,
+    parent_hash, transaction_hash, log_index, registry)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 
 -- name: last_position
