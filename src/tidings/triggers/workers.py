@@ -50,7 +50,7 @@ _COMPENSATE = ":compensate"
 
 def context_factory(
     *,
-    publish: Callable[[Event], Awaitable[None]] | None = None,
+    publish: Callable[[Event], Awaitable[Any]] | None = None,
     webhooks: WebhookEnqueue | None = None,
 ) -> ContextFactory:
     """The usual ``context_factory``: every job's context gets the same ways out."""
