@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import msgspec
 
 from tidings.event import new_id
-from tidings.triggers.jobs.model import Job
+from tidings.triggers.jobs.model import Job, as_job
 from tidings.urls import redact_url
 
 __all__ = ["RedisJobQueue"]
@@ -222,10 +222,7 @@ class RedisJobQueue:
 
     async def enqueue(self, jobs: Sequence[Job]) -> int:
         """Add ``jobs``; returns how many were new (a key seen before is ignored)."""
-        batch = list(jobs)
-        for job in batch:
-            if not isinstance(job, Job):
-                raise TypeError(f"enqueue(): expected Jobs, got {type(job).__name__}")
+        batch = [as_job(job) for job in jobs]
         if not batch:
             return 0
         encoded = [(job.key, msgspec.json.encode(job.body())) for job in batch]  # all, first:

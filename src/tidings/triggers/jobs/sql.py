@@ -19,7 +19,7 @@ from typing import Any
 
 from tidings.event import decode, encode, new_id
 from tidings.triggers.database import Database, open_database
-from tidings.triggers.jobs.model import Job, action_from_json, action_to_json
+from tidings.triggers.jobs.model import Job, action_from_json, action_to_json, as_job
 
 __all__ = ["SqlJobQueue"]
 
@@ -80,9 +80,7 @@ class SqlJobQueue:
         rows = []
         actions: dict[int, str] = {}  # a batch repeats its specs and events: encode each once
         events: dict[int, str] = {}
-        for job in jobs:
-            if not isinstance(job, Job):
-                raise TypeError(f"enqueue(): expected Jobs, got {type(job).__name__}")
+        for job in map(as_job, jobs):
             action = actions.get(id(job.action))
             if action is None:
                 action = actions[id(job.action)] = action_to_json(job.action)
