@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -198,6 +198,7 @@ class RedisJobQueue:
         self.url = url
         self.prefix = prefix
         self.counts: Counter[str] = Counter()  # enqueued (new), duplicates (keys seen before)
+        self._listeners: list[Callable[[], None]] = []
         client_url = urlunsplit(parts._replace(query=urlencode(query)))
         self._redis: Any = aioredis.from_url(client_url, decode_responses=False)
         tag = "{" + prefix + "}"
@@ -214,6 +215,10 @@ class RedisJobQueue:
         self._retry_dead = self._redis.register_script(_RETRY_DEAD)
         self._seven = [k[n] for n in ("state", "body", "ready", "running", "token", "attempts")]
         self._seven.append(k["error"])
+
+    def on_enqueue(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after each enqueue (through this object) that added jobs."""
+        self._listeners.append(listener)
 
     @property
     def keys(self) -> dict[str, str]:
@@ -236,6 +241,9 @@ class RedisJobQueue:
             added += int(await self._enqueue(keys=keys, args=args))
         self.counts["enqueued"] += added
         self.counts["duplicates"] += len(batch) - added
+        if added:
+            for listener in self._listeners:
+                listener()
         return added
 
     async def claim(self, worker_id: str, limit: int, lease_seconds: float) -> list[Job]:
