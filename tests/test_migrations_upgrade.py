@@ -243,11 +243,13 @@ async def _start_transport(url: str) -> None:
 
 def _open_everything(url: str) -> None:
     """What an application does at start: open the store, the webhook queue, the transport."""
+    from tidings.server.keys_db import open_keys  # noqa: PLC0415
     from tidings.webhooks.queue import DeliveryQueue  # noqa: PLC0415
 
     store = open_store(url)
     try:
         DeliveryQueue(store).close()  # type: ignore[arg-type]
+        open_keys(store)  # tidings serve's API keys (component server) on open
     finally:
         store.close()
     asyncio.run(_start_transport(url))
@@ -322,11 +324,13 @@ def _sqlite_rows(path: Path, query: str) -> list[tuple[Any, ...]]:
 
 
 def _open_sqlite(path: Path) -> None:
+    from tidings.server.keys_db import open_keys  # noqa: PLC0415
     from tidings.webhooks.queue import DeliveryQueue  # noqa: PLC0415
 
     store = open_store(f"sqlite:///{path}")
     try:
         DeliveryQueue(store).close()  # type: ignore[arg-type]
+        open_keys(store)  # tidings serve's API keys (component server) on open
     finally:
         store.close()
     _open_outbox(f"sqlite:///{path}")

@@ -77,6 +77,8 @@ def problem(
         body["field"] = field
     if errors:
         body["errors"] = errors
+    if status == 401:  # RFC 9110: a 401 says how to authenticate
+        headers = {"WWW-Authenticate": 'Bearer realm="tidings"', **(headers or {})}
     return Response(_json.encode(body), status, headers=headers, media_type=PROBLEM_TYPE)
 
 
