@@ -355,6 +355,7 @@ def test_sqlite_database_of_the_previous_release_upgrades_to_the_fresh_schema(
     records = "SELECT component, version FROM tidings_migrations ORDER BY 1, 2"
     assert _sqlite_rows(fresh, records) == [
         ("outbox", "001_outbox"),
+        ("server", "001_api_keys"),
         ("store", "001_init"),
         ("webhooks", "001_queue"),
     ]

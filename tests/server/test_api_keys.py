@@ -10,9 +10,17 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import yaml
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.testclient import TestClient
 
 from tests.server.conftest import Running
 from tidings.config import ConfigError, load
+from tidings.server.app import create_app
+from tidings.server.auth import require
+from tidings.server.service import Service
 
 Start = Callable[..., Awaitable[Running]]
 
@@ -145,8 +153,6 @@ def test_api_keys_config_is_checked(
     tmp_path: Path, entry: dict[str, object], where: str, words: str
 ) -> None:
     path = tmp_path / "tidings.yaml"
-    import yaml  # noqa: PLC0415
-
     path.write_text(yaml.safe_dump({"server": {"api_keys": [entry]}}))
     with pytest.raises(ConfigError) as caught:
         load(path, env={})
@@ -164,3 +170,36 @@ def test_api_keys_let_a_server_listen_beyond_loopback(tmp_path: Path) -> None:
     settings = load(path, env={})
     assert settings.server.api_keys[0].name == "ops"
     assert ADMIN not in str(settings.redacted()), "redacted settings hide the key"
+
+
+def test_require_guards_a_route_outside_the_route_table(tmp_path: Path) -> None:
+    """What a stream or a dashboard page calls: the caller's key (or one it read from a
+    cookie) checked for a scope, refusals as problem details."""
+    path = tmp_path / "tidings.yaml"
+    config = {"store": {"url": f"sqlite:///{tmp_path / 'r.db'}"}, **keyed_config()}
+    path.write_text(yaml.safe_dump(config))
+    app = create_app(Service(load(path, env={}), path))
+
+    async def publish_only(request: Request) -> Response:
+        who = await require(request, "publish")
+        return PlainTextResponse(who.name)
+
+    async def from_cookie(request: Request) -> Response:
+        who = await require(request, "read", key=request.cookies.get("key", ""))
+        return PlainTextResponse(who.name)
+
+    app.router.routes.append(Route("/custom", publish_only))
+    app.router.routes.append(Route("/page", from_cookie))
+    with TestClient(app) as client:
+        refused = client.get("/custom")
+        assert refused.status_code == 401, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+        refused = client.get("/custom", headers=bearer(READER))
+        assert refused.status_code == 403 and refused.json()["field"] == "Authorization"
+        allowed = client.get("/custom", headers=bearer(PUBLISHER))
+        assert allowed.status_code == 200 and allowed.text == "app"
+        assert client.get("/page", headers=bearer(READER)).status_code == 401, "cookie only"
+        client.cookies.set("key", READER)
+        page = client.get("/page")
+        assert page.status_code == 200 and page.text == "dash", page.text
