@@ -58,6 +58,8 @@ async def test_scopes_decide_what_a_key_may_do(serve: Start) -> None:
     assert status == 401 and body["type"] == "urn:tidings:problem:unauthorized", body
     status, body = await app.get("/events", headers=bearer("wrong-" + READER))
     assert status == 401, body
+    status, body = await app.get("/events?bogus=1")
+    assert status == 401, "the key is checked first: a stranger learns nothing of the routes"
 
     assert (await app.get("/events", headers=bearer(READER)))[0] == 200
     status, body = await app.post("/events", event, headers=bearer(READER))
