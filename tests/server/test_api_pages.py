@@ -138,6 +138,12 @@ async def test_a_stream_with_its_version_paged(serve: Start) -> None:
     assert [[e["version"] for e in p] for p in pages] == [[1, 2], [3, 4], [5]], pages
     status, body = await app.get("/streams/c1?limit=1")
     assert status == 200 and body["version"] == 5 and body["stream"] == "c1", body
+    app.service.store.append(Event(type="cart.added"), stream="c0")
+    pages = await all_pages(app, "/streams", "streams", 1)
+    assert [s for p in pages for s in p] == [
+        {"stream": "c0", "version": 1},
+        {"stream": "c1", "version": 5},
+    ], pages
     status, body = await app.get("/streams/none-such")
     assert status == 404 and "none-such" in body["detail"], body
 

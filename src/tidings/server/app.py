@@ -45,6 +45,7 @@ from tidings.server.schemas import (
     ReplayIn,
     ReplayJob,
     ReplayPage,
+    StreamList,
     StreamPage,
     SubscriptionPage,
 )
@@ -92,6 +93,8 @@ def operations(service: Service, keys: Keys, replays: Replays) -> list[Operation
        errors=(409, 413, 415, 503))  # fmt: skip
     op("GET", "/events", api.get_events, "read", "Query stored events, oldest first", "events",
        query=EVENT_QUERY, answer=EventPage, errors=(503,))  # fmt: skip
+    op("GET", "/streams", browse.list_streams, "read", "Streams by name, with their versions",
+       "events", query=PAGE, answer=StreamList, errors=(503,))  # fmt: skip
     op("GET", "/streams/{stream}", browse.get_stream, "read", "A stream's version and events",
        "events", query=PAGE, answer=StreamPage, errors=(404, 503))  # fmt: skip
     op("GET", "/subscriptions", browse.list_subscriptions, "read",

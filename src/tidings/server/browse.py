@@ -1,4 +1,4 @@
-"""Reading the store through the API: a stream and its version, and the store subscriptions
+"""Reading the store through the API: streams and their versions, and the store subscriptions
 this server runs with their positions and lag.
 
 A stream's events are paged by store position (the order of their versions); a subscription's
@@ -54,6 +54,20 @@ def _subscription(sub: StoreSubscription) -> dict[str, Any]:
 class Browse:
     def __init__(self, service: Service) -> None:
         self.service = service
+
+    async def list_streams(self, request: Request) -> Response:
+        limit = query(request).limit()
+        after = page_start(request)
+        rows = await asyncio.to_thread(
+            self.service.store.streams, after if isinstance(after, str) else None, limit + 1
+        )
+        page = rows[:limit]
+        return reply(
+            {
+                "streams": [{"stream": name, "version": version} for name, version in page],
+                "next_cursor": page_next(request, len(rows) > limit, page[-1][0] if page else None),
+            }
+        )
 
     async def get_stream(self, request: Request) -> Response:
         name = request.path_params["stream"]

@@ -27,6 +27,7 @@ __all__ = [
     "ReplayIn",
     "ReplayJob",
     "ReplayPage",
+    "StreamList",
     "StreamPage",
     "SubscriptionPage",
 ]
@@ -85,6 +86,16 @@ class StoredEventOut(msgspec.Struct):
 class EventPage(msgspec.Struct):
     events: list[StoredEventOut]
     next_after: int | None
+    next_cursor: Cursor
+
+
+class StreamOut(msgspec.Struct):
+    stream: str
+    version: int
+
+
+class StreamList(msgspec.Struct):
+    streams: list[StreamOut]
     next_cursor: Cursor
 
 

@@ -457,6 +457,13 @@ class SqliteStore:
             raise self._error("stream_version", exc) from exc
         return int(row[0])
 
+    def streams(self, after: str | None = None, limit: int = 100) -> list[tuple[str, int]]:
+        try:
+            rows = self._reader().execute(_Q.list_streams, (after or "", limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise self._error("streams", exc) from exc
+        return [(str(r[0]), int(r[1])) for r in rows]
+
     # ------------------------------------------------------------------ subscriptions
 
     def subscribe(
