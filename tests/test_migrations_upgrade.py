@@ -247,12 +247,14 @@ def _open_everything(url: str) -> None:
 
     The PostgreSQL store applies its own files only when asked (``migrate=True``; the SQLite
     store always does): an application that upgrades without ``tidings migrate`` opens so."""
+    from tidings.server.keys_db import open_keys  # noqa: PLC0415
     from tidings.webhooks.queue import DeliveryQueue  # noqa: PLC0415
 
     store = open_store(url, migrate=True)
     try:
         DeliveryQueue(store).close()  # type: ignore[arg-type]
         ChainTracker(store).close()  # the triggers component: chain checkpoints
+        open_keys(store)  # tidings serve's API keys (component server) on open
     finally:
         store.close()
     asyncio.run(_start_transport(url))
@@ -338,12 +340,14 @@ def _sqlite_rows(path: Path, query: str) -> list[tuple[Any, ...]]:
 
 
 def _open_sqlite(path: Path) -> None:
+    from tidings.server.keys_db import open_keys  # noqa: PLC0415
     from tidings.webhooks.queue import DeliveryQueue  # noqa: PLC0415
 
     store = open_store(f"sqlite:///{path}")
     try:
         DeliveryQueue(store).close()  # type: ignore[arg-type]
         ChainTracker(store).close()  # the triggers component: chain checkpoints
+        open_keys(store)  # tidings serve's API keys (component server) on open
     finally:
         store.close()
     _open_outbox(f"sqlite:///{path}")
@@ -369,6 +373,7 @@ def test_sqlite_database_of_the_previous_release_upgrades_to_the_fresh_schema(
     records = "SELECT component, version FROM tidings_migrations ORDER BY 1, 2"
     assert _sqlite_rows(fresh, records) == [
         ("outbox", "001_outbox"),
+        ("server", "001_api_keys"),
         ("store", "001_init"),
         ("store", "002_chain"),
         ("triggers", "001_jobs"),

@@ -77,6 +77,7 @@ COMPONENTS: tuple[Component, ...] = (
     Component("webhooks", "tidings.webhooks"),
     Component("outbox", "tidings.outbox"),
     Component("triggers", "tidings.triggers"),
+    Component("server", "tidings.server"),
     Component("transport_postgres", "tidings.transports.postgres", in_schema=True),
 )
 

@@ -191,6 +191,18 @@ class StoreContract:
         assert [r.version for r in tail] == [3, 4]
         assert store.load_stream("cart-1", from_version=5) == []
 
+    def test_streams_are_listed_by_name_with_their_versions(self, store: EventStore) -> None:
+        assert store.streams() == []
+        store.append(placed(1))  # no stream: not listed
+        store.append(placed(2), stream="b-2")
+        store.append(placed(1), stream="a-1")
+        store.append(placed(3), stream="c-3")
+        store.append(placed(1), stream="a-1")
+        assert store.streams() == [("a-1", 2), ("b-2", 2), ("c-3", 3)]
+        assert store.streams(limit=2) == [("a-1", 2), ("b-2", 2)]
+        assert store.streams(after="b-2") == [("c-3", 3)]
+        assert store.streams(after="c-3") == []
+
     def test_expected_version_no_stream(self, store: EventStore) -> None:
         store.append(placed(1), stream="new", expected_version=NO_STREAM)
         with pytest.raises(ConcurrencyError) as info:

@@ -50,10 +50,10 @@ def serve_command(
             server, host=host or server.host, port=port if port is not None else server.port
         )
         settings = msgspec.structs.replace(settings, server=server)
-    if not _is_loopback(server.host) and not server.api_key:
+    if not _is_loopback(server.host) and not server.api_key and not server.api_keys:
         fail(
             f"serve: listening on {server.host} (beyond loopback) needs an API key; set "
-            "server.api_key in the config or TIDINGS_SERVER__API_KEY"
+            "server.api_key (or server.api_keys) in the config or TIDINGS_SERVER__API_KEY"
         )
     # The port is taken before anything else (the store, the sender process), so a port in
     # use is one clear line and leaves nothing behind; uvicorn then serves on this socket.

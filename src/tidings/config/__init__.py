@@ -25,7 +25,14 @@ from tidings.config.bus import (
 from tidings.config.durations import Duration, parse_duration
 from tidings.config.errors import ConfigError
 from tidings.config.loading import CONFIG_ENV, ENV_PREFIX, load
-from tidings.config.server import LEASE_RULE, ServerSettings, StoreSettings, fits_lease
+from tidings.config.server import (
+    LEASE_RULE,
+    SCOPES,
+    ApiKeySettings,
+    ServerSettings,
+    StoreSettings,
+    fits_lease,
+)
 from tidings.config.settings import Settings
 from tidings.config.webhooks import (
     AuthSettings,
@@ -39,6 +46,8 @@ __all__ = [
     "CONFIG_ENV",
     "ENV_PREFIX",
     "LEASE_RULE",
+    "SCOPES",
+    "ApiKeySettings",
     "AuthSettings",
     "BusKwargs",
     "BusSettings",

@@ -15,7 +15,7 @@ __all__ = ["MASK", "ConfigError", "Invalid", "Written", "dotted", "mask", "show"
 MASK = "***"
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 # Errors never show the values under these keys.
-_HIDDEN = frozenset({"api_key", "secret", "auth", "headers", "password"})
+_HIDDEN = frozenset({"api_key", "api_keys", "secret", "auth", "headers", "password"})
 
 #: How a check shows the value written at a key path: ``written(path, default_seconds)``.
 Written = Callable[[tuple[Any, ...], float], str]

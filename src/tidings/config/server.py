@@ -15,6 +15,8 @@ from tidings.urls import redact_url
 
 __all__ = [
     "LEASE_RULE",
+    "SCOPES",
+    "ApiKeySettings",
     "ServerSettings",
     "StoreSettings",
     "check_server",
@@ -29,12 +31,28 @@ class StoreSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     url: str = "sqlite:///tidings.db"  # a file in the working directory
 
 
+SCOPES = ("read", "publish", "admin")
+
+
+class ApiKeySettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """One entry of ``server.api_keys``: a named key with its scopes, given as the key itself
+    (``key: ${TIDINGS_CI_KEY}``, from the environment) or as its SHA-256 (``sha256: <hex>``,
+    so the file holds nothing that opens the API). Several entries with the same scopes let a
+    key rotate: add the new one, move clients, remove the old one."""
+
+    name: str
+    key: str | None = None
+    sha256: str | None = None
+    scopes: tuple[str, ...] = ("read",)
+
+
 class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """The ``server`` section of ``tidings serve``."""
 
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000  # 0: any free port
-    api_key: str | None = None  # required unless host is a loopback address
+    api_key: str | None = None  # required unless host is a loopback address (or api_keys)
+    api_keys: tuple[ApiKeySettings, ...] = ()  # named keys with scopes (read, publish, admin)
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 1024 * 1024
     max_batch: Annotated[int, msgspec.Meta(ge=1)] = 1000  # events per POST
     workers: Annotated[int, msgspec.Meta(ge=1)] = 50  # deliveries in flight at once
@@ -84,7 +102,8 @@ def check_server(
             ("server", "api_key"),
             "expected a non-empty string (leave api_key out for none, on a loopback host)",
         )
-    if server.api_key is None and not _is_loopback(server.host):
+    _check_api_keys(server.api_keys)
+    if server.api_key is None and not server.api_keys and not _is_loopback(server.host):
         raise Invalid(
             ("server", "api_key"),
             f"required because server.host {server.host!r} is not a loopback address, so "
@@ -107,6 +126,42 @@ def check_server(
                 f"expected a duration longer than every webhook timeout, got "
                 f"{written(lease, server.lease)}, not longer than {what}: "
                 f"{LEASE_RULE}; raise server.lease or lower that timeout",
+            )
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _check_api_keys(keys: tuple[ApiKeySettings, ...]) -> None:
+    names: set[str] = set()
+    for i, entry in enumerate(keys):
+        where = ("server", "api_keys", i)
+        if not entry.name.strip():
+            raise Invalid((*where, "name"), "expected a non-empty name (say who holds the key)")
+        if entry.name in names:
+            raise Invalid((*where, "name"), f"{entry.name!r} is given twice; names are unique")
+        names.add(entry.name)
+        if (entry.key is None) == (entry.sha256 is None):
+            raise Invalid(
+                where,
+                "expected exactly one of key (the key, e.g. ${TIDINGS_API_KEY}) or sha256 (the "
+                "hex SHA-256 of the key: printf %s KEY | sha256sum)",
+            )
+        if entry.key is not None and len(entry.key) < 16:
+            raise Invalid(
+                (*where, "key"),
+                "expected at least 16 characters (a key is a secret: make one with "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)",
+            )
+        if entry.sha256 is not None and (
+            len(entry.sha256) != 64 or not set(entry.sha256.lower()) <= _HEX
+        ):
+            raise Invalid((*where, "sha256"), "expected 64 hex digits (a SHA-256 digest)")
+        unknown = [s for s in entry.scopes if s not in SCOPES]
+        if unknown or not entry.scopes:
+            raise Invalid(
+                (*where, "scopes"),
+                f"expected a non-empty list of {', '.join(SCOPES)}, got {list(entry.scopes)!r}",
             )
 
 

@@ -66,7 +66,12 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
             event_broker=redact_broker(self.event_broker),
             publisher=None if self.publisher is None else redact_url(self.publisher),
             server=msgspec.structs.replace(
-                self.server, api_key=None if self.server.api_key is None else MASK
+                self.server,
+                api_key=None if self.server.api_key is None else MASK,
+                api_keys=tuple(
+                    k if k.key is None else msgspec.structs.replace(k, key=MASK)
+                    for k in self.server.api_keys
+                ),
             ),
         )
 

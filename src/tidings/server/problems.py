@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 __all__ = [
     "PROBLEM_TYPE",
+    "ApiError",
     "FieldError",
     "exception_handlers",
     "problem",
@@ -77,7 +78,34 @@ def problem(
         body["field"] = field
     if errors:
         body["errors"] = errors
+    if status == 401:  # RFC 9110: a 401 says how to authenticate
+        headers = {"WWW-Authenticate": 'Bearer realm="tidings"', **(headers or {})}
     return Response(_json.encode(body), status, headers=headers, media_type=PROBLEM_TYPE)
+
+
+class ApiError(Exception):
+    """A refusal the API answers with ``status`` as problem details (below):
+    ``message`` is the ``detail``, ``field`` the failing input's path, ``kind`` names a
+    ``type`` a client may act on, ``errors`` lists several failing inputs at once."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        field: str | None = None,
+        *,
+        kind: str | None = None,
+        errors: list[FieldError] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+        self.kind = kind
+        self.errors = errors
+
+    def response(self) -> Response:
+        return problem(self.status, self.message, self.field, kind=self.kind, errors=self.errors)
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
@@ -102,6 +130,13 @@ async def _crashed(request: Request, exc: Exception) -> Response:
     return problem(500, "internal error; the server log has the details", kind="internal")
 
 
+async def _api_error(request: Request, exc: Exception) -> Response:
+    """An ``ApiError`` raised by a route outside the route table (``require`` in a stream)."""
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
 def exception_handlers() -> dict[Any, Any]:
-    """Starlette ``exception_handlers`` answering 404, 405 and 500 as problem details."""
-    return {HTTPException: _http_exception, Exception: _crashed}
+    """Starlette ``exception_handlers``: ``ApiError`` anywhere, and 404, 405 and 500, as
+    problem details."""
+    return {ApiError: _api_error, HTTPException: _http_exception, Exception: _crashed}

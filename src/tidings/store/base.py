@@ -241,6 +241,10 @@ class EventStore(Protocol):
         """The stream's current version (0 when it does not exist)."""
         ...
 
+    def streams(self, after: str | None = None, limit: int = 100) -> list[tuple[str, int]]:
+        """Streams by name after ``after``, at most ``limit``: ``(name, version)`` each."""
+        ...
+
     def subscribe(
         self,
         criteria: Criteria,

@@ -189,6 +189,12 @@ class MemoryStore:
         with self._data.lock:
             return len(self._data.streams.get(stream, ()))
 
+    def streams(self, after: str | None = None, limit: int = 100) -> list[tuple[str, int]]:
+        with self._data.lock:
+            names = sorted(n for n, recs in self._data.streams.items() if recs)
+            versions = {n: len(self._data.streams[n]) for n in names}
+        return [(n, versions[n]) for n in names if after is None or n > after][:limit]
+
     def count(self, criteria: Criteria | None = None) -> int:
         """How many events ``criteria`` matches (limit ignored); replay uses it for progress."""
         criteria = criteria or Criteria()

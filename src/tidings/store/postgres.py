@@ -457,6 +457,11 @@ class PostgresStore:
         with self._conn("stream_version") as conn, conn.cursor() as cur:
             return self._version(cur, stream)
 
+    def streams(self, after: str | None = None, limit: int = 100) -> list[tuple[str, int]]:
+        with self._conn("streams") as conn:
+            rows = conn.execute(_Q.list_streams, (after or "", limit)).fetchall()
+        return [(str(r[0]), int(r[1])) for r in rows]
+
     def head(self) -> int:
         with self._conn("head") as conn:
             row = conn.execute(_Q.head).fetchone()

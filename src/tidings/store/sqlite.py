@@ -514,6 +514,13 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise self._error("chain_blocks", exc) from exc
 
+    def streams(self, after: str | None = None, limit: int = 100) -> list[tuple[str, int]]:
+        try:
+            rows = self._reader().execute(_Q.list_streams, (after or "", limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise self._error("streams", exc) from exc
+        return [(str(r[0]), int(r[1])) for r in rows]
+
     # ------------------------------------------------------------------ subscriptions
 
     def subscribe(

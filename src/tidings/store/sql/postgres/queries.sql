@@ -60,6 +60,12 @@ RETURNING position, version, recorded_at
 -- name: stream_version
 SELECT version FROM tidings_streams WHERE stream = %s
 
+-- name: list_streams
+-- Streams by name after the given one, with their versions.
+SELECT stream, version FROM tidings_streams
+WHERE stream > %s AND version > 0
+ORDER BY stream LIMIT %s
+
 -- ---------------------------------------------------------------- the read horizon
 
 -- name: horizon

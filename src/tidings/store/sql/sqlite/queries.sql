@@ -36,6 +36,12 @@ SELECT last_insert_rowid()
 -- name: stream_version
 SELECT COALESCE(MAX(version), 0) FROM tidings_events WHERE stream = ?
 
+-- name: list_streams
+-- Streams by name after ?, with their versions (the (stream, version) index answers it).
+SELECT stream, MAX(version) FROM tidings_events
+WHERE stream IS NOT NULL AND stream > ?
+GROUP BY stream ORDER BY stream LIMIT ?
+
 -- name: existing_ids
 -- Which of a JSON array of ids are stored already (to name the duplicate of a failed append).
 SELECT id FROM tidings_events WHERE id IN (SELECT value FROM json_each(?))
