@@ -949,25 +949,31 @@ def _compile(node: _Node) -> Test:
 class Condition:
     """A compiled condition: ``evaluate(event)`` is true when the event satisfies ``text``."""
 
-    __slots__ = ("_test", "paths", "text")
+    __slots__ = ("paths", "test", "text")
 
     def __init__(self, text: str, test: Test, paths: tuple[str, ...]) -> None:
         self.text = text
         #: every path the condition reads, as written canonically (``data.items[0].sku``)
         self.paths = paths
-        self._test = test
+        #: the compiled closure itself, for hot loops (``TriggerIndex.evaluate``): like
+        #: ``evaluate`` but a value nested past the interpreter's limit raises RecursionError
+        self.test = test
 
     def evaluate(self, event: Event) -> bool:
         """True or false; ``ConditionRuntimeError`` when a value has the wrong type."""
         try:
-            return self._test(event)
+            return self.test(event)
         except RecursionError:
-            raise ConditionRuntimeError(
-                f"{self.text!r}: a value is nested too deeply to compare",
-                path="",
-                found="a deeply nested value",
-                expected="a value nested less deeply",
-            ) from None
+            raise self.too_deep() from None
+
+    def too_deep(self) -> ConditionRuntimeError:
+        """The error for a value nested too deeply to compare (a RecursionError of ``test``)."""
+        return ConditionRuntimeError(
+            f"{self.text!r}: a value is nested too deeply to compare",
+            path="",
+            found="a deeply nested value",
+            expected="a value nested less deeply",
+        )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Condition) and other.text == self.text
