@@ -194,9 +194,15 @@ def _getter(path: PathRef) -> Getter:
     def walk(event: Event) -> Any:
         value = first(event)
         for key in steps:
-            if value is _MISSING:
+            kind = type(value)
+            if kind is dict and type(key) is str:  # the usual steps, without a call
+                value = value.get(key, _MISSING)
+            elif kind is list and type(key) is int and -len(value) <= key < len(value):
+                value = value[key]
+            elif value is _MISSING:
                 return value
-            value = _step(value, key)
+            else:
+                value = _step(value, key)
         return value
 
     return walk
@@ -275,7 +281,7 @@ def _ordering(
         def order_const(event: Event) -> bool:
             value = lget(event)
             if type(value) in wanted:
-                return bool(compare(value, const))
+                return compare(value, const)  # type: ignore[no-any-return]
             if value is _MISSING:
                 return False
             if isinstance(value, wanted) and not isinstance(value, bool):
@@ -401,6 +407,22 @@ def _text_op(
         return contains
 
     starts = op == "startswith"
+    if lget is not None and rget is None and isinstance(rconst, str):
+        # the common shape, `path startswith "text"`: the method looked up once
+        affix_of = str.startswith if starts else str.endswith
+        const: str = rconst
+
+        def affix_const(event: Event) -> bool:
+            value = lget(event)
+            if type(value) is str:
+                return affix_of(value, const)
+            if value is _MISSING:
+                return False
+            if isinstance(value, str):
+                return affix_of(value, const)
+            raise _mismatch(expr, lname, value, "a string")
+
+        return affix_const
 
     def affix(event: Event) -> bool:
         left = lconst if lget is None else lget(event)
