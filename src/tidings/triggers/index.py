@@ -2,7 +2,8 @@
 
 Exact patterns sit in a dict, globs in ``tidings.topics``' segment trie, and the answer for each
 event type is cached (bounded), so a processor pays the pattern walk once per type, however
-many triggers there are. Disabled triggers are kept (``get``, ``all``) but never matched.
+many triggers there are; triggers that share a condition text share its evaluation. Disabled
+triggers are kept (``get``, ``all``) but never matched.
 """
 
 from __future__ import annotations
@@ -11,10 +12,33 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from tidings.event import Event
 from tidings.topics import SubscriptionIndex, compile_pattern
+from tidings.triggers.conditions import Condition
 from tidings.triggers.definitions import Trigger
 
-# Per event type: each matching trigger with its compiled test (None: no condition).
-_Plan = tuple[tuple[Trigger, Callable[[Event], bool] | None], ...]
+
+class _Plan:
+    """What one event type costs: its distinct conditions, each evaluated once per event, and
+    each matching trigger with the slot of its condition's answer (-1: no condition)."""
+
+    __slots__ = ("conditions", "entries", "tests")
+
+    def __init__(self, triggers: Sequence[Trigger]) -> None:
+        slots: dict[str, int] = {}
+        self.conditions: list[Condition] = []
+        entries: list[tuple[Trigger, int]] = []
+        for trigger in triggers:
+            condition = trigger.condition
+            if condition is None:
+                entries.append((trigger, -1))
+                continue
+            slot = slots.get(condition.text)
+            if slot is None:
+                slot = slots[condition.text] = len(self.conditions)
+                self.conditions.append(condition)
+            entries.append((trigger, slot))
+        self.tests: tuple[Callable[[Event], bool], ...] = tuple(c.test for c in self.conditions)
+        self.entries = tuple(entries)
+
 
 __all__ = ["TriggerIndex"]
 
@@ -40,28 +64,23 @@ class TriggerIndex:
 
     def evaluate(self, event: Event) -> list[tuple[Trigger, bool | Exception]]:
         """Each matching trigger with its condition's answer, or the error it raised (a
-        ``ConditionRuntimeError``): one trigger failing never hides the others."""
+        ``ConditionRuntimeError``): one trigger failing never hides the others. Triggers
+        sharing a condition text share one evaluation."""
         plan = self._plans.get(event.type)
         if plan is None:
             plan = self._plan(event.type)
-        found: list[tuple[Trigger, bool | Exception]] = []
-        for trigger, test in plan:
-            if test is None:
-                found.append((trigger, True))
-                continue
+        answers: list[bool | Exception] = []
+        for test in plan.tests:
             try:
-                found.append((trigger, test(event)))
+                answers.append(test(event))
             except RecursionError:
-                found.append((trigger, trigger.condition.too_deep()))  # type: ignore[union-attr]
+                answers.append(plan.conditions[len(answers)].too_deep())
             except Exception as exc:  # recorded as the trigger's failure by the caller
-                found.append((trigger, exc))
-        return found
+                answers.append(exc)
+        return [(t, True if slot < 0 else answers[slot]) for t, slot in plan.entries]
 
     def _plan(self, event_type: str) -> _Plan:
-        plan = tuple(
-            (t, None if t.condition is None else t.condition.test)
-            for t in self._index.match(event_type)
-        )
+        plan = _Plan(self._index.match(event_type))
         if len(self._plans) >= self._cache_size:
             self._plans.clear()  # many distinct types: start over rather than grow
         self._plans[event_type] = plan
