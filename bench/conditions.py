@@ -19,7 +19,8 @@ with an exact pattern and ``--globs`` (10%) with a glob (``identity.*``, a tenth
 ``**``), each with a two-part condition over data and extensions; the figure says how many
 conditions each event met, since the cost grows with it. Every round of every contender counts
 its true answers and must agree with tidings' count made beforehand (a difference is printed
-and exits 1). ``--quick`` is the smoke test.
+and exits 1). ``--quick`` is the smoke test. ``event_types``, ``make_event`` and ``make_rules``
+build the same workload for other benchmarks (``bench triggers``).
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ CONDITIONS: dict[str, tuple[str, Floor, str | None]] = {
 }
 
 
-def _event(rng: random.Random, types: list[str]) -> Event:
+def make_event(rng: random.Random, types: list[str]) -> Event:
+    """A seed-001-like event: amount, agent, items in data; chain, registry, block extensions."""
     kind = rng.choice(types)
     return Event(
         type=kind,
@@ -103,7 +105,7 @@ def _event(rng: random.Random, types: list[str]) -> Event:
     )
 
 
-def _as_dict(event: Event) -> dict[str, Any]:
+def as_dict(event: Event) -> dict[str, Any]:
     """What JMESPath searches: the envelope, data and extensions under their condition names."""
     ext = event.extensions or {}
     return {
@@ -115,7 +117,8 @@ def _as_dict(event: Event) -> dict[str, Any]:
     }
 
 
-def _types(count: int) -> list[str]:
+def event_types(count: int) -> list[str]:
+    """``count`` seed-001-like types: ``identity.AgentRegistered``, ``reputation.MetadataSet``..."""
     return [f"{REGISTRIES[i % 3]}.{NAMES[i % 5]}{i // 15 or ''}" for i in range(count)]
 
 
@@ -163,7 +166,8 @@ class Rules:
     peers: dict[str, str]
 
 
-def _rules(count: int, types: list[str], rng: random.Random, globs: float) -> Rules:
+def make_rules(count: int, types: list[str], rng: random.Random, globs: float) -> Rules:
+    """``count`` triggers over ``types``, a share ``globs`` of them with glob patterns."""
     log = (ActionSpec("log"),)
     rules = Rules([], {}, {})
     for i in range(count):
@@ -283,9 +287,9 @@ def main(argv: list[str]) -> int:
         args.events, args.evals, args.rounds = 500, 2000, 1
     counts = [int(n) for n in args.triggers.split(",") if n.strip()]
     rng = random.Random(12)
-    types = _types(args.types)
-    events = [_event(rng, types) for _ in range(args.events)]
-    dicts = [_as_dict(e) for e in events]
+    types = event_types(args.types)
+    events = [make_event(rng, types) for _ in range(args.events)]
+    dicts = [as_dict(e) for e in events]
     for line in machine_lines(["msgspec", "jmespath"]):
         print(line)
     print(
@@ -344,7 +348,7 @@ def main(argv: list[str]) -> int:
 
     whole = Batch(events, dicts)
     for count in counts:
-        rules = _rules(count, types, rng, args.globs)
+        rules = make_rules(count, types, rng, args.globs)
         index = TriggerIndex(rules.triggers)
         by_type = {t: index.match(t) for t in types}
         floors = {t: [rules.floors[x.id] for x in found] for t, found in by_type.items()}
