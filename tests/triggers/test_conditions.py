@@ -4,6 +4,7 @@ errors ever escapes, whatever the text or the event."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -408,3 +409,64 @@ def test_a_fuzzed_event_raises_nothing_but_condition_runtime_error(
             assert condition.evaluate(event) in (True, False)
         except ConditionRuntimeError as err:
             assert err.path and err.found and err.expected
+
+
+# --- the documented semantics, as a reference model ------------------------------------------
+
+
+def _same(a: Any, b: Any) -> bool:
+    """docs/triggers.md's ==, written independently: numbers by value, booleans apart,
+    lists and objects item by item."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+def _literal(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_literal(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+_scalar = (
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 3)
+    | st.sampled_from([0.0, 1.0, 1.5, -2.0])
+    | st.sampled_from(["", "a", "1", "true"])
+)
+_value = st.recursive(
+    _scalar,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from("ab"), inner),
+    max_leaves=6,
+)
+_const = st.recursive(_scalar, lambda inner: st.lists(inner, max_size=3), max_leaves=5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_value, _const, st.lists(_const, max_size=4))
+def test_equality_and_membership_follow_the_documented_semantics(
+    value: Any, const: Any, items: list[Any]
+) -> None:
+    event = _event({"v": value, "w": const})
+    expected_eq = _same(value, const)
+    assert ev(f"data.v == {_literal(const)}", event) is expected_eq
+    assert ev(f"data.v != {_literal(const)}", event) is not expected_eq
+    assert ev("data.v == data.w", event) is expected_eq
+    expected_in = any(_same(value, item) for item in items)
+    assert ev(f"data.v in {_literal(items)}", event) is expected_in
+    assert ev(f"data.v not in {_literal(items)}", event) is not expected_in
+    if isinstance(value, list):
+        assert ev(f"data.v contains {_literal(const)}", event) is any(
+            _same(item, const) for item in value
+        )

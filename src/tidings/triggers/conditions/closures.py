@@ -86,24 +86,29 @@ def _kind(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+_CONTAINERS: Final = (list, tuple, dict)
+
+
 def _is_num(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _eq(a: Any, b: Any) -> bool:
-    """Equality without surprises across types: numbers compare by value, booleans are not
-    numbers, a string never equals a number."""
+    """Equality without surprises across types, at every depth: numbers compare by value,
+    booleans are not numbers, a string never equals a number."""
     ta, tb = type(a), type(b)
-    if ta is tb:
+    if ta is tb and ta not in _CONTAINERS:
         return bool(a == b)
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and bool(a) == bool(b)
     if _is_num(a) and _is_num(b):
         return bool(a == b)
     if isinstance(a, str) and isinstance(b, str):
         return str(a) == str(b)
     if isinstance(a, list | tuple) and isinstance(b, list | tuple):
         return len(a) == len(b) and all(_eq(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, bool) and isinstance(b, bool):
-        return bool(a) == bool(b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return len(a) == len(b) and all(k in b and _eq(v, b[k]) for k, v in a.items())
     return False
 
 
