@@ -24,7 +24,7 @@ ROOT = "tidings"
 # DESIGN.md, Layout: the ground floor imports nothing of tidings above it. headers, urls and
 # clock are ground floor too: config (ground floor) needs the first two, and none imports more.
 GROUND = frozenset({"event", "topics", "retry", "transport", "config", "headers", "urls", "clock"})
-TOP = frozenset({"server", "cli", "__main__"})  # only these may import server/ and cli.py
+TOP = frozenset({"server", "cli", "__main__"})  # only these may import server/ and cli/
 
 
 def _module_name(path: Path) -> str:

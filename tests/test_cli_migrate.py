@@ -51,14 +51,14 @@ def test_migrate_applies_then_is_a_no_op(runner: CliRunner, empty_db: str) -> No
     assert "applied 001_events.sql" in first.output
     assert "applied 002_notify.sql" in first.output
     assert "applied 001_queue.sql (webhooks)" in first.output
-    assert _one(empty_db, STORE_ROWS) == 3
+    assert _one(empty_db, STORE_ROWS) == 4
     assert _one(empty_db, WEBHOOK_ROWS) == 1
     with_password = empty_db.replace("postgres@", "postgres:topsecret@")  # trust auth ignores it
     second = runner.invoke(app, ["migrate", with_password])
     assert second.exit_code == 0, second.output
     assert "up to date" in second.output and "applied" not in second.output
     assert "topsecret" not in second.output and "postgres:***@" in second.output
-    assert _one(empty_db, STORE_ROWS) == 3
+    assert _one(empty_db, STORE_ROWS) == 4
     assert _one(empty_db, WEBHOOK_ROWS) == 1
 
 

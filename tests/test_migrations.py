@@ -85,7 +85,10 @@ def test_components_are_known_by_name_and_scope() -> None:
     with pytest.raises(MigrationError, match="unknown migration component 'nope'; known: store"):
         migrations.component("nope")
     assert migrations.database_components()[0] == "store"
-    assert [m.version for m in migrations.migrations("store", "sqlite")] == ["001_init"]
+    assert [m.version for m in migrations.migrations("store", "sqlite")] == [
+        "001_init",
+        "002_chain",
+    ]
     assert migrations.migrations("store", "postgres")[0].version == "001_events.sql"
 
 
@@ -95,9 +98,12 @@ def test_components_are_known_by_name_and_scope() -> None:
 def test_sqlite_records_component_version_and_time(tmp_path: Path) -> None:
     conn = _sqlite(tmp_path / "a.db")
     applied = sqlite_apply(conn, ["store"])
-    assert [(m.component, m.version) for m in applied] == [("store", "001_init")]
+    assert [(m.component, m.version) for m in applied] == [
+        ("store", "001_init"),
+        ("store", "002_chain"),
+    ]
     rows = conn.execute("SELECT component, version, applied_at FROM tidings_migrations").fetchall()
-    assert [r[:2] for r in rows] == [("store", "001_init")]
+    assert [r[:2] for r in rows] == [("store", "001_init"), ("store", "002_chain")]
     assert rows[0][2].endswith("Z") and len(rows[0][2]) == len("2025-01-01T00:00:00.000000Z")
     assert sqlite_apply(conn, ["store"]) == []
     assert sqlite_pending(conn, ["store"]) == []
@@ -111,11 +117,12 @@ def test_sqlite_table_of_an_earlier_release_is_rebuilt_keeping_its_rows(
     for statement in migrations._statements(migrations.migrations("store", "sqlite")[0]):
         old.execute(statement)
     old.execute("INSERT INTO tidings_migrations VALUES ('001_init', '2024-05-01T10:00:00.000000Z')")
-    assert sqlite_pending(old, ["store"]) == []  # read as component 'store', nothing rebuilt
+    # read as component 'store': only the files after 001 are pending, nothing rebuilt
+    assert [m.version for m in sqlite_pending(old, ["store"])] == ["002_chain"]
     assert "component" not in _schema_sql(old, "tidings_migrations")
 
     extra = make_component({"sqlite/001_extra.sql": "CREATE TABLE extra (x INTEGER);"})
-    assert [m.version for m in sqlite_apply(old, ["store", extra])] == ["001_extra"]
+    assert [m.version for m in sqlite_apply(old, ["store", extra])] == ["002_chain", "001_extra"]
     rows = old.execute("SELECT * FROM tidings_migrations ORDER BY version").fetchall()
     assert rows[0][:2] == (extra, "001_extra")
     assert rows[1] == ("store", "001_init", "2024-05-01T10:00:00.000000Z")
@@ -236,7 +243,8 @@ def test_postgres_table_of_an_earlier_release_is_rebuilt_keeping_its_rows(
             "('001_events.sql', '2024-05-01 10:00+00'), ('002_notify.sql', now())"
         )
         pending = migrations.postgres_pending(conn, ["store"])
-        assert [m.file for m in pending] == ["003_partitions.sql"]  # legacy rows read as store
+        # legacy rows read as store
+        assert [m.file for m in pending] == ["003_partitions.sql", "004_chain.sql"]
         assert [m.file for m in migrations.postgres_apply(conn, [extra])] == ["001_extra.sql"]
     rows = _rows(pg_db, "SELECT component, version, applied_at FROM tidings_migrations ORDER BY 2")
     assert [r[:2] for r in rows] == [

@@ -33,6 +33,7 @@ from typer.testing import CliRunner
 from tests.conftest import require_service
 from tidings.cli import app
 from tidings.store import open_store
+from tidings.triggers.chains import ChainTracker
 
 PREVIOUS = "081201d"
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,16 +243,31 @@ async def _start_transport(url: str) -> None:
 
 
 def _open_everything(url: str) -> None:
-    """What an application does at start: open the store, the webhook queue, the transport."""
+    """What an application does at start: open the store, the webhook queue, the transport.
+
+    The PostgreSQL store applies its own files only when asked (``migrate=True``; the SQLite
+    store always does): an application that upgrades without ``tidings migrate`` opens so."""
     from tidings.webhooks.queue import DeliveryQueue  # noqa: PLC0415
 
-    store = open_store(url)
+    store = open_store(url, migrate=True)
     try:
         DeliveryQueue(store).close()  # type: ignore[arg-type]
+        ChainTracker(store).close()  # the triggers component: chain checkpoints
     finally:
         store.close()
     asyncio.run(_start_transport(url))
     _open_outbox(url)
+    asyncio.run(_open_triggers(url))
+
+
+async def _open_triggers(url: str) -> None:
+    """What ``tidings serve`` / ``tidings process`` open for triggers: the job queue and the
+    results in the store's database (each applies the ``triggers`` component)."""
+    from tidings.triggers.jobs import SqlJobQueue  # noqa: PLC0415
+    from tidings.triggers.results import ActionResults  # noqa: PLC0415
+
+    await SqlJobQueue(url).close()
+    await ActionResults(url).close()
 
 
 def _open_outbox(url: str) -> None:
@@ -327,9 +343,11 @@ def _open_sqlite(path: Path) -> None:
     store = open_store(f"sqlite:///{path}")
     try:
         DeliveryQueue(store).close()  # type: ignore[arg-type]
+        ChainTracker(store).close()  # the triggers component: chain checkpoints
     finally:
         store.close()
     _open_outbox(f"sqlite:///{path}")
+    asyncio.run(_open_triggers(f"sqlite:///{path}"))
 
 
 def test_sqlite_database_of_the_previous_release_upgrades_to_the_fresh_schema(
@@ -352,6 +370,9 @@ def test_sqlite_database_of_the_previous_release_upgrades_to_the_fresh_schema(
     assert _sqlite_rows(fresh, records) == [
         ("outbox", "001_outbox"),
         ("store", "001_init"),
+        ("store", "002_chain"),
+        ("triggers", "001_jobs"),
+        ("triggers", "002_checkpoints"),
         ("webhooks", "001_queue"),
     ]
     for path in (by_migrate, by_opening):

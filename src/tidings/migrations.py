@@ -76,6 +76,7 @@ COMPONENTS: tuple[Component, ...] = (
     Component("store", "tidings.store"),
     Component("webhooks", "tidings.webhooks"),
     Component("outbox", "tidings.outbox"),
+    Component("triggers", "tidings.triggers"),
     Component("transport_postgres", "tidings.transports.postgres", in_schema=True),
 )
 

@@ -495,6 +495,18 @@ EXPECTED_COLUMNS = {
     "aggregate_type": ("text", "YES"),
     "payload": ("json", "NO"),
     "recorded_at": ("timestamp with time zone", "NO"),
+    # 004_chain.sql: seed 001's columns, and invalidation
+    "chain_id": ("bigint", "YES"),
+    "block_number": ("bigint", "YES"),
+    "block_hash": ("text", "YES"),
+    "parent_hash": ("text", "YES"),
+    "transaction_hash": ("text", "YES"),
+    "log_index": ("integer", "YES"),
+    "registry": ("text", "YES"),
+    "event_type": ("text", "YES"),
+    "timestamp": ("bigint", "YES"),
+    "created_at": ("timestamp with time zone", "YES"),
+    "invalidated": ("boolean", "NO"),
 }
 EXPECTED_INDEXES = {
     "events_pkey": '("position")',
@@ -504,6 +516,8 @@ EXPECTED_INDEXES = {
     "events_correlation_position_idx": '(correlation_id, "position")',
     "events_aggregate_position_idx": '(aggregate_id, "position")',
     "events_time_idx": '("time")',
+    "events_chain_block_idx": "(chain_id, block_number) WHERE (chain_id IS NOT NULL)",
+    "events_registry_idx": "(registry) WHERE (registry IS NOT NULL)",
 }
 
 

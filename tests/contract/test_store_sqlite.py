@@ -102,13 +102,13 @@ def test_schema_is_applied_once_and_recorded(tmp_path: Path) -> None:
         versions = [r[0] for r in conn.execute("SELECT version FROM tidings_migrations")]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-    assert versions == ["001_init"]
+    assert versions == ["001_init", "002_chain"]
     assert {"tidings_events", "tidings_checkpoints", "tidings_migrations"} <= tables
     assert mode == "wal"
     assert migrate(url) == []  # a no-op the second time
     open_store(url).close()
     with sqlite3.connect(tmp_path / "fresh.db") as conn:
-        assert conn.execute("SELECT COUNT(*) FROM tidings_migrations").fetchone()[0] == 1
+        assert conn.execute("SELECT COUNT(*) FROM tidings_migrations").fetchone()[0] == 2
 
 
 def test_without_auto_migration_a_bare_database_says_what_to_run(tmp_path: Path) -> None:
@@ -116,7 +116,7 @@ def test_without_auto_migration_a_bare_database_says_what_to_run(tmp_path: Path)
     url = f"sqlite:///{tmp_path}/bare.db"
     with pytest.raises(SchemaMissing, match="tidings migrate"):
         open_store(url, migrate=False)
-    assert migrate(url) == ["001_init"]
+    assert migrate(url) == ["001_init", "002_chain"]
     open_store(url, migrate=False).close()
 
 

@@ -114,8 +114,8 @@ class Running:
 
 
 async def _payload(resp: aiohttp.ClientResponse) -> Any:
-    if resp.content_type == "application/json":
-        return await resp.json()
+    if resp.content_type in ("application/json", "application/problem+json"):
+        return await resp.json(content_type=None)
     return await resp.text()
 
 

@@ -18,6 +18,7 @@ from tests.server.test_webhooks import events_config, wait_until
 Start = Callable[..., Awaitable[Running]]
 MakeReceiver = Callable[..., Awaitable[Receiver]]
 
+JSON = ("application/json", "application/problem+json")
 EVENT = b'{"type": "a.b", "source": "test", "data": {"n": 1}}'
 
 
@@ -26,7 +27,7 @@ async def raw_post(
 ) -> tuple[int, Any]:
     headers = {} if content_type is None else {"Content-Type": content_type}
     async with app.session.request(method, app.url + path, data=body, headers=headers) as resp:
-        payload = await resp.json() if resp.content_type == "application/json" else None
+        payload = await resp.json(content_type=None) if resp.content_type in JSON else None
         return resp.status, payload
 
 
@@ -52,9 +53,9 @@ async def test_post_events_needs_a_json_content_type(
     app = await serve()
     status, body = await raw_post(app, "/events", EVENT, content_type)
     assert status == 415, body
-    assert "application/json" in body["error"], body
-    assert "application/cloudevents+json" in body["error"], body
-    assert "application/cloudevents-batch+json" in body["error"], body
+    assert "application/json" in body["detail"], body
+    assert "application/cloudevents+json" in body["detail"], body
+    assert "application/cloudevents-batch+json" in body["detail"], body
     status, got = await app.get("/events")
     assert got["events"] == [], "a refused request stores nothing"
 
@@ -84,7 +85,7 @@ async def test_every_json_body_route_needs_the_content_type(
     app = await serve(events_config({"a.*": [rec.url]}, allow_networks=["127.0.0.0/8"]))
     endpoint = msgspec.json.encode({"url": rec.url})
     status, body = await raw_post(app, "/endpoints", endpoint, "text/plain")
-    assert status == 415 and "application/json" in body["error"], body
+    assert status == 415 and "application/json" in body["detail"], body
     status, ep = await raw_post(app, "/endpoints", endpoint, "application/json")
     assert status == 201, ep
     path = f"/endpoints/{ep['id']}"
@@ -129,9 +130,9 @@ async def test_deep_json_is_a_400_naming_the_limit(
     caplog.set_level(logging.WARNING)
     status, body = await raw_post(app, "/events", nested(depth), "application/json")
     assert status == 400, body
-    assert "64" in body["error"] and "nest" in body["error"], body
+    assert "64" in body["detail"] and "nest" in body["detail"], body
     status, body = await raw_post(app, "/endpoints", b"[" * depth, "application/json")
-    assert status == 400 and "64" in body["error"], body
+    assert status == 400 and "64" in body["detail"], body
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
     assert "Traceback" not in caplog.text
@@ -161,10 +162,10 @@ async def test_invalid_unicode_says_what_and_where(serve: Start, raw: bytes, wor
     app = await serve()
     status, body = await raw_post(app, "/events", raw, "application/json")
     assert status == 400, body
-    assert words in body["error"], body
-    assert "truncated" not in body["error"], body
+    assert words in body["detail"], body
+    assert "truncated" not in body["detail"], body
     status, body = await raw_post(app, "/replay", raw, "application/json")
-    assert status == 400 and words in body["error"], body
+    assert status == 400 and words in body["detail"], body
 
 
 async def test_an_escaped_surrogate_pair_and_escaped_backslashes_are_fine(serve: Start) -> None:
@@ -179,7 +180,7 @@ async def test_an_escaped_surrogate_pair_and_escaped_backslashes_are_fine(serve:
 async def test_truncated_json_still_says_so(serve: Start) -> None:
     app = await serve()
     status, body = await raw_post(app, "/events", b'{"type": "a.b"', "application/json")
-    assert status == 400 and "truncated" in body["error"], body
+    assert status == 400 and "truncated" in body["detail"], body
 
 
 # ---- CloudEvents attributes ----------------------------------------------------------------
@@ -189,7 +190,7 @@ async def test_a_specversion_other_than_1_0_is_refused(serve: Start) -> None:
     app = await serve()
     status, body = await app.post("/events", {"type": "a.b", "specversion": "0.3"})
     assert (status, body["field"]) == (400, "specversion"), body
-    assert "1.0" in body["error"] and "0.3" in body["error"], body
+    assert "1.0" in body["detail"] and "0.3" in body["detail"], body
     status, body = await app.post(
         "/events", [{"type": "a.b", "specversion": "1.0"}, {"type": "a.b", "specversion": 1}]
     )

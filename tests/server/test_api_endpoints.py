@@ -103,8 +103,8 @@ async def test_endpoint_headers_are_refused_at_registration(
     app = await serve({"events": LOOPBACK})
     status, body = await app.post("/endpoints", {"url": rec.url, "headers": headers})
     assert (status, body.get("field")) == (422, field), body
-    assert words.lower() in body["error"].lower(), body
-    assert body["error"].startswith(f"{field}: "), body
+    assert words.lower() in body["detail"].lower(), body
+    assert body["detail"].startswith(f"{field}: "), body
     status, listed = await app.get("/endpoints")
     assert listed["endpoints"] == [], "nothing was registered"
 
@@ -136,7 +136,7 @@ async def test_auth_values_follow_the_header_rules(
     assert (status, body.get("field")) == (422, field), body
     for key, value in auth.items():  # an auth value is a secret: never echoed (a name is not)
         if key != "header" and len(value) > 2:
-            assert value not in body["error"], body
+            assert value not in body["detail"], body
 
 
 # ---- a timeout must leave the lease room to spare --------------------------------------------
@@ -150,12 +150,12 @@ async def test_a_timeout_not_shorter_than_the_lease_is_refused(
     for timeout in (120, 30):
         status, body = await app.post("/endpoints", {"url": rec.url, "timeout": timeout})
         assert (status, body.get("field")) == (422, "timeout"), body
-        assert "server.lease" in body["error"] and "30s" in body["error"], body
+        assert "server.lease" in body["detail"] and "30s" in body["detail"], body
     status, ep = await app.post("/endpoints", {"url": rec.url, "timeout": 29})
     assert status == 201, ep
     status, body = await app.request("PATCH", f"/endpoints/{ep['id']}", {"timeout": 45})
     assert (status, body.get("field")) == (422, "timeout"), body
-    assert "server.lease" in body["error"], body
+    assert "server.lease" in body["detail"], body
     status, body = await app.get(f"/endpoints/{ep['id']}")
     assert body["timeout"] == 29
 
@@ -201,4 +201,4 @@ async def test_an_api_endpoint_whose_retry_delay_passes_max_delay_is_refused(
     app = await serve({"events": {**LOOPBACK, "max_delay": "10s", "retry_delay": "1s"}})
     status, body = await app.post("/endpoints", {"url": rec.url, "retry_delay": 60})
     assert (status, body.get("field")) == (422, "retry_delay"), body
-    assert "max_delay" in body["error"], body
+    assert "max_delay" in body["detail"], body

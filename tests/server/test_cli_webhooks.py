@@ -276,7 +276,7 @@ def test_replay_waits_for_room_and_never_overfills_the_queue(
     worker (here: the test, once the queue is at that mark) delivers what is open."""
     config = {"store": {"url": setup.store_url}, "events": {"queue_size": 5}}
     setup.config.write_text(yaml.safe_dump(config))
-    monkeypatch.setattr("tidings.cli.REPLAY_POLL", 0.02, raising=False)
+    monkeypatch.setattr("tidings.cli.replay.REPLAY_POLL", 0.02)
     queue.accept([Event(type="user.created", data={"n": i}) for i in range(10)], lambda e: [])
     results: list[Any] = []
     replay = threading.Thread(

@@ -56,10 +56,10 @@ async def test_bad_specversion_and_extensions_are_400_naming_the_attribute(serve
     app = await serve()
     status, body = await app.post("/events", {"type": "a.b", "specversion": "0.3"})
     assert status == 400, body
-    assert body["field"] == "specversion" and "1.0" in body["error"]
+    assert body["field"] == "specversion" and "1.0" in body["detail"]
     status, body = await app.post("/events", [{"type": "a.b", "myext": {"nested": True}}])
     assert status == 400, body
-    assert body["field"] == "[0].myext" and "object" in body["error"]
+    assert body["field"] == "[0].myext" and "object" in body["detail"]
     status, body = await app.post("/events", {"type": "a.b", "Bad_Name": "x"})
     assert status == 400, body
-    assert body["field"] == "Bad_Name" and "lowercase" in body["error"]
+    assert body["field"] == "Bad_Name" and "lowercase" in body["detail"]

@@ -62,7 +62,7 @@ async def test_a_full_queue_names_events_queue_size_and_health_says_degraded(
     assert status == 202
     status, body = await app.post("/events", {"type": "a.b"})
     assert status == 503, body
-    assert "events.queue_size" in body["error"] and "max_pending" not in body["error"], body
+    assert "events.queue_size" in body["detail"] and "max_pending" not in body["detail"], body
     status, health = await app.get("/health")
     assert status == 200 and health["status"] == "degraded", health
     assert health["reasons"][0].startswith("webhook queue full: 10 deliveries"), health
@@ -93,7 +93,7 @@ async def test_replay_keeps_within_the_bound_and_live_events_still_get_in(
 
     status, body = await app.post("/replay", {"since": SINCE})
     assert status == 503, body
-    error = body["error"]
+    error = body["detail"]
     assert "would create 6 deliveries" in error and "room for 2" in error, error
     assert "events.queue_size=10" in error and "tidings replay" in error, error
     assert await open_count(app) == 6, "a refused replay writes nothing"

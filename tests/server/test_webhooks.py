@@ -343,7 +343,7 @@ async def test_bad_events_get_a_clear_error_naming_the_field(serve: Start) -> No
     assert status == 400 and body["field"].startswith("[0].") and "time" in body["field"]
     json_type = {"Content-Type": "application/json"}
     async with app.session.post(app.url + "/events", data=b"{not json", headers=json_type) as resp:
-        assert resp.status == 400 and "JSON" in (await resp.json())["error"]
+        assert resp.status == 400 and "JSON" in (await resp.json(content_type=None))["detail"]
     status, body = await app.post("/events", [])
     assert status == 400
 
@@ -351,9 +351,9 @@ async def test_bad_events_get_a_clear_error_naming_the_field(serve: Start) -> No
 async def test_body_and_batch_limits(serve: Start) -> None:
     app = await serve({"server": {"max_body_bytes": 2048, "max_batch": 3}})
     status, body = await app.post("/events", {"type": "a", "data": {"blob": "x" * 4096}})
-    assert status == 413 and "limit" in body["error"]
+    assert status == 413 and "limit" in body["detail"]
     status, body = await app.post("/events", [{"type": "a"}] * 4)
-    assert status == 413 and "3" in body["error"]
+    assert status == 413 and "3" in body["detail"]
 
 
 async def test_queue_size_bounds_pending_deliveries(serve: Start, receiver: MakeReceiver) -> None:
@@ -367,7 +367,7 @@ async def test_queue_size_bounds_pending_deliveries(serve: Start, receiver: Make
     status, _ = await app.post("/events", [{"type": "a.b"}] * 5)
     assert status == 202
     status, body = await app.post("/events", {"type": "a.b"})
-    assert status == 503 and "queue" in body["error"]
+    assert status == 503 and "queue" in body["detail"]
     status, got = await app.get("/events", params={"type": "a.b"})
     assert len(got["events"]) == 5, "a refused event is not half-written"
 
@@ -413,7 +413,7 @@ async def test_endpoint_crud(serve: Start, receiver: MakeReceiver) -> None:
     status, upd = await app.request("PATCH", f"/endpoints/{ep['id']}", {"events": ["b.*"]})
     assert status == 200 and upd["events"] == ["b.*"]
     status, body = await app.request("PATCH", f"/endpoints/{ep['id']}", {"evnts": ["b.*"]})
-    assert status == 422 and "evnts" in body["error"]
+    assert status == 422 and "evnts" in body["detail"]
     status, dis = await app.post(f"/endpoints/{ep['id']}/disable")
     assert status == 200 and dis["enabled"] is False
     await one_event(app, "b.c")
@@ -577,7 +577,7 @@ async def test_a_repeated_event_id_is_a_conflict_not_an_outage(serve: Start) -> 
     status, _ = await app.post("/events", event)
     assert status == 202
     status, body = await app.post("/events", [{"type": "a.b"}, event])
-    assert status == 409 and body["field"] == "id" and "evt-1" in body["error"]
+    assert status == 409 and body["field"] == "id" and "evt-1" in body["detail"]
     status, got = await app.get("/events", params={"type": "a.b"})
     assert len(got["events"]) == 1, "the batch with the repeat wrote nothing"
 

@@ -1,8 +1,8 @@
 """The HTTP API of `tidings serve` (Starlette): events in, endpoints, deliveries, health, metrics.
 
 Bodies must be declared JSON, are read and decoded by ``tidings.server.body`` and validated by
-tidings' own rules; every rejection is a JSON ``{"error": ..., "field": ...}`` with a 4xx status,
-never a traceback. When an API key is set, every route but ``/health`` needs it
+tidings' own rules; every rejection is RFC 9457 problem details (``server/problems.py``) with a
+4xx status, never a traceback. When an API key is set, every route but ``/health`` needs it
 (``Authorization: Bearer <key>`` or ``X-API-Key``). Times are RFC 3339 in UTC.
 """
 
@@ -22,7 +22,7 @@ import msgspec
 import uuid_utils
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from tidings.config import LEASE_RULE, fits_lease
@@ -30,6 +30,7 @@ from tidings.event import SPECVERSION, Event, EventError, from_dict
 from tidings.headers import headers_problem
 from tidings.server.body import EVENT_TYPES, ApiError, json_body
 from tidings.server.metrics import render_metrics
+from tidings.server.problems import exception_handlers, problem
 from tidings.server.service import Service
 from tidings.store.base import Criteria, DuplicateEvent, StoreError
 from tidings.topics import PatternError, compile_pattern
@@ -263,23 +264,46 @@ def _guarded(
             if auth.lower().startswith("bearer "):
                 given = auth[7:]
             if not hmac.compare_digest(given.encode(), key.encode()):
-                return _reply(
-                    {"error": "missing or wrong API key: send Authorization: Bearer <key>"},
+                return problem(
                     401,
+                    "missing or wrong API key: send Authorization: Bearer <key>",
+                    "Authorization",
+                    kind="unauthorized",
+                    headers={"WWW-Authenticate": 'Bearer realm="tidings"'},
                 )
         try:
             return await handler(request)
         except ApiError as exc:
-            return _reply({"error": exc.message, "field": exc.field}, exc.status)
+            return exc.response()
         except WebhookQueueFull as exc:
-            return _reply({"error": str(exc)}, 503)
+            return problem(503, str(exc), kind="queue-full")
         except DuplicateEvent as exc:  # the client's input, not the store's health
-            return _reply({"error": str(exc), "field": "id"}, 409)
+            return problem(409, str(exc), "id", kind="duplicate-event")
         except StoreError as exc:
             log.error("store error on %s %s: %s", request.method, request.url.path, exc)
-            return _reply({"error": f"the store is not available: {exc}"}, 503)
+            return problem(503, f"the store is not available: {exc}", kind="store-unavailable")
 
     return wrapper
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _routes(operations: list[tuple[str, str, Handler]]) -> list[Route]:
+    """One Starlette route per path, dispatching on the method: a method the path does not
+    take is then a 405 whose ``Allow`` lists every method it does."""
+    by_path: dict[str, dict[str, Handler]] = {}
+    for method, path, handler in operations:
+        by_path.setdefault(path, {})[method] = handler
+    routes = []
+    for path, handlers in by_path.items():
+
+        async def endpoint(request: Request, handlers: dict[str, Handler] = handlers) -> Response:
+            method = "GET" if request.method == "HEAD" else request.method
+            return await handlers[method](request)
+
+        routes.append(Route(path, endpoint, methods=list(handlers)))
+    return routes
 
 
 class _Api:
@@ -314,7 +338,7 @@ class _Api:
                 limit=_int(q.get("limit"), "limit", 100, 1, 1000),
             )
         except (PatternError, ValueError) as exc:
-            raise ApiError(400, str(exc)) from None
+            raise ApiError(400, f"type: {exc}", "type") from None
         records = await self.service.store.aload(criteria)
         return _reply(
             {
@@ -505,7 +529,7 @@ class _Api:
                 until=_time(data.get("until"), "until"),
             )
         except (PatternError, ValueError) as exc:
-            raise ApiError(400, str(exc)) from None
+            raise ApiError(400, f"types: {exc}", "types") from None
         dry_run = data.get("dry_run", False)
         if not isinstance(dry_run, bool):
             raise ApiError(400, "dry_run: expected true or false", "dry_run")
@@ -532,30 +556,27 @@ class _Api:
 def create_app(service: Service, *, manage_lifecycle: bool = True) -> Starlette:
     """The ASGI app for ``service`` (started and stopped with the app unless told not to)."""
     api = _Api(service)
-    routes = [
-        Route("/events", _guarded(service, api.post_events), methods=["POST"]),
-        Route("/events", _guarded(service, api.get_events), methods=["GET"]),
-        Route("/endpoints", _guarded(service, api.list_endpoints), methods=["GET"]),
-        Route("/endpoints", _guarded(service, api.create_endpoint), methods=["POST"]),
-        Route("/endpoints/{id}", _guarded(service, api.get_endpoint), methods=["GET"]),
-        Route("/endpoints/{id}", _guarded(service, api.update_endpoint), methods=["PATCH"]),
-        Route("/endpoints/{id}", _guarded(service, api.delete_endpoint), methods=["DELETE"]),
-        Route("/endpoints/{id}/disable", _guarded(service, api.disable_endpoint), methods=["POST"]),
-        Route("/endpoints/{id}/enable", _guarded(service, api.enable_endpoint), methods=["POST"]),
-        Route(
-            "/endpoints/{id}/rotate-secret", _guarded(service, api.rotate_secret), methods=["POST"]
-        ),
-        Route(
-            "/endpoints/{id}/deliveries", _guarded(service, api.list_deliveries), methods=["GET"]
-        ),
-        Route("/endpoints/{id}/retry-dead", _guarded(service, api.retry_dead), methods=["POST"]),
-        Route("/deliveries", _guarded(service, api.list_deliveries), methods=["GET"]),
-        Route("/deliveries/{id}", _guarded(service, api.get_delivery), methods=["GET"]),
-        Route("/deliveries/{id}/retry", _guarded(service, api.retry_delivery), methods=["POST"]),
-        Route("/replay", _guarded(service, api.replay), methods=["POST"]),
-        Route("/health", _guarded(service, api.health), methods=["GET"]),
-        Route("/metrics", _guarded(service, api.metrics), methods=["GET"]),
+    operations = [
+        ("POST", "/events", api.post_events),
+        ("GET", "/events", api.get_events),
+        ("GET", "/endpoints", api.list_endpoints),
+        ("POST", "/endpoints", api.create_endpoint),
+        ("GET", "/endpoints/{id}", api.get_endpoint),
+        ("PATCH", "/endpoints/{id}", api.update_endpoint),
+        ("DELETE", "/endpoints/{id}", api.delete_endpoint),
+        ("POST", "/endpoints/{id}/disable", api.disable_endpoint),
+        ("POST", "/endpoints/{id}/enable", api.enable_endpoint),
+        ("POST", "/endpoints/{id}/rotate-secret", api.rotate_secret),
+        ("GET", "/endpoints/{id}/deliveries", api.list_deliveries),
+        ("POST", "/endpoints/{id}/retry-dead", api.retry_dead),
+        ("GET", "/deliveries", api.list_deliveries),
+        ("GET", "/deliveries/{id}", api.get_delivery),
+        ("POST", "/deliveries/{id}/retry", api.retry_delivery),
+        ("POST", "/replay", api.replay),
+        ("GET", "/health", api.health),
+        ("GET", "/metrics", api.metrics),
     ]
+    routes = _routes([(m, p, _guarded(service, h)) for m, p, h in operations])
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -578,15 +599,8 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> Starlette:
                 await watcher
             await service.stop()
 
-    async def not_found(request: Request, exc: Exception) -> Response:
-        return JSONResponse({"error": f"no route {request.method} {request.url.path}"}, 404)
-
-    async def crashed(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse({"error": "internal error; see the server log"}, 500)
-
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={404: not_found, 500: crashed},
+        exception_handlers=exception_handlers(),
     )

@@ -15,6 +15,9 @@ from typing import Any
 
 import msgspec
 from starlette.requests import Request
+from starlette.responses import Response
+
+from tidings.server.problems import FieldError, problem
 
 __all__ = [
     "EVENT_TYPES",
@@ -38,13 +41,28 @@ _decoder = msgspec.json.Decoder()
 
 
 class ApiError(Exception):
-    """A refusal the API answers as ``{"error": message, "field": field}`` with ``status``."""
+    """A refusal the API answers with ``status`` as problem details (``server/problems.py``):
+    ``message`` is the ``detail``, ``field`` the failing input's path, ``kind`` names a
+    ``type`` a client may act on, ``errors`` lists several failing inputs at once."""
 
-    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        field: str | None = None,
+        *,
+        kind: str | None = None,
+        errors: list[FieldError] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.field = field
+        self.kind = kind
+        self.errors = errors
+
+    def response(self) -> Response:
+        return problem(self.status, self.message, self.field, kind=self.kind, errors=self.errors)
 
 
 def check_content_type(request: Request, accepted: tuple[str, ...]) -> None:

@@ -83,11 +83,18 @@ class Recorded(msgspec.Struct, frozen=True):
     stream: str | None = None
     version: int | None = None
     recorded_at: datetime | None = None
+    #: True for an event of a block that a chain reorganisation replaced (docs/reorgs.md);
+    #: readers return such events only when asked (``Criteria(include_invalidated=True)``).
+    invalidated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Criteria:
-    """What to read. Every field narrows; ``types`` holds type names or glob patterns."""
+    """What to read. Every field narrows; ``types`` holds type names or glob patterns.
+
+    ``include_invalidated``: also return events a chain reorganisation invalidated (they are
+    kept, marked; ``Recorded.invalidated`` says which). Every reader skips them by default.
+    """
 
     types: tuple[str, ...] = ()
     after_position: int = 0
@@ -97,6 +104,7 @@ class Criteria:
     aggregate_id: str | None = None
     stream: str | None = None
     limit: int | None = None
+    include_invalidated: bool = False
     _matchers: tuple[Any, ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -124,6 +132,8 @@ class Criteria:
         """The reference filter: backends push what they can into SQL and use this for the rest."""
         e = rec.event
         if rec.position <= self.after_position:
+            return False
+        if rec.invalidated and not self.include_invalidated:
             return False
         if self._matchers and not any(m.matches(e.type) for m in self._matchers):
             return False
@@ -209,9 +219,15 @@ class EventStore(Protocol):
         expected_version: int | None = None,
     ) -> list[Recorded]: ...
 
-    def read_all(self, after_position: int = 0, limit: int = 1000) -> list[Recorded]: ...
+    def read_all(
+        self, after_position: int = 0, limit: int = 1000, *, include_invalidated: bool = False
+    ) -> list[Recorded]:
+        """The log in position order; events a reorg invalidated only when asked."""
+        ...
 
-    async def aread_all(self, after_position: int = 0, limit: int = 1000) -> list[Recorded]: ...
+    async def aread_all(
+        self, after_position: int = 0, limit: int = 1000, *, include_invalidated: bool = False
+    ) -> list[Recorded]: ...
 
     def load(self, criteria: Criteria) -> list[Recorded]: ...
 

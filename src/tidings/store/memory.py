@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
+
 from tidings.event import Event, decode, encode
 from tidings.retry import RetryPolicy
 from tidings.store import AfterCommit, as_events
@@ -28,6 +30,7 @@ from tidings.store.base import (
     check_criteria,
     check_page,
 )
+from tidings.store.chain import chain_values
 from tidings.store.subscription import (
     DEFAULT_PAGE_SIZE,
     ErrorCallback,
@@ -49,6 +52,7 @@ class _Data:
         self.streams: dict[str, list[Recorded]] = {}
         self.ids: set[str] = set()
         self.checkpoints: dict[str, int] = {}
+        self.invalidated = 0  # events a reorg invalidated: while 0, read_all is a slice
         self.wakeup = Wakeup()
 
 
@@ -94,6 +98,8 @@ class MemoryStore:
         batch = as_events(events)
         self._check_open()
         copies = [decode(encode(e)) for e in batch]  # validates and isolates before any write
+        for e in batch:
+            chain_values(e)  # a bad chain coordinate is refused here, as by the databases
         data = self._data
         with data.lock:
             if stream is not None:
@@ -139,13 +145,19 @@ class MemoryStore:
 
     # ------------------------------------------------------------------ reads
 
-    def read_all(self, after_position: int = 0, limit: int = 1000) -> list[Recorded]:
+    def read_all(
+        self, after_position: int = 0, limit: int = 1000, *, include_invalidated: bool = False
+    ) -> list[Recorded]:
         check_page(after_position, limit)
+        if not include_invalidated and self._data.invalidated:
+            return self.load(Criteria(after_position=after_position, limit=limit))
         with self._data.lock:
             return self._data.records[after_position : after_position + limit]
 
-    async def aread_all(self, after_position: int = 0, limit: int = 1000) -> list[Recorded]:
-        return self.read_all(after_position, limit)
+    async def aread_all(
+        self, after_position: int = 0, limit: int = 1000, *, include_invalidated: bool = False
+    ) -> list[Recorded]:
+        return self.read_all(after_position, limit, include_invalidated=include_invalidated)
 
     def load(self, criteria: Criteria) -> list[Recorded]:
         check_criteria(criteria)
@@ -167,7 +179,8 @@ class MemoryStore:
 
     def load_stream(self, stream: str, from_version: int = 1) -> list[Recorded]:
         with self._data.lock:
-            return list(self._data.streams.get(stream, [])[max(from_version, 1) - 1 :])
+            recs = self._data.streams.get(stream, [])[max(from_version, 1) - 1 :]
+            return [rec for rec in recs if not rec.invalidated]
 
     async def aload_stream(self, stream: str, from_version: int = 1) -> list[Recorded]:
         return self.load_stream(stream, from_version)
@@ -185,6 +198,45 @@ class MemoryStore:
     def head(self) -> int:
         with self._data.lock:
             return len(self._data.records)
+
+    # ------------------------------------------------------------------ chains
+
+    def invalidate_chain(
+        self, chain_id: int, after_block: int, before_position: int | None = None
+    ) -> list[Recorded]:
+        """Mark the events of ``chain_id`` above ``after_block`` (recorded before
+        ``before_position`` when given) invalidated; return those newly marked."""
+        data = self._data
+        out: list[Recorded] = []
+        with data.lock:
+            end = len(data.records) if before_position is None else before_position - 1
+            for i, rec in enumerate(data.records[: max(end, 0)]):
+                chain, block = chain_values(rec.event)[:2]
+                if rec.invalidated or chain != chain_id or block is None or block <= after_block:
+                    continue
+                marked = msgspec.structs.replace(rec, invalidated=True)
+                data.records[i] = marked
+                if rec.stream is not None and rec.version is not None:
+                    data.streams[rec.stream][rec.version - 1] = marked
+                out.append(marked)
+            data.invalidated += len(out)
+        return out
+
+    def chain_blocks(
+        self, chain_id: int, first: int, last: int, before_position: int | None = None
+    ) -> list[tuple[int, str | None]]:
+        """The blocks ``(number, hash)`` of ``chain_id``'s valid events from ``first`` to
+        ``last`` (recorded before ``before_position`` when given), in block order."""
+        found: set[tuple[int, str | None]] = set()
+        with self._data.lock:
+            end = len(self._data.records) if before_position is None else before_position - 1
+            for rec in self._data.records[: max(end, 0)]:
+                chain, block, block_hash = chain_values(rec.event)[:3]
+                if chain != chain_id or block is None or rec.invalidated:
+                    continue
+                if first <= block <= last:
+                    found.add((block, block_hash))
+        return sorted(found, key=lambda b: (b[0], b[1] or ""))
 
     # ------------------------------------------------------------------ subscriptions
 

@@ -75,6 +75,7 @@ __all__ = ["CHANNEL", "SEED_CHANNEL", "PostgresStore"]
 log = logging.getLogger("tidings.store.postgres")
 _Q = pgq.Q
 
+_MAX_POSITION = 2**63 - 1
 CHANNEL = "tidings_events"  # tidings' own wake-up: one per transaction, payload = schema name
 SEED_CHANNEL = "new_event"  # seed 001's per-row JSON notification
 
@@ -373,13 +374,25 @@ class PostgresStore:
 
     # ------------------------------------------------------------------ reads
 
-    def read_all(self, after_position: int = 0, limit: int = 1000) -> list[Recorded]:
+    def read_all(
+        self, after_position: int = 0, limit: int = 1000, *, include_invalidated: bool = False
+    ) -> list[Recorded]:
         check_page(after_position, limit)
-        return self.load(Criteria(after_position=after_position, limit=limit))
+        return self.load(
+            Criteria(
+                after_position=after_position, limit=limit, include_invalidated=include_invalidated
+            )
+        )
 
-    async def aread_all(self, after_position: int = 0, limit: int = 1000) -> list[Recorded]:
+    async def aread_all(
+        self, after_position: int = 0, limit: int = 1000, *, include_invalidated: bool = False
+    ) -> list[Recorded]:
         check_page(after_position, limit)
-        return await self.aload(Criteria(after_position=after_position, limit=limit))
+        return await self.aload(
+            Criteria(
+                after_position=after_position, limit=limit, include_invalidated=include_invalidated
+            )
+        )
 
     def load(self, criteria: Criteria) -> list[Recorded]:
         """Events matching ``criteria`` in global order, never past the safe horizon."""
@@ -448,6 +461,29 @@ class PostgresStore:
         with self._conn("head") as conn:
             row = conn.execute(_Q.head).fetchone()
         return int(row[0]) if row else 0
+
+    # ------------------------------------------------------------------ chains
+
+    def invalidate_chain(
+        self, chain_id: int, after_block: int, before_position: int | None = None
+    ) -> list[Recorded]:
+        """Mark the events of ``chain_id`` above ``after_block`` invalidated (a reorg replaced
+        their blocks); only those recorded before ``before_position`` when given, so the new
+        branch's events already stored stay valid. Returns the events newly marked."""
+        before = _MAX_POSITION if before_position is None else before_position
+        with self._conn("invalidate_chain") as conn, conn.cursor(binary=True) as cur:
+            rows = cur.execute(_Q.invalidate_chain, (chain_id, after_block, before)).fetchall()
+        return sorted((pgq.record(r) for r in rows), key=lambda rec: rec.position)
+
+    def chain_blocks(
+        self, chain_id: int, first: int, last: int, before_position: int | None = None
+    ) -> list[tuple[int, str | None]]:
+        """The blocks ``(number, hash)`` of ``chain_id``'s valid events from ``first`` to
+        ``last`` (recorded before ``before_position`` when given), in block order."""
+        before = _MAX_POSITION if before_position is None else before_position
+        with self._conn("chain_blocks") as conn:
+            rows = conn.execute(_Q.chain_blocks, (chain_id, first, last, before)).fetchall()
+        return [(int(r[0]), r[1]) for r in rows]
 
     # ------------------------------------------------------------------ asyncio plumbing
 

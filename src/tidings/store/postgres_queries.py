@@ -3,7 +3,9 @@ filters of a ``Criteria`` composed from their fragments, and the rows that go in
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +14,7 @@ from psycopg import sql
 from tidings import sqlfiles
 from tidings.event import Event, decode, encode
 from tidings.store.base import Criteria, Recorded
+from tidings.store.chain import chain_values
 
 __all__ = [
     "COPY_TYPES",
@@ -34,12 +37,13 @@ Q = TEXT.map(str.encode)  # bytes: what psycopg sends, with no conversion per ca
 COPY_TYPES = [
     "int8", "text", "text", "text", "text", "int8", "timestamptz",
     "text", "text", "text", "text", "text", "bytea",
+    "int8", "int8", "text", "text", "text", "int4", "text", "text", "int8",
 ]  # fmt: skip
 PAGE = 1000  # rows per round trip when a load has no limit or filters in Python too
 
 
 def record(row: tuple[Any, ...]) -> Recorded:
-    return Recorded(row[0], decode(row[4]), row[1], row[2], row[3])
+    return Recorded(row[0], decode(row[4]), row[1], row[2], row[3], row[5])
 
 
 def like_prefix(pattern: str) -> str | None:
@@ -59,6 +63,8 @@ def where(
     too."""
     names = ["after", "up_to"]
     params: list[Any] = [after, horizon]
+    if not criteria.include_invalidated:
+        names.append("valid")
     likes = 0
     exact = criteria.exact_types
     post_filter = False
@@ -102,7 +108,7 @@ def compose(template: str, names: tuple[str, ...], likes: int) -> bytes:
 
 
 def event_rows(batch: list[Event], stream: str | None) -> list[list[Any]]:
-    # encode() raises EventError for an unencodable event: before anything is written
+    # encode() and chain_values() raise EventError for a bad event: before anything is written
     return [
         [
             None,
@@ -118,6 +124,9 @@ def event_rows(batch: list[Event], stream: str | None) -> list[list[Any]]:
             e.aggregate_id,
             e.aggregate_type,
             encode(e),
+            *chain_values(e),
+            e.type,  # event_type: seed 001's name for it
+            math.floor(e.time.timestamp()),  # "timestamp": seed 001's epoch seconds
         ]
         for e in batch
     ]
@@ -174,13 +183,4 @@ def count_query(criteria: Criteria, horizon: int) -> tuple[bytes, list[Any]] | N
 
 def unlimited(criteria: Criteria) -> Criteria:
     """``criteria`` without its limit."""
-    return Criteria(
-        types=criteria.types,
-        after_position=criteria.after_position,
-        since=criteria.since,
-        until=criteria.until,
-        correlation_id=criteria.correlation_id,
-        aggregate_id=criteria.aggregate_id,
-        stream=criteria.stream,
-        limit=None,
-    )
+    return dataclasses.replace(criteria, limit=None)

@@ -15,6 +15,7 @@ import asyncio
 import functools
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -47,6 +48,7 @@ from tidings.store.base import (
     check_criteria,
     check_page,
 )
+from tidings.store.chain import chain_values, has_chain
 from tidings.store.subscription import (
     DEFAULT_PAGE_SIZE,
     AlsoWrite,
@@ -63,6 +65,7 @@ __all__ = ["SqliteStore", "apply_migrations", "migrate", "path_of"]
 
 log = logging.getLogger("tidings.store.sqlite")
 
+_MAX_POSITION = 2**63 - 1
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _Q = sqlfiles.load("tidings.store", "sql/sqlite/queries.sql")
 
@@ -114,6 +117,8 @@ def _where(criteria: Criteria) -> tuple[tuple[str, ...], int, list[Any]]:
     and the parameters. Every criterion is filtered in SQL."""
     names = ["after"]
     params: list[Any] = [criteria.after_position]
+    if not criteria.include_invalidated:
+        names.append("valid")
     marks = 0
     if criteria.types:
         if criteria.exact_types is not None:
@@ -149,8 +154,15 @@ def _compose(template: str, names: tuple[str, ...], marks: int) -> str:
 
 
 def _row(row: tuple[Any, ...]) -> Recorded:
-    position, stream, version, recorded_at, body = row
-    return Recorded(position, decode(body), stream, version, datetime.fromisoformat(recorded_at))
+    position, stream, version, recorded_at, body, invalidated = row
+    return Recorded(
+        position,
+        decode(body),
+        stream,
+        version,
+        datetime.fromisoformat(recorded_at),
+        bool(invalidated),
+    )
 
 
 def _connect(path: str, busy_timeout: float, synchronous: str) -> sqlite3.Connection:
@@ -341,6 +353,7 @@ class SqliteStore:
         if stream is None and expected_version is not None:
             raise ValueError("append(expected_version=...) needs a stream=")
         bodies = [encode(e).decode() for e in batch]  # validates before anything is written
+        chains = [chain_values(e) for e in batch]  # so do the chain coordinates
         self._check_open()
         now = datetime.now(UTC)
         stamp = _fmt(now)
@@ -364,10 +377,17 @@ class SqliteStore:
                         e.aggregate_id,
                         stamp,
                         body,
+                        e.type,  # event_type: seed 001's name for it
+                        math.floor(e.time.timestamp()),  # seed 001's epoch seconds
+                        stamp,  # created_at
                     )
                     for i, (e, body) in enumerate(zip(batch, bodies, strict=True))
                 ]
-                conn.executemany(_Q.insert, rows)
+                if any(has_chain(c) for c in chains):
+                    rows = [row + c for row, c in zip(rows, chains, strict=True)]
+                    conn.executemany(_Q.insert_chain, rows)
+                else:
+                    conn.executemany(_Q.insert, rows)
                 last = conn.execute(_Q.last_position).fetchone()[0]
                 first = last - len(batch) + 1
                 recorded = [
@@ -408,12 +428,21 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ reads
 
-    def read_all(self, after_position: int = 0, limit: int = 1000) -> list[Recorded]:
+    def read_all(
+        self, after_position: int = 0, limit: int = 1000, *, include_invalidated: bool = False
+    ) -> list[Recorded]:
         check_page(after_position, limit)
-        return self._query(_Q.read_all, (after_position, limit))
+        query = _Q.read_all_raw if include_invalidated else _Q.read_all
+        return self._query(query, (after_position, limit))
 
-    async def aread_all(self, after_position: int = 0, limit: int = 1000) -> list[Recorded]:
-        return await asyncio.to_thread(self.read_all, after_position, limit)
+    async def aread_all(
+        self, after_position: int = 0, limit: int = 1000, *, include_invalidated: bool = False
+    ) -> list[Recorded]:
+        return await asyncio.to_thread(
+            functools.partial(self.read_all, include_invalidated=include_invalidated),
+            after_position,
+            limit,
+        )
 
     def load(self, criteria: Criteria) -> list[Recorded]:
         """Events matching ``criteria`` in global order; every criterion is filtered in SQL."""
@@ -456,6 +485,34 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise self._error("stream_version", exc) from exc
         return int(row[0])
+
+    # ------------------------------------------------------------------ chains
+
+    def invalidate_chain(
+        self, chain_id: int, after_block: int, before_position: int | None = None
+    ) -> list[Recorded]:
+        """Mark the events of ``chain_id`` above ``after_block`` invalidated (a reorg replaced
+        their blocks); only those recorded before ``before_position`` when given, so the new
+        branch's events already stored stay valid. Returns the events newly marked."""
+        before = _MAX_POSITION if before_position is None else before_position
+        try:
+            with self.transaction() as conn:
+                rows = conn.execute(_Q.invalidate_chain, (chain_id, after_block, before)).fetchall()
+        except sqlite3.Error as exc:
+            raise self._error("invalidate_chain", exc) from exc
+        return sorted((_row(r) for r in rows), key=lambda rec: rec.position)
+
+    def chain_blocks(
+        self, chain_id: int, first: int, last: int, before_position: int | None = None
+    ) -> list[tuple[int, str | None]]:
+        """The blocks ``(number, hash)`` of ``chain_id``'s valid events from ``first`` to
+        ``last`` (recorded before ``before_position`` when given), in block order."""
+        before = _MAX_POSITION if before_position is None else before_position
+        try:
+            rows = self._reader().execute(_Q.chain_blocks, (chain_id, first, last, before))
+            return [(int(r[0]), r[1]) for r in rows.fetchall()]
+        except sqlite3.Error as exc:
+            raise self._error("chain_blocks", exc) from exc
 
     # ------------------------------------------------------------------ subscriptions
 

@@ -326,6 +326,19 @@ class DeliveryQueue:
             db.executemany(conn, db.q.insert_delivery, rows)
         return len(rows)
 
+    def add_delivery(
+        self, delivery_id: str, event_id: str, position: int, endpoint_id: str
+    ) -> bool:
+        """One pending delivery of the stored event at ``position`` to ``endpoint_id``, with an
+        id the caller chose; False when a delivery with that id exists already (the caller's
+        retry: a trigger's webhook action derives the id from its job key). The endpoint must
+        exist (``save_endpoint``)."""
+        self._check_endpoints([endpoint_id], "add_delivery")
+        now = time.time()
+        row = (delivery_id, event_id, position, endpoint_id, now, now, now)
+        with self._db.transaction() as conn:
+            return bool(self._db.execute(conn, self._db.q.insert_delivery_once, row).rowcount)
+
     def ingest(self, events: Sequence[Event], route: Callable[[Event], Sequence[str]]) -> int:
         """Append ``events`` and their deliveries in one transaction, like ``accept``; but an
         event already in the store (a redelivered message, or one another writer stored) is no

@@ -29,16 +29,21 @@ SELECT ok, actual, first_version, positions, recorded_at FROM tidings_reserve(%s
 
 -- name: copy_events
 -- payload goes as bytea in binary COPY: json's binary input is its UTF-8 text, byte for byte.
+-- The chain columns (004_chain.sql) come from the event's extensions; event_type and
+-- timestamp are type and time again, as seed 001's readers expect them.
 COPY events (position, id, type, source, stream, version, time, subject, correlation_id,
-    causation_id, aggregate_id, aggregate_type, payload) FROM STDIN (FORMAT BINARY)
+    causation_id, aggregate_id, aggregate_type, payload, chain_id, block_number, block_hash,
+    parent_hash, transaction_hash, log_index, registry, event_type, "timestamp")
+FROM STDIN (FORMAT BINARY)
 
 -- name: insert_one
 -- One event of a stream in one statement (one transaction in autocommit mode); no row when the
 -- version does not match, and then tidings_reserve changed nothing.
 INSERT INTO events (position, id, type, source, stream, version, time, subject, correlation_id,
-    causation_id, aggregate_id, aggregate_type, payload)
+    causation_id, aggregate_id, aggregate_type, payload, chain_id, block_number, block_hash,
+    parent_hash, transaction_hash, log_index, registry, event_type, "timestamp")
 SELECT r.positions[1], %s, %s, %s, %s, r.first_version, %s, %s, %s, %s, %s, %s,
-    convert_from(%s::bytea, 'UTF8')::json
+    convert_from(%s::bytea, 'UTF8')::json, %s, %s, %s, %s, %s, %s, %s, %s, %s
 FROM tidings_reserve(%s, %s, 1) r WHERE r.ok
 RETURNING position, version, recorded_at
 
@@ -46,8 +51,10 @@ RETURNING position, version, recorded_at
 -- One event of no stream: a plain INSERT (the fence trigger runs before the position default
 -- is drawn).
 INSERT INTO events (id, type, source, stream, version, time, subject, correlation_id,
-    causation_id, aggregate_id, aggregate_type, payload)
-VALUES (%s, %s, %s, NULL, NULL, %s, %s, %s, %s, %s, %s, convert_from(%s::bytea, 'UTF8')::json)
+    causation_id, aggregate_id, aggregate_type, payload, chain_id, block_number, block_hash,
+    parent_hash, transaction_hash, log_index, registry, event_type, "timestamp")
+VALUES (%s, %s, %s, NULL, NULL, %s, %s, %s, %s, %s, %s, convert_from(%s::bytea, 'UTF8')::json,
+    %s, %s, %s, %s, %s, %s, %s, %s, %s)
 RETURNING position, version, recorded_at
 
 -- name: stream_version
@@ -65,11 +72,15 @@ SELECT tidings_writers_active(%s)
 
 -- name: events_page
 -- {conditions}: the event_* fragments below that the criteria need, joined by AND.
-SELECT position, stream, version, recorded_at, payload FROM events
+SELECT position, stream, version, recorded_at, payload, invalidated FROM events
 WHERE {conditions} ORDER BY position LIMIT %s
 
 -- name: events_count
 SELECT count(*) FROM events WHERE {conditions}
+
+-- name: event_valid
+-- Readers skip the events of blocks a reorg replaced unless the criteria include them.
+NOT invalidated
 
 -- name: event_after
 position > %s
@@ -105,11 +116,27 @@ stream = %s
 
 -- name: load_stream
 -- Versions of one stream commit in order (the stream row lock): no horizon needed.
-SELECT position, stream, version, recorded_at, payload FROM events
-WHERE stream = %s AND version >= %s ORDER BY version
+SELECT position, stream, version, recorded_at, payload, invalidated FROM events
+WHERE stream = %s AND version >= %s AND NOT invalidated ORDER BY version
 
 -- name: head
 SELECT COALESCE(max(position), 0) FROM events
+
+-- ---------------------------------------------------------------- chains (004_chain.sql)
+
+-- name: invalidate_chain
+-- A reorg: the events of chain %s above block %s recorded before position %s are replaced.
+-- Already invalidated ones are left alone, so a second recovery returns nothing new.
+UPDATE events SET invalidated = true
+WHERE chain_id = %s AND block_number > %s AND position < %s AND NOT invalidated
+RETURNING position, stream, version, recorded_at, payload, invalidated
+
+-- name: chain_blocks
+-- The blocks (number, hash) of a chain's valid events between two heights, recorded before
+-- a position: what the chain tracker compares hashes against.
+SELECT DISTINCT block_number, block_hash FROM events
+WHERE chain_id = %s AND block_number BETWEEN %s AND %s AND position < %s AND NOT invalidated
+ORDER BY block_number, block_hash
 
 -- ---------------------------------------------------------------- checkpoints
 

@@ -16,9 +16,19 @@ PRAGMA query_only = ON
 -- ---------------------------------------------------------------- writes
 
 -- name: insert
+-- event_type, timestamp and created_at (002_chain.sql) are type, time and recorded_at again,
+-- as seed 001's readers expect them. A batch without chain coordinates leaves the chain
+-- columns out (binding seven NULLs per row is a fifth of the append's cost).
 INSERT INTO tidings_events (id, type, stream, version, time, correlation_id, aggregate_id,
-    recorded_at, body)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+    recorded_at, body, event_type, timestamp, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+
+-- name: insert_chain
+-- The same with the chain columns, filled from the events' extensions.
+INSERT INTO tidings_events (id, type, stream, version, time, correlation_id, aggregate_id,
+    recorded_at, body, event_type, timestamp, created_at, chain_id, block_number, block_hash,
+    parent_hash, transaction_hash, log_index, registry)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 
 -- name: last_position
 SELECT last_insert_rowid()
@@ -33,20 +43,29 @@ SELECT id FROM tidings_events WHERE id IN (SELECT value FROM json_each(?))
 -- ---------------------------------------------------------------- reads
 
 -- name: read_all
-SELECT position, stream, version, recorded_at, body FROM tidings_events
+-- The log without the events a reorg invalidated (read_all_raw: with them).
+SELECT position, stream, version, recorded_at, body, invalidated FROM tidings_events
+WHERE position > ? AND NOT invalidated ORDER BY position LIMIT ?
+
+-- name: read_all_raw
+SELECT position, stream, version, recorded_at, body, invalidated FROM tidings_events
 WHERE position > ? ORDER BY position LIMIT ?
 
 -- name: events
 -- {conditions}: the event_* fragments below that the criteria need, joined by AND.
-SELECT position, stream, version, recorded_at, body FROM tidings_events
+SELECT position, stream, version, recorded_at, body, invalidated FROM tidings_events
 WHERE {conditions} ORDER BY position
 
 -- name: events_limited
-SELECT position, stream, version, recorded_at, body FROM tidings_events
+SELECT position, stream, version, recorded_at, body, invalidated FROM tidings_events
 WHERE {conditions} ORDER BY position LIMIT ?
 
 -- name: events_count
 SELECT COUNT(*) FROM tidings_events WHERE {conditions}
+
+-- name: event_valid
+-- Readers skip the events of blocks a reorg replaced unless the criteria include them.
+NOT invalidated
 
 -- name: event_after
 position > ?
@@ -77,11 +96,27 @@ aggregate_id = ?
 stream = ?
 
 -- name: load_stream
-SELECT position, stream, version, recorded_at, body FROM tidings_events
-WHERE stream = ? AND version >= ? ORDER BY version
+SELECT position, stream, version, recorded_at, body, invalidated FROM tidings_events
+WHERE stream = ? AND version >= ? AND NOT invalidated ORDER BY version
 
 -- name: head
 SELECT COALESCE(MAX(position), 0) FROM tidings_events
+
+-- ---------------------------------------------------------------- chains (002_chain.sql)
+
+-- name: invalidate_chain
+-- A reorg: the events of a chain above a block, recorded before a position, are replaced.
+-- Already invalidated ones are left alone, so a second recovery returns nothing new.
+UPDATE tidings_events SET invalidated = 1
+WHERE chain_id = ? AND block_number > ? AND position < ? AND NOT invalidated
+RETURNING position, stream, version, recorded_at, body, invalidated
+
+-- name: chain_blocks
+-- The blocks (number, hash) of a chain's valid events between two heights, recorded before a
+-- position: what the chain tracker compares hashes against.
+SELECT DISTINCT block_number, block_hash FROM tidings_events
+WHERE chain_id = ? AND block_number BETWEEN ? AND ? AND position < ? AND NOT invalidated
+ORDER BY block_number, block_hash
 
 -- ---------------------------------------------------------------- checkpoints
 

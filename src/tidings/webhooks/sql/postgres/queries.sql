@@ -36,6 +36,14 @@ INSERT INTO tidings_webhook_deliveries (id, event_id, position, endpoint_id, sta
     next_attempt_at, created_at, updated_at)
 VALUES (%s, %s, %s, %s, 'pending', 0, %s, %s, %s)
 
+-- name: insert_delivery_once
+-- A delivery with an id the caller derived (a trigger's webhook action, from its job key): a
+-- second insert of the same id adds nothing, so a job that runs twice delivers once.
+INSERT INTO tidings_webhook_deliveries (id, event_id, position, endpoint_id, state, attempts,
+    next_attempt_at, created_at, updated_at)
+VALUES (%s, %s, %s, %s, 'pending', 0, %s, %s, %s)
+ON CONFLICT (id) DO NOTHING
+
 -- name: insert_leased
 -- A delivery handed to a worker of the accepting process in the same transaction.
 INSERT INTO tidings_webhook_deliveries (id, event_id, position, endpoint_id, state, attempts,

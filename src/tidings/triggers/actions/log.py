@@ -1,0 +1,49 @@
+"""The ``log`` action: a line in the process's log for each matched event.
+
+Options: ``message`` (a template, default ``"{type} {id}"``), ``level`` (debug, info,
+warning, error; default info), ``logger`` (default ``tidings.triggers.actions``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from tidings.triggers.actions.base import (
+    ActionContext,
+    ActionOptionError,
+    check_options,
+    option_str,
+)
+from tidings.triggers.actions.templates import Template, TemplateError
+
+__all__ = ["LogAction"]
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR}  # fmt: skip
+
+
+class LogAction:
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        options = check_options("log", options, ("message", "level", "logger"))
+        text = option_str("log", options, "message", "{type} {id}")
+        try:
+            self.message = Template(text)
+        except TemplateError as exc:
+            raise ActionOptionError("log", "message", str(exc)) from exc
+        level = option_str("log", options, "level", "info")
+        if level.lower() not in _LEVELS:
+            raise ActionOptionError(
+                "log", "level", f"expected one of {', '.join(_LEVELS)}, got {level!r}"
+            )
+        self.level = _LEVELS[level.lower()]
+        self.logger = logging.getLogger(
+            option_str("log", options, "logger", "tidings.triggers.actions")
+        )
+
+    async def run(self, ctx: ActionContext) -> Mapping[str, Any] | None:
+        text = self.message.render(ctx.event)
+        self.logger.log(self.level, "%s", text, extra={"trigger_id": ctx.trigger_id,
+                                                         "job_key": ctx.key})  # fmt: skip
+        return {"message": text}
