@@ -50,7 +50,7 @@ _COMPENSATE = ":compensate"
 
 def context_factory(
     *,
-    publish: Callable[[Event], Awaitable[None]] | None = None,
+    publish: Callable[[Event], Awaitable[Any]] | None = None,
     webhooks: WebhookEnqueue | None = None,
 ) -> ContextFactory:
     """The usual ``context_factory``: every job's context gets the same ways out."""
@@ -106,7 +106,8 @@ class ActionWorkers:
 
     ``lease_seconds`` (default ``timeout + 30``) must exceed ``timeout``. ``poll_interval``:
     how long an idle loop waits before looking for due jobs again; ``wake()`` cuts the wait
-    short (the processor calls it after an enqueue).
+    short, and a queue with ``on_enqueue`` (both of tidings') calls it after every enqueue
+    through that queue object, so jobs of a processor in the same process start at once.
     """
 
     def __init__(
@@ -152,13 +153,25 @@ class ActionWorkers:
         self._wakeup = asyncio.Event()
         self._stopped = asyncio.Event()
         self._active = False
+        self._loop_of_run: asyncio.AbstractEventLoop | None = None
         self.unfinished: list[str] = []  # keys handed back by the last stop
+        hook = getattr(queue, "on_enqueue", None)
+        if callable(hook):
+            hook(self.wake)  # jobs enqueued through this queue object start at once
 
     # ------------------------------------------------------------------ control
 
     def wake(self) -> None:
-        """Look for due jobs now (new ones were enqueued)."""
-        self._wakeup.set()
+        """Look for due jobs now (new ones were enqueued); callable from any thread."""
+        loop = self._loop_of_run
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        if loop is None or current is loop:
+            self._wakeup.set()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(self._wakeup.set)
 
     async def stop(self) -> list[str]:
         """Stop claiming, drain (``drain_timeout``), hand back the rest; returns their keys."""
@@ -177,6 +190,7 @@ class ActionWorkers:
         if self._active:
             raise RuntimeError("ActionWorkers.run_until_stopped() is running already")
         self._active = True
+        self._loop_of_run = asyncio.get_running_loop()
         self._stopped.clear()
         try:
             await self._loop()
@@ -188,6 +202,7 @@ class ActionWorkers:
     async def _loop(self) -> None:
         failures = 0
         while not self._stopping.is_set():
+            self._wakeup.clear()  # before the claim: a wake during it is not lost
             free = self.concurrency - len(self._running)
             claimed: list[Job] = []
             if free > 0:
@@ -214,8 +229,7 @@ class ActionWorkers:
     async def _wait(self) -> None:
         """Until a job finishes, new work is announced, stop() is called, or the poll
         interval has passed."""
-        self._wakeup.clear()
-        if self._stopping.is_set():
+        if self._stopping.is_set() or self._wakeup.is_set():
             return
         wake = asyncio.ensure_future(self._wakeup.wait())
         try:

@@ -4,6 +4,7 @@ retries, the dead-letter queue, cancellation."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import pytest
@@ -205,8 +206,12 @@ async def test_bad_input_is_refused_naming_it_and_nothing_is_written(queue: JobQ
     with pytest.raises(ValueError, match="action 'log': its options must be JSON values"):
         await queue.enqueue([*good, bad])
     assert await queue.depth() == 0
-    with pytest.raises(TypeError, match=r"enqueue\(\): expected Jobs, got dict"):
+    with pytest.raises(TypeError, match=r"enqueue\(\): expected Jobs, got dict \(no key, event_id"):
         await queue.enqueue([{"key": "x"}])  # type: ignore[list-item]
+    wrong = dataclasses.replace(good[0], action={"type": "log"})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="action: expected ActionSpec, got dict"):
+        await queue.enqueue([wrong])
+    assert await queue.depth() == 0
     with pytest.raises(ValueError, match=r"claim\(limit=\): expected an int >= 1, got 0"):
         await queue.claim("w", 0, 30)
     with pytest.raises(ValueError, match=r"claim\(lease_seconds=\): expected seconds > 0"):
@@ -219,3 +224,28 @@ async def test_bad_input_is_refused_naming_it_and_nothing_is_written(queue: JobQ
         await queue.complete(good[0])
     with pytest.raises(ValueError, match=r"dead\(limit=\)"):
         await queue.dead(limit=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shaped:
+    """A job in the contract's shape from another part (the reorg recovery's own class)."""
+
+    key: str
+    event_id: str
+    trigger_id: str
+    action_index: int
+    action: ActionSpec
+    event: Event
+    partition: str | None = None
+    compensation: bool = True
+    attempts: int = 0
+    position: int | None = None
+
+
+async def test_a_job_shaped_object_is_taken_as_a_job(queue: JobQueue) -> None:
+    event = Event(type="jobs.test.shaped")
+    shaped = Shaped(f"{event.id}:t:0:compensate", event.id, "t", 0, LOG, event, position=3)
+    assert await queue.enqueue([shaped]) == 1
+    assert await queue.enqueue([shaped]) == 0
+    (got,) = await queue.claim("w", 5, 30)
+    assert (got.key, got.compensation, got.position, got.event) == (shaped.key, True, 3, event)

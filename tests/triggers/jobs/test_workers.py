@@ -407,3 +407,21 @@ async def test_a_queue_that_is_down_is_logged_and_stop_still_returns(
     finally:
         await queue.close()
         await results.close()
+
+
+async def test_an_enqueue_in_the_same_process_wakes_idle_workers(
+    queue: JobQueue, results: ActionResults, action: Any
+) -> None:
+    started: list[float] = []
+
+    def note(ctx: ActionContext) -> None:
+        started.append(time.monotonic())
+
+    jobs = make_jobs(action("wake", note), 1)
+    workers = ActionWorkers(queue, results, poll_interval=10.0)  # would poll only every 10 s
+    async with running(workers):
+        await asyncio.sleep(0.2)  # idle, waiting
+        enqueued = time.monotonic()
+        await queue.enqueue(jobs)
+        await wait_for(lambda: bool(started), 30, lambda: workers.counts)
+    assert started[0] - enqueued < 2.0, started[0] - enqueued

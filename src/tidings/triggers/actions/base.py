@@ -80,7 +80,7 @@ class ActionContext:
     key: str
     compensation: bool = False
     attempt: int = 1
-    publish: Callable[[Event], Awaitable[None]] | None = None
+    publish: Callable[[Event], Awaitable[Any]] | None = None
     webhooks: WebhookEnqueue | None = None
     position: int | None = None
 

@@ -68,6 +68,7 @@ class DurableWebhooks:
 
     def __init__(self, queue: DeliveryQueue) -> None:
         self.queue = queue
+        self._known: set[str] = set()  # endpoint ids seen to exist: not looked up per job
 
     def enqueue_sync(
         self,
@@ -87,15 +88,16 @@ class DurableWebhooks:
             if url is None:
                 raise PermanentActionError("webhook action: no endpoint and no url")
             endpoint = endpoint_id_for_url(url)
-            if self.queue.endpoint(endpoint) is None:
+            if endpoint not in self._known and self.queue.endpoint(endpoint) is None:
                 from tidings.webhooks.endpoint import Endpoint  # noqa: PLC0415
 
                 self.queue.save_endpoint(Endpoint(id=endpoint, url=url, source="api"))
-        elif self.queue.endpoint(endpoint) is None:
+        elif endpoint not in self._known and self.queue.endpoint(endpoint) is None:
             raise PermanentActionError(
                 f"webhook action: endpoint {endpoint!r} is not configured; add it to the "
                 "`events.endpoints` of the config or through POST /endpoints"
             )
+        self._known.add(endpoint)
         delivery = derived_id(key, event, "webhook")
         new = self.queue.add_delivery(delivery, event.id, position, endpoint)
         return delivery, endpoint, new

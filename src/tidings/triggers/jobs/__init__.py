@@ -16,6 +16,7 @@ from tidings.triggers.jobs.model import (
     JobQueue,
     action_from_json,
     action_to_json,
+    as_job,
     job_key,
 )
 from tidings.triggers.jobs.sql import SqlJobQueue
@@ -28,6 +29,7 @@ __all__ = [
     "SqlJobQueue",
     "action_from_json",
     "action_to_json",
+    "as_job",
     "job_key",
     "open_job_queue",
 ]

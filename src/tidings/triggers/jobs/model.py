@@ -24,6 +24,7 @@ __all__ = [
     "JobQueue",
     "action_from_json",
     "action_to_json",
+    "as_job",
     "job_key",
 ]
 
@@ -141,6 +142,46 @@ class Job:
 
     def with_lease(self, attempts: int, token: str) -> Job:
         return replace(self, attempts=attempts, token=token)
+
+
+_JOB_FIELDS = ("key", "event_id", "trigger_id", "action_index", "action", "event")
+
+
+def as_job(obj: Any) -> Job:
+    """``obj`` as a Job: a Job itself, or any object with a Job's attributes (the shape the
+    triggers contract gives, e.g. the reorg recovery's compensation jobs)."""
+    if isinstance(obj, Job):
+        job = obj
+    else:
+        missing = [name for name in _JOB_FIELDS if not hasattr(obj, name)]
+        if missing:
+            raise TypeError(
+                f"enqueue(): expected Jobs, got {type(obj).__name__} (no {', '.join(missing)}); "
+                "build them with Job.for_event(...)"
+            )
+        job = Job(
+            key=obj.key,
+            event_id=obj.event_id,
+            trigger_id=obj.trigger_id,
+            action_index=obj.action_index,
+            action=obj.action,
+            event=obj.event,
+            partition=getattr(obj, "partition", None),
+            compensation=bool(getattr(obj, "compensation", False)),
+            attempts=int(getattr(obj, "attempts", 0) or 0),
+            position=getattr(obj, "position", None),
+        )
+    problems = [
+        f"{name}: expected {kind.__name__}, got {type(getattr(job, name)).__name__}"
+        for name, kind in (
+            ("key", str), ("event_id", str), ("trigger_id", str), ("action_index", int),
+            ("action", ActionSpec), ("event", Event),
+        )
+        if not isinstance(getattr(job, name), kind)
+    ]  # fmt: skip
+    if problems:
+        raise TypeError(f"enqueue(): job {job.key!r}: {'; '.join(problems)}")
+    return job
 
 
 @runtime_checkable

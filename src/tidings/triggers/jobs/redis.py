@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
 from tidings.event import new_id
-from tidings.triggers.jobs.model import Job
+from tidings.triggers.jobs.model import Job, as_job
 from tidings.urls import redact_url
 
 __all__ = ["RedisJobQueue"]
@@ -198,6 +198,7 @@ class RedisJobQueue:
         self.url = url
         self.prefix = prefix
         self.counts: Counter[str] = Counter()  # enqueued (new), duplicates (keys seen before)
+        self._listeners: list[Callable[[], None]] = []
         client_url = urlunsplit(parts._replace(query=urlencode(query)))
         self._redis: Any = aioredis.from_url(client_url, decode_responses=False)
         tag = "{" + prefix + "}"
@@ -215,6 +216,10 @@ class RedisJobQueue:
         self._seven = [k[n] for n in ("state", "body", "ready", "running", "token", "attempts")]
         self._seven.append(k["error"])
 
+    def on_enqueue(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after each enqueue (through this object) that added jobs."""
+        self._listeners.append(listener)
+
     @property
     def keys(self) -> dict[str, str]:
         """The Redis keys of this queue, by role (for operators and tests)."""
@@ -222,10 +227,7 @@ class RedisJobQueue:
 
     async def enqueue(self, jobs: Sequence[Job]) -> int:
         """Add ``jobs``; returns how many were new (a key seen before is ignored)."""
-        batch = list(jobs)
-        for job in batch:
-            if not isinstance(job, Job):
-                raise TypeError(f"enqueue(): expected Jobs, got {type(job).__name__}")
+        batch = [as_job(job) for job in jobs]
         if not batch:
             return 0
         encoded = [(job.key, msgspec.json.encode(job.body())) for job in batch]  # all, first:
@@ -239,6 +241,9 @@ class RedisJobQueue:
             added += int(await self._enqueue(keys=keys, args=args))
         self.counts["enqueued"] += added
         self.counts["duplicates"] += len(batch) - added
+        if added:
+            for listener in self._listeners:
+                listener()
         return added
 
     async def claim(self, worker_id: str, limit: int, lease_seconds: float) -> list[Job]:

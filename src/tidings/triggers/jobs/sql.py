@@ -14,12 +14,12 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tidings.event import decode, encode, new_id
 from tidings.triggers.database import Database, open_database
-from tidings.triggers.jobs.model import Job, action_from_json, action_to_json
+from tidings.triggers.jobs.model import Job, action_from_json, action_to_json, as_job
 
 __all__ = ["SqlJobQueue"]
 
@@ -70,6 +70,12 @@ class SqlJobQueue:
         self.url = url
         self._closed = False
         self.counts: Counter[str] = Counter()  # enqueued (new), duplicates (keys seen before)
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_enqueue(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` (from any thread) after each enqueue that added jobs: workers in
+        this process start them at once instead of at their next poll."""
+        self._listeners.append(listener)
 
     # ------------------------------------------------------------------ writing
 
@@ -80,9 +86,7 @@ class SqlJobQueue:
         rows = []
         actions: dict[int, str] = {}  # a batch repeats its specs and events: encode each once
         events: dict[int, str] = {}
-        for job in jobs:
-            if not isinstance(job, Job):
-                raise TypeError(f"enqueue(): expected Jobs, got {type(job).__name__}")
+        for job in map(as_job, jobs):
             action = actions.get(id(job.action))
             if action is None:
                 action = actions[id(job.action)] = action_to_json(job.action)
@@ -124,6 +128,9 @@ class SqlJobQueue:
     def _count(self, offered: int, added: int) -> int:
         self.counts["enqueued"] += added
         self.counts["duplicates"] += offered - added
+        if added:
+            for listener in self._listeners:
+                listener()
         return added
 
     def _claim(self, worker_id: str, limit: int, lease_seconds: float) -> list[Job]:
