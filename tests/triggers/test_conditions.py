@@ -230,9 +230,12 @@ def test_a_mismatch_only_raises_when_the_branch_runs() -> None:
         ("a > [1]", 2, "compares numbers or strings"),
         ("a matches b", 10, "needs a string literal"),
         ("a matches '('", 10, "bad regular expression"),
-        ("a matches '(a+)+'", 10, "repeated group"),
-        ("a matches '(x|y*)*'", 10, "repeated group"),
         ("a matches '(a)\\\\1'", 10, "backreferences"),
+        ("a matches '(?P<x>a)(?P=x)'", 10, "backreferences"),
+        ("a matches '(?=a*)a*b'", 10, "RE2 cannot run it: invalid perl operator"),
+        ("a matches 'a{99999999999999999999}'", 10, "repetition number is too large"),
+        ("a matches '(?u)(?a)x'", 10, "incompatible"),
+        ("a matches '[[a]'", 10, "Possible nested set"),
         ("a in [1, b]", 9, "constants only"),
         ("a in [1 2]", 8, "unexpected 2"),
         ("a == 1e999", 5, "out of range"),
@@ -286,6 +289,50 @@ def test_limits() -> None:
     long_value = _event({"s": "x" * (conditions.MAX_MATCH_INPUT + 1)})
     with pytest.raises(ConditionRuntimeError, match="characters"):
         compile_condition("data.s matches 'x'").evaluate(long_value)
+
+
+SLOW_ON_RE = [
+    r"(a|a)*b",  # exponential on Python's re: 25 characters take seconds
+    r"(a+)+b",
+    r"(x|y*)*z",
+    r"a*a*b",  # cubic in an unanchored search
+    r"x{2,}y+z",
+]
+
+
+@pytest.mark.parametrize("pattern", SLOW_ON_RE)
+def test_patterns_that_backtrack_run_on_re2(pattern: str) -> None:
+    text = f"data.s matches '{pattern}'"
+    compile_condition(text)  # accepted, on RE2 (a dev dependency)
+    from tidings.triggers.conditions.regex import compile_regex  # noqa: PLC0415
+
+    assert compile_regex(pattern).engine == "re2"
+    worst = _event({"s": "a" * conditions.MAX_MATCH_INPUT})
+    assert compile_condition(text).evaluate(worst) is False  # linear time: returns at once
+
+
+@pytest.mark.parametrize("pattern", SLOW_ON_RE)
+def test_without_re2_they_are_refused_with_the_rule(
+    pattern: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tidings.triggers.conditions import regex  # noqa: PLC0415
+
+    monkeypatch.setattr(regex, "_re2", lambda: None)
+    with pytest.raises(ConditionError) as info:
+        compile_condition(f"data.s matches '{pattern}'")
+    assert "can take very long to match" in str(info.value)
+    assert "pip install tidings[re2]" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [r"^0x[0-9a-f]{40}$", r"(?i)^agent-\d+$", r"Registered$", r"^[a-z]+\.[a-z]+$", r"(ab?)+c"],
+)
+def test_safe_shapes_run_on_python_re(pattern: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tidings.triggers.conditions import regex  # noqa: PLC0415
+
+    monkeypatch.setattr(regex, "_re2", lambda: None)  # not needed for these
+    assert regex.compile_regex(pattern).engine == "re"
 
 
 def test_not_text_is_refused() -> None:
@@ -470,3 +517,17 @@ def test_equality_and_membership_follow_the_documented_semantics(
         assert ev(f"data.v contains {_literal(const)}", event) is any(
             _same(item, const) for item in value
         )
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="()[]{}|*+?^$\\.-aAb0129,:=!<>PNu", max_size=30))
+def test_any_pattern_compiles_or_is_refused(pattern: str) -> None:
+    from tidings.triggers.conditions.regex import RegexRefused, compile_regex  # noqa: PLC0415
+
+    try:
+        matcher = compile_regex(pattern)
+    except RegexRefused as err:
+        assert err.message
+        return
+    assert matcher.engine in ("re", "re2")
+    matcher.find("a" * 200)  # and matching a plain value raises nothing either

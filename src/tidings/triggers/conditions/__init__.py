@@ -3,7 +3,8 @@
 ``compile_condition('data.amount >= 1000 and registry == "identity"')`` parses the text (never
 with Python's ``eval``, ``exec`` or ``ast``) into a tree of plain Python closures, so evaluating
 it against an event costs about a microsecond. ``syntax`` reads the text into a tree (the
-grammar, in EBNF, is in docs/triggers.md); ``closures`` compiles the tree.
+grammar, in EBNF, is in docs/triggers.md); ``closures`` compiles the tree; ``regex`` bounds
+what ``matches`` may cost.
 
 Semantics, chosen so a trigger never fails for a field an event simply lacks:
 
@@ -20,12 +21,11 @@ from __future__ import annotations
 
 from tidings.event import Event
 from tidings.triggers.conditions.closures import ConditionRuntimeError, Test, compile_tree
+from tidings.triggers.conditions.regex import MAX_MATCH_INPUT, MAX_REGEX
 from tidings.triggers.conditions.syntax import (
     MAX_DEPTH,
     MAX_LENGTH,
     MAX_LIST,
-    MAX_MATCH_INPUT,
-    MAX_REGEX,
     ConditionError,
     parse,
 )

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from tidings.event import Event
+from tidings.triggers.conditions.regex import MAX_MATCH_INPUT
 from tidings.triggers.conditions.syntax import (
-    MAX_MATCH_INPUT,
     Binary,
     BoolOp,
     ConditionError,
@@ -372,8 +372,8 @@ def _text_op(
     expr = f"{lname} {op} {rname}"
 
     if op == "matches":
-        regex = node.regex
-        assert regex is not None and lget is not None
+        assert node.regex is not None and lget is not None
+        find = node.regex.find
 
         def match(event: Event) -> bool:
             value = lget(event)
@@ -390,7 +390,7 @@ def _text_op(
                     found="a string",
                     expected=f"a string of at most {MAX_MATCH_INPUT} characters",
                 )
-            return regex.search(value) is not None
+            return find(value) is not None
 
         return match
 

@@ -13,14 +13,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn
 
+from tidings.triggers.conditions.regex import Matcher, RegexRefused, compile_regex
+
 __all__ = [
     "KEYWORDS",
     "MAX_DEPTH",
     "MAX_LENGTH",
     "MAX_LIST",
-    "MAX_MATCH_INPUT",
     "MAX_PATH",
-    "MAX_REGEX",
     "Binary",
     "BoolOp",
     "ConditionError",
@@ -37,8 +37,6 @@ MAX_LENGTH: Final = 4096  # characters of condition text
 MAX_DEPTH: Final = 32  # nesting of parentheses, `not` and lists
 MAX_LIST: Final = 1000  # items of a list literal
 MAX_PATH: Final = 32  # steps of one path
-MAX_REGEX: Final = 512  # characters of a `matches` pattern
-MAX_MATCH_INPUT: Final = 65536  # characters `matches` reads from a value
 
 KEYWORDS: Final = frozenset(
     {"and", "or", "not", "in", "exists", "true", "false", "null"}
@@ -223,7 +221,7 @@ class Binary:
     left: Const | PathRef
     right: Const | PathRef
     pos: int
-    regex: re.Pattern[str] | None = None
+    regex: Matcher | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,59 +443,13 @@ class _Parser:
 
 # --- regular expressions --------------------------------------------------------------------
 
-_BACKREF = re.compile(r"\\[1-9]|\(\?P=")
 
-
-def _regex(lit: Const, text: str) -> re.Pattern[str]:
-    """Compile a `matches` pattern, refusing what can take exponential time: backreferences
-    and a repeated group that itself repeats (``(a+)+``)."""
-    source: str = lit.value
-    if len(source) > MAX_REGEX:
-        raise ConditionError(
-            f"regular expression longer than {MAX_REGEX} characters", lit.pos, text
-        )
-    if _BACKREF.search(source):
-        raise ConditionError("backreferences are not allowed in 'matches'", lit.pos, text)
-    if _nested_repeat(source):
-        raise ConditionError(
-            "a repeated group containing a repetition (like (a+)+) is not allowed",
-            lit.pos,
-            text,
-            "it can take exponential time; rewrite it without the nesting",
-        )
+def _regex(lit: Const, text: str) -> Matcher:
+    """Compile a `matches` pattern once (regex.py bounds its matching time)."""
     try:
-        return re.compile(source)
-    except re.error as exc:
-        raise ConditionError(f"bad regular expression: {exc.msg}", lit.pos, text) from None
-
-
-def _nested_repeat(source: str) -> bool:
-    stack: list[bool] = []  # per open group: does it contain a repetition?
-    i, n, in_class = 0, len(source), False
-    while i < n:
-        char = source[i]
-        if char == "\\":
-            i += 2
-            continue
-        if in_class:
-            in_class = char != "]"
-        elif char == "[":
-            in_class = True
-            if source[i + 1 : i + 2] == "]":
-                i += 1
-        elif char == "(":
-            stack.append(False)
-        elif char == ")" and stack:
-            inner = stack.pop()
-            repeated = source[i + 1 : i + 2] in ("*", "+", "{")
-            if inner and repeated:
-                return True
-            if stack and (inner or repeated):
-                stack[-1] = True
-        elif char in "*+{" and stack:
-            stack[-1] = True
-        i += 1
-    return False
+        return compile_regex(lit.value)
+    except RegexRefused as exc:
+        raise ConditionError(exc.message, lit.pos, text, exc.hint) from None
 
 
 def parse(text: str) -> tuple[Node, tuple[str, ...]]:
