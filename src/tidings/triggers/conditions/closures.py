@@ -173,17 +173,24 @@ def _getter(path: PathRef) -> Getter:
 
         first = attribute
     else:
-        # CloudEvents extension names have no underscore: chain_id also reads chainid.
+        # CloudEvents extension names have no underscore (tidings.event refuses one), so
+        # chain_id reads chainid; the name as written is the fallback.
         alias = root.replace("_", "")
 
         def extension(event: Event) -> Any:
             ext = event.extensions
             if ext is None:
                 return _MISSING
-            value = ext.get(root, _MISSING)
-            return ext.get(alias, _MISSING) if value is _MISSING else value
+            return ext.get(alias, _MISSING)
 
-        first = extension
+        def extension_or_written(event: Event) -> Any:
+            ext = event.extensions
+            if ext is None:
+                return _MISSING
+            value = ext.get(alias, _MISSING)
+            return ext.get(root, _MISSING) if value is _MISSING else value
+
+        first = extension if alias == root else extension_or_written
 
     if not steps:
         return first
