@@ -4,7 +4,9 @@ errors ever escapes, whatever the text or the event."""
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -228,9 +230,12 @@ def test_a_mismatch_only_raises_when_the_branch_runs() -> None:
         ("a > [1]", 2, "compares numbers or strings"),
         ("a matches b", 10, "needs a string literal"),
         ("a matches '('", 10, "bad regular expression"),
-        ("a matches '(a+)+'", 10, "repeated group"),
-        ("a matches '(x|y*)*'", 10, "repeated group"),
         ("a matches '(a)\\\\1'", 10, "backreferences"),
+        ("a matches '(?P<x>a)(?P=x)'", 10, "backreferences"),
+        ("a matches '(?=a*)a*b'", 10, "RE2 cannot run it: invalid perl operator"),
+        ("a matches 'a{99999999999999999999}'", 10, "repetition number is too large"),
+        ("a matches '(?u)(?a)x'", 10, "incompatible"),
+        ("a matches '[[a]'", 10, "Possible nested set"),
         ("a in [1, b]", 9, "constants only"),
         ("a in [1 2]", 8, "unexpected 2"),
         ("a == 1e999", 5, "out of range"),
@@ -286,6 +291,50 @@ def test_limits() -> None:
         compile_condition("data.s matches 'x'").evaluate(long_value)
 
 
+SLOW_ON_RE = [
+    r"(a|a)*b",  # exponential on Python's re: 25 characters take seconds
+    r"(a+)+b",
+    r"(x|y*)*z",
+    r"a*a*b",  # cubic in an unanchored search
+    r"x{2,}y+z",
+]
+
+
+@pytest.mark.parametrize("pattern", SLOW_ON_RE)
+def test_patterns_that_backtrack_run_on_re2(pattern: str) -> None:
+    text = f"data.s matches '{pattern}'"
+    compile_condition(text)  # accepted, on RE2 (a dev dependency)
+    from tidings.triggers.conditions.regex import compile_regex  # noqa: PLC0415
+
+    assert compile_regex(pattern).engine == "re2"
+    worst = _event({"s": "a" * conditions.MAX_MATCH_INPUT})
+    assert compile_condition(text).evaluate(worst) is False  # linear time: returns at once
+
+
+@pytest.mark.parametrize("pattern", SLOW_ON_RE)
+def test_without_re2_they_are_refused_with_the_rule(
+    pattern: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tidings.triggers.conditions import regex  # noqa: PLC0415
+
+    monkeypatch.setattr(regex, "_re2", lambda: None)
+    with pytest.raises(ConditionError) as info:
+        compile_condition(f"data.s matches '{pattern}'")
+    assert "can take very long to match" in str(info.value)
+    assert "pip install tidings[re2]" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [r"^0x[0-9a-f]{40}$", r"(?i)^agent-\d+$", r"Registered$", r"^[a-z]+\.[a-z]+$", r"(ab?)+c"],
+)
+def test_safe_shapes_run_on_python_re(pattern: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tidings.triggers.conditions import regex  # noqa: PLC0415
+
+    monkeypatch.setattr(regex, "_re2", lambda: None)  # not needed for these
+    assert regex.compile_regex(pattern).engine == "re"
+
+
 def test_not_text_is_refused() -> None:
     with pytest.raises(ConditionError, match="a condition is text"):
         compile_condition(5)  # type: ignore[arg-type]
@@ -332,11 +381,12 @@ def test_nesting_of_the_event_value_is_no_crash() -> None:
 
 
 def test_no_python_evaluation_is_reachable() -> None:
-    source = conditions.__file__
-    with open(source, encoding="utf-8") as handle:
-        code = handle.read()
-    assert not re.search(r"(?<![.\w])(eval|exec|compile|__import__)\(", code)  # re.compile is ok
-    assert "import ast" not in code
+    package = Path(conditions.__file__).parent
+    for module in sorted(package.glob("*.py")):
+        code = module.read_text(encoding="utf-8")
+        # re.compile is fine: it compiles the regular expression of `matches`
+        assert not re.search(r"(?<![.\w])(eval|exec|compile|__import__)\(", code), module
+        assert "import ast" not in code, module
 
 
 # --- property tests -------------------------------------------------------------------------
@@ -406,3 +456,78 @@ def test_a_fuzzed_event_raises_nothing_but_condition_runtime_error(
             assert condition.evaluate(event) in (True, False)
         except ConditionRuntimeError as err:
             assert err.path and err.found and err.expected
+
+
+# --- the documented semantics, as a reference model ------------------------------------------
+
+
+def _same(a: Any, b: Any) -> bool:
+    """docs/triggers.md's ==, written independently: numbers by value, booleans apart,
+    lists and objects item by item."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+def _literal(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_literal(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+_scalar = (
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 3)
+    | st.sampled_from([0.0, 1.0, 1.5, -2.0])
+    | st.sampled_from(["", "a", "1", "true"])
+)
+_value = st.recursive(
+    _scalar,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from("ab"), inner),
+    max_leaves=6,
+)
+_const = st.recursive(_scalar, lambda inner: st.lists(inner, max_size=3), max_leaves=5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_value, _const, st.lists(_const, max_size=4))
+def test_equality_and_membership_follow_the_documented_semantics(
+    value: Any, const: Any, items: list[Any]
+) -> None:
+    event = _event({"v": value, "w": const})
+    expected_eq = _same(value, const)
+    assert ev(f"data.v == {_literal(const)}", event) is expected_eq
+    assert ev(f"data.v != {_literal(const)}", event) is not expected_eq
+    assert ev("data.v == data.w", event) is expected_eq
+    expected_in = any(_same(value, item) for item in items)
+    assert ev(f"data.v in {_literal(items)}", event) is expected_in
+    assert ev(f"data.v not in {_literal(items)}", event) is not expected_in
+    if isinstance(value, list):
+        assert ev(f"data.v contains {_literal(const)}", event) is any(
+            _same(item, const) for item in value
+        )
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="()[]{}|*+?^$\\.-aAb0129,:=!<>PNu", max_size=30))
+def test_any_pattern_compiles_or_is_refused(pattern: str) -> None:
+    from tidings.triggers.conditions.regex import RegexRefused, compile_regex  # noqa: PLC0415
+
+    try:
+        matcher = compile_regex(pattern)
+    except RegexRefused as err:
+        assert err.message
+        return
+    assert matcher.engine in ("re", "re2")
+    matcher.find("a" * 200)  # and matching a plain value raises nothing either

@@ -10,7 +10,7 @@ print it without a traceback.
 One module per role: ``loading`` (``load``: YAML, interpolation, environment, seed 002 keys,
 error wording), ``durations``, ``errors``, and one per part of the settings with its checks:
 ``bus`` (``bus`` and ``event_broker``), ``webhooks`` (``events``), ``server`` (``store`` and
-``server``); ``settings`` holds the whole.
+``server``), ``triggers`` (``triggers`` and ``processor``); ``settings`` holds the whole.
 """
 
 from tidings.config.bus import (
@@ -34,6 +34,7 @@ from tidings.config.server import (
     fits_lease,
 )
 from tidings.config.settings import Settings
+from tidings.config.triggers import ProcessorSettings, TriggerDefinition
 from tidings.config.webhooks import (
     AuthSettings,
     EndpointSettings,
@@ -58,11 +59,13 @@ __all__ = [
     "EventBrokerSettings",
     "NatsBrokerSettings",
     "PayloadFormat",
+    "ProcessorSettings",
     "RedisBrokerSettings",
     "RetrySettings",
     "ServerSettings",
     "Settings",
     "StoreSettings",
+    "TriggerDefinition",
     "WebhookSettings",
     "endpoint_id_for_url",
     "fits_lease",

@@ -25,6 +25,7 @@ from tidings.config.durations import DURATION_HELP, Duration, dec_hook
 from tidings.config.errors import ConfigError, Invalid, dotted, show
 from tidings.config.server import check_server, check_store
 from tidings.config.settings import Settings
+from tidings.config.triggers import check_processor
 from tidings.config.webhooks import check_events
 
 __all__ = ["CONFIG_ENV", "ENV_PREFIX", "load"]
@@ -433,6 +434,7 @@ class _Loader:
             endpoints = check_events(settings.events, self._written)
             check_server(settings.server, settings.events.timeout, endpoints, self._written)
             check_store(settings.store)
+            check_processor(settings.processor, self._written)
         except Invalid as exc:
             raise self._error(exc.path, exc.problem) from None
 

@@ -10,6 +10,12 @@ from tidings.config.bus import BusKwargs, BusSettings, EventBrokerSettings, reda
 from tidings.config.durations import enc_hook
 from tidings.config.errors import MASK
 from tidings.config.server import ServerSettings, StoreSettings
+from tidings.config.triggers import (
+    ProcessorSettings,
+    TriggerDefinition,
+    redact_processor,
+    redact_triggers,
+)
 from tidings.config.webhooks import WebhookSettings, redact_endpoint
 from tidings.urls import redact_url
 
@@ -29,6 +35,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     # The application's publisher (tidings.publishers): logging, memory or a transport URL;
     # TIDINGS_PUBLISHER sets it.
     publisher: str | None = None
+    # Trigger definitions as written; tidings.triggers.definitions.parse_triggers checks them.
+    triggers: list[TriggerDefinition] = msgspec.field(default_factory=list)
+    processor: ProcessorSettings = msgspec.field(default_factory=ProcessorSettings)
 
     def bus_kwargs(self) -> BusKwargs:
         """Keyword arguments for ``tidings.Bus(**settings.bus_kwargs())``."""
@@ -65,6 +74,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
             store=msgspec.structs.replace(self.store, url=redact_url(self.store.url)),
             event_broker=redact_broker(self.event_broker),
             publisher=None if self.publisher is None else redact_url(self.publisher),
+            triggers=redact_triggers(self.triggers),
+            processor=redact_processor(self.processor),
             server=msgspec.structs.replace(
                 self.server,
                 api_key=None if self.server.api_key is None else MASK,

@@ -185,7 +185,8 @@ def parse_action(
     """One action mapping (``type``, optional ``name``, the type's options beside them).
 
     ``action_types`` refuses a type not in it; ``validate_action`` (e.g. the actions package's
-    check of a type's options) may raise ``ValueError``, reported at ``path``.
+    check of a type's options) may raise ``ValueError``, reported at ``path`` (at
+    ``path.option`` when it has ``.option`` and ``.problem``, as ``ActionOptionError`` does).
     """
     if not isinstance(raw, Mapping):
         raise TriggerError(
@@ -217,6 +218,10 @@ def parse_action(
         except TriggerError:
             raise
         except ValueError as exc:
+            # an ActionOptionError names its option: report it at the option's own path
+            option, problem = getattr(exc, "option", None), getattr(exc, "problem", None)
+            if isinstance(option, str) and isinstance(problem, str):
+                raise TriggerError(f"{path}.{option}", problem) from None
             raise TriggerError(path, str(exc)) from None
     return spec
 

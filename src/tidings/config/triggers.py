@@ -1,0 +1,102 @@
+"""The ``triggers`` and ``processor`` sections: trigger definitions and how they are run.
+
+``triggers`` is kept as the list of mappings the file holds: config is the ground floor and
+may not import ``tidings.triggers``, so the definitions are checked by
+``tidings.triggers.definitions.parse_triggers``, which ``tidings config check``, ``tidings
+serve`` and ``tidings process`` call on ``settings.triggers`` (naming ``triggers[2].condition``
+and the position in the expression). ``processor`` is checked here, like every other section.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Final
+from urllib.parse import urlsplit
+
+import msgspec
+
+from tidings.config.bus import RetrySettings
+from tidings.config.errors import MASK, Invalid, Written
+from tidings.urls import redact_url
+
+__all__ = [
+    "PARTITION_KEYS",
+    "ProcessorSettings",
+    "TriggerDefinition",
+    "check_processor",
+    "redact_processor",
+    "redact_triggers",
+]
+
+#: One trigger as written (id, pattern, condition, actions, ...); see docs/triggers.md.
+TriggerDefinition = dict[str, Any]
+
+#: The partition keys seed 001 names; any other extension name is accepted too.
+PARTITION_KEYS: Final = ("chain_id", "registry")
+_FIELD: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# Action options under these keys are secrets: never shown by config check or the API.
+_SECRET_KEYS: Final = frozenset({"password", "secret", "api_key", "auth", "headers", "token"})
+
+
+class ProcessorSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The ``processor`` section: where matched actions queue and how many run at once."""
+
+    # "store": a table in the store's own database (the embedded default); or a redis:// URL
+    queue: str = "store"
+    workers: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 4  # actions run at once
+    partitions: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 1  # shares of the event stream
+    partition_by: str = "chain_id"  # chain_id | registry | an extension name
+    retry: RetrySettings = msgspec.field(default_factory=RetrySettings)  # per action
+
+
+def check_processor(processor: ProcessorSettings, written: Written) -> None:
+    """Rules the schema cannot say; a broken one raises ``Invalid`` with its key path."""
+    queue = processor.queue
+    if queue != "store":
+        parts = urlsplit(queue)
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise Invalid(
+                ("processor", "queue"),
+                f"expected 'store' or a redis:// URL with a host, got {redact_url(queue)!r}",
+            )
+    if not _FIELD.fullmatch(processor.partition_by):
+        raise Invalid(
+            ("processor", "partition_by"),
+            f"expected {' or '.join(PARTITION_KEYS)} or another extension name (lowercase "
+            f"letters, digits, '_'), got {processor.partition_by!r}",
+        )
+    retry = processor.retry
+    if retry.max_delay < retry.initial_delay:
+        path = ("processor", "retry", "max_delay")
+        raise Invalid(
+            path,
+            f"expected a duration >= initial_delay ({retry.initial_delay:g}s), "
+            f"got {written(path, retry.max_delay)}",
+        )
+    try:
+        retry.policy()
+    except ValueError as exc:
+        raise Invalid(("processor", "retry"), str(exc)) from None
+
+
+def redact_processor(processor: ProcessorSettings) -> ProcessorSettings:
+    return msgspec.structs.replace(processor, queue=redact_url(processor.queue))
+
+
+def _redact(value: Any, key: str = "") -> Any:
+    if key.lower() in _SECRET_KEYS and value is not None:
+        return MASK
+    if isinstance(value, Mapping):
+        return {k: _redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact(v) for v in value]
+    if isinstance(value, str) and "://" in value:
+        return redact_url(value)
+    return value
+
+
+def redact_triggers(triggers: list[TriggerDefinition]) -> list[TriggerDefinition]:
+    """A copy safe to print: action options named like secrets become ``***`` and URL
+    credentials are masked (an email action's SMTP password, a webhook's secret)."""
+    return [_redact(trigger) for trigger in triggers]
