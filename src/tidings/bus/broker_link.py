@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from tidings.bus.reports import BusClosed, BusStats, CloseReport
 from tidings.bus.subscription import Subscription
 from tidings.delivery import DeliveryStatus, HandlerDelivery
-from tidings.event import Event, _current
+from tidings.event import DEFAULT_SOURCE, Event, _current
 from tidings.retry import RetryPolicy
 from tidings.transport import SubscribeOptions, Transport, TransportError, TransportSubscription
 from tidings.transports import open_transport, redact_url
@@ -55,6 +55,8 @@ class BrokerLink:
         stats: BusStats,
         closing: Callable[[], bool],
         default_retry: RetryPolicy | None,
+        default_options: SubscribeOptions | None = None,
+        source: str | None = None,
     ) -> None:
         if isinstance(transport, str):
             transport = open_transport(transport, **options)
@@ -63,6 +65,8 @@ class BrokerLink:
         self.stats = stats  # the bus's: ``published`` counts what the broker accepted
         self._bus_closing = closing  # the bus is closing: only its handlers may still publish
         self.default_retry = default_retry  # the bus's, for subscriptions without their own
+        self.default_options = default_options  # the bus's, for subscribe() without options
+        self.source = source  # stamped on events that kept the default source
         self.transport: Transport = transport
         self.group = group
         self.timeout = timeout
@@ -121,6 +125,8 @@ class BrokerLink:
             raise BusClosed("the bus is closed; publish before close() or use a new Bus")
         if not isinstance(event, Event):
             raise TypeError(f"publish expects a tidings Event, got {type(event).__name__}")
+        if self.source is not None and event.source == DEFAULT_SOURCE:
+            event.source = self.source
         parent = _current.get()
         if parent is not None and event.causation_id is None:
             event.inherit(parent)
@@ -179,6 +185,8 @@ class BrokerLink:
         group: str | None,
         options: SubscribeOptions | None,
     ) -> None:
+        if options is None:
+            options = self.default_options
         opts = options if options is not None else SubscribeOptions()
         changes: dict[str, Any] = {}
         if group is not None or (self.group is not None and opts.group is None):

@@ -34,7 +34,7 @@ from tidings.bus.subscription import Handler, Subscription, handler_name
 from tidings.bus.workers import WhenFull, WorkerPool
 from tidings.clock import Clock, system_clock
 from tidings.delivery import DeliveryStatus, HandlerDelivery
-from tidings.event import Event, _current
+from tidings.event import DEFAULT_SOURCE, Event, _current
 from tidings.middleware.base import Middleware, compose
 from tidings.middleware.metrics import MetricsHook, MetricsMiddleware
 from tidings.middleware.timeout import TimeoutMiddleware
@@ -85,6 +85,9 @@ class Bus:
     ``mode="inline"`` (alias ``"sync"``) runs handlers in the publisher's thread;
     ``mode="async"`` queues events for ``workers`` threads, at most ``buffer_size`` waiting
     (split evenly across workers), and applies ``when_full`` when a queue is full.
+    ``source`` replaces the default ``source`` of every event published through this bus (a
+    service names itself once, e.g. ``"billing/api-7"``); ``subscribe_options`` are the
+    broker subscriptions' options where ``subscribe`` passes none.
     """
 
     def __init__(
@@ -108,6 +111,8 @@ class Bus:
         group: str | None = None,
         transport_options: Mapping[str, Any] | None = None,
         transport_timeout: float = 30.0,
+        source: str | None = None,
+        subscribe_options: SubscribeOptions | None = None,
     ) -> None:
         if mode not in ("inline", "sync", "async"):
             raise ValueError(f"Bus mode: expected 'inline', 'sync' or 'async', got {mode!r}")
@@ -118,6 +123,9 @@ class Bus:
         for name, value in (("workers", workers), ("buffer_size", buffer_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Bus {name}: expected a whole number >= 1, got {value!r}")
+        if source is not None and (not isinstance(source, str) or not source):
+            raise ValueError(f"Bus source: expected a non-empty string, got {source!r}")
+        self.source = source
         self.mode: Literal["inline", "async"] = "async" if mode == "async" else "inline"
         self.when_full = when_full
         self.stats = BusStats()
@@ -137,6 +145,9 @@ class Bus:
             self._middleware.append(MetricsMiddleware(metrics))
         self._middleware.extend(middleware)
         self._track = track_deliveries
+        # One flag for what inline publish does besides calling handlers, so the plain path
+        # pays a single check: a worker pool, delivery tracking, or a source to stamp.
+        self._extra = track_deliveries or source is not None or mode == "async"
         self._history = DeliveryHistory(history_size)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop = loop
@@ -159,13 +170,18 @@ class Bus:
                 stats=self.stats,
                 closing=lambda: self._closing,
                 default_retry=retry,
+                default_options=subscribe_options,
+                source=source,
             )
             # Instance attributes, so the in-process path keeps its methods untouched.
             self.publish = self._link.publish  # type: ignore[method-assign]
             self.apublish = self._link.apublish  # type: ignore[method-assign]
             self.publish_many = self._link.publish_many  # type: ignore[method-assign]
-        elif group is not None:
-            raise ValueError("Bus(group=...) needs a transport: Bus(transport='redis://...')")
+        elif group is not None or subscribe_options is not None:
+            raise ValueError(
+                "Bus(group=..., subscribe_options=...) needs a transport: "
+                "Bus(transport='redis://...')"
+            )
         if self.mode == "async":
             self._pool = WorkerPool(
                 workers,
@@ -325,9 +341,11 @@ class Bus:
                 f"publish expects a tidings Event, got {type(event).__name__}"
             ) from None
         self.stats.published += 1
-        if self._pool or self._track:
-            self._publish_queued_or_tracked(event, subs)
-            return
+        if self._extra:
+            self._stamp(event)
+            if self._pool or self._track:
+                self._publish_queued_or_tracked(event, subs)
+                return
         token = _current.set(event)
         # The token's old value is the event being handled while this one is published.
         parent = token.old_value
@@ -375,6 +393,8 @@ class Bus:
                 f"apublish expects a tidings Event, got {type(event).__name__}"
             ) from None
         self.stats.published += 1
+        if self.source is not None:
+            self._stamp(event)
         parent = _current.get()
         if parent is not None and event.causation_id is None:
             event.inherit(parent)
@@ -413,6 +433,12 @@ class Bus:
                         self._completed(delivery)
         finally:
             _current.reset(token)
+
+    def _stamp(self, event: Event) -> None:
+        """The bus's ``source`` on an event that kept the default one."""
+        source = self.source
+        if source is not None and isinstance(event, Event) and event.source == DEFAULT_SOURCE:
+            event.source = source
 
     def _check_open(self) -> None:
         # While close() drains, handlers may still publish (their follow-up events are part of
