@@ -17,7 +17,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from tidings.bus.reports import BusClosed, BusStats, CloseReport
@@ -225,46 +225,40 @@ class BrokerLink:
         middleware chain, which ``Bus.add_middleware`` may rebuild) at each delivery."""
         running = self._running
         calls = self._calls
+        invoke: Callable[[Event], Awaitable[None]]
         if sub.is_async:
 
-            async def run_async(event: Event) -> None:
-                n = next(calls)
-                running[n] = event
-                attempt = self._attempt(sub, event)
+            async def invoke(event: Event) -> None:
+                acall = sub.acall
+                assert acall is not None
                 token = _current.set(event)
                 try:
-                    acall = sub.acall
-                    assert acall is not None
                     await acall(event)
-                except asyncio.CancelledError:
-                    raise  # stays in `running`: close() reports it unfinished
-                except BaseException as exc:
-                    running.pop(n, None)
-                    if isinstance(exc, Exception):
-                        self._failed(sub, event, attempt, policy, exc)
-                    raise
-                else:
-                    running.pop(n, None)
                 finally:
                     _current.reset(token)
 
-            return run_async
+        else:
 
-        def in_thread(event: Event) -> None:
-            token = _current.set(event)
-            try:
-                sub.call(event)
-            finally:
-                _current.reset(token)
+            def in_thread(event: Event) -> None:
+                token = _current.set(event)
+                try:
+                    sub.call(event)
+                finally:
+                    _current.reset(token)
 
-        async def run_sync(event: Event) -> None:
+            async def invoke(event: Event) -> None:
+                # A worker thread, so a slow plain handler never stalls the consumer loop.
+                await asyncio.to_thread(in_thread, event)
+
+        async def run(event: Event) -> None:
             n = next(calls)
             running[n] = event
             attempt = self._attempt(sub, event)
             try:
-                await asyncio.to_thread(in_thread, event)
+                await invoke(event)
             except asyncio.CancelledError:
-                raise  # the thread may still run; close() reports the event unfinished
+                # Stays in `running` (a thread may still run it): close() reports it unfinished.
+                raise
             except BaseException as exc:
                 running.pop(n, None)
                 if isinstance(exc, Exception):
@@ -273,7 +267,7 @@ class BrokerLink:
             else:
                 running.pop(n, None)
 
-        return run_sync
+        return run
 
     def unsubscribe(self, sub: Subscription, timeout: float) -> None:
         remote = self._remote.pop(sub, None)

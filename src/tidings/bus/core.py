@@ -332,14 +332,10 @@ class Bus:
         """Deliver ``event`` to every matching handler (inline) or queue it (async mode)."""
         if self._closing:
             self._check_open()
-        try:
+        try:  # the cached route, inline: this is the hot path
             subs = self._routes[event.type]
-        except KeyError:
-            subs = self._route(event)
-        except AttributeError:
-            raise TypeError(
-                f"publish expects a tidings Event, got {type(event).__name__}"
-            ) from None
+        except (KeyError, AttributeError):
+            subs = self._route(event, "publish")
         self.stats.published += 1
         if self._extra:
             self._stamp(event)
@@ -358,9 +354,7 @@ class Bus:
                 except _Spawned:
                     pass  # a coroutine handler now running as a task: it counts itself
                 except Exception as exc:
-                    delivery, delay = self._failed(sub, event, exc)
-                    if delay is not None:
-                        self._retries.schedule(delivery, delay)
+                    self._failed_now(sub, event, exc)
                 else:
                     sub.handled += 1
         finally:
@@ -384,14 +378,10 @@ class Bus:
             self._check_open()
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        try:
+        try:  # the cached route, inline: this is the hot path
             subs = self._routes[event.type]
-        except KeyError:
-            subs = self._route(event)
-        except AttributeError:
-            raise TypeError(
-                f"apublish expects a tidings Event, got {type(event).__name__}"
-            ) from None
+        except (KeyError, AttributeError):
+            subs = self._route(event, "apublish")
         self.stats.published += 1
         if self.source is not None:
             self._stamp(event)
@@ -424,9 +414,7 @@ class Bus:
                     else:
                         sub.call(event)
                 except Exception as exc:
-                    delivery, delay = self._failed(sub, event, exc, delivery)
-                    if delay is not None:
-                        self._retries.schedule(delivery, delay)
+                    self._failed_now(sub, event, exc, delivery)
                 else:
                     sub.handled += 1
                     if delivery is not None:
@@ -450,9 +438,10 @@ class Bus:
         for event in events:
             self.publish(event)
 
-    def _route(self, event: Event) -> tuple[Subscription, ...]:
+    def _route(self, event: Event, verb: str = "publish") -> tuple[Subscription, ...]:
+        """The subscriptions for an event type not in the route cache (or a non-event)."""
         if not isinstance(event, Event):
-            raise TypeError(f"publish expects a tidings Event, got {type(event).__name__}")
+            raise TypeError(f"{verb} expects a tidings Event, got {type(event).__name__}")
         if not isinstance(event.type, str) or not event.type or " " in event.type:
             raise PatternError(f"event {event.id}: type {event.type!r} is not a valid event type")
         return self._index.match(event.type)
@@ -489,9 +478,7 @@ class Bus:
         try:
             await sub.acall(event)
         except Exception as exc:
-            delivery, delay = self._failed(sub, event, exc)
-            if delay is not None:
-                self._retries.schedule(delivery, delay)
+            self._failed_now(sub, event, exc)
         else:
             sub.handled += 1
 
@@ -541,6 +528,18 @@ class Bus:
 
     def _run_inline(self, delivery: HandlerDelivery) -> None:
         delay = self._attempt(delivery)
+        if delay is not None:
+            self._retries.schedule(delivery, delay)
+
+    def _failed_now(
+        self,
+        sub: Subscription,
+        event: Event,
+        exc: BaseException,
+        delivery: HandlerDelivery | None = None,
+    ) -> None:
+        """A failed attempt outside the workers: record it and put its retry on the clock."""
+        delivery, delay = self._failed(sub, event, exc, delivery)
         if delay is not None:
             self._retries.schedule(delivery, delay)
 
