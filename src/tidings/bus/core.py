@@ -10,7 +10,7 @@ sleeping in a worker) and finally dead-lettered (``tidings.bus.dead_letters``).
 With ``transport=`` (a URL or a Transport) the same ``publish``/``subscribe`` go through a
 broker instead; ``tidings.bus.broker_link`` holds all of that path.
 
-One role, the ``Bus`` class (about 700 lines): what is left here is what every path of it
+One role, the ``Bus`` class (about 740 lines): what is left here is what every path of it
 shares, subscribing, publishing, one attempt and its failure, draining and closing.
 """
 
