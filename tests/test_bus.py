@@ -18,6 +18,7 @@ from tidings.event import current_event
 from tidings.middleware import HandlerTimeout, Middleware
 from tidings.testing import FakeClock
 from tidings.topics import PatternError
+from tidings.transport import SubscribeOptions
 
 
 class OrderPlaced(Event, type="order.placed"):
@@ -122,6 +123,37 @@ def test_publish_rejects_non_events_and_bad_patterns() -> None:
         Bus(mode="async", workers=0)
     with pytest.raises(ValueError, match="when_full"):
         Bus(when_full="explode")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["inline", "async", "apublish", "tracked"])
+def test_bus_source_replaces_only_the_default_source(mode: str) -> None:
+    """Bus(source=...) names the service once: events that kept the default source carry it,
+    an event that set its own keeps it, on every publish path."""
+    bus = Bus(
+        mode="async" if mode == "async" else "inline",
+        source="billing/api-7",
+        track_deliveries=mode == "tracked",
+    )
+    got: list[Event] = []
+    bus.subscribe("order.*", got.append)
+    plain, own = OrderPlaced(order_id="1"), OrderPlaced(order_id="2", source="/shop")
+    for event in (plain, own):
+        if mode == "apublish":
+            asyncio.run(bus.apublish(event))
+        else:
+            bus.publish(event)
+    assert bus.close(timeout=5.0).drained
+    assert sorted((e.order_id, e.source) for e in got) == [  # type: ignore[attr-defined]
+        ("1", "billing/api-7"),
+        ("2", "/shop"),
+    ]
+
+
+def test_bus_source_and_subscribe_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="source: expected a non-empty string"):
+        Bus(source="")
+    with pytest.raises(ValueError, match="needs a transport"):
+        Bus(subscribe_options=SubscribeOptions(max_in_flight=2))
 
 
 # --- retries on the fake clock ---------------------------------------------------------------

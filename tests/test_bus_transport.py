@@ -373,3 +373,30 @@ def test_close_reports_a_retry_it_could_not_wait_for(url: str) -> None:
     assert [(d.event.id, d.attempts) for d in report.pending_retries] == [(sent.id, 1)]
     assert "1 retry(ies) cancelled" in report.summary()
     assert attempts == 1
+
+
+def test_bus_source_and_default_subscribe_options_reach_the_broker(url: str) -> None:
+    """Bus(source=..., subscribe_options=...) over a transport: the events the broker carries
+    have the bus's source unless they set their own, and subscribe() without options gets the
+    bus's (with one, that one)."""
+    bus = Bus(
+        transport=url, source="shop/api-2", subscribe_options=SubscribeOptions(max_in_flight=3)
+    )
+    got: list[Event] = []
+    try:
+        default = bus.subscribe("bt.order.*", got.append)
+        own = bus.subscribe(
+            "bt.order.shipped", lambda e: None, options=SubscribeOptions(max_in_flight=7)
+        )
+        assert default.remote is not None and own.remote is not None
+        assert default.remote.options.max_in_flight == 3  # type: ignore[attr-defined]
+        assert own.remote.options.max_in_flight == 7  # type: ignore[attr-defined]
+        bus.publish(Placed(order_id="1"))
+        bus.publish_many([Shipped(order_id="2", source="/warehouse")])
+        wait_until(lambda: len(got) == 2, 30)
+    finally:
+        assert bus.close(timeout=5.0).drained
+    assert sorted((e.type, e.source) for e in got) == [
+        ("bt.order.placed", "shop/api-2"),
+        ("bt.order.shipped", "/warehouse"),
+    ]

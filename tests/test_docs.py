@@ -10,6 +10,8 @@
   written (a placeholder host); it must still compile. Keep such marks rare.
 - Every ``tidings ...`` line of a ```sh / bash / console block is parsed by the CLI: the
   command, its options and arguments must exist (nothing is run).
+- A page in ``RUN_ELSEWHERE`` has its Python blocks run by the one test named there instead
+  (once, not twice), which reads them with ``blocks()`` and checks more than that they run.
 """
 
 from __future__ import annotations
@@ -82,12 +84,26 @@ def _id(page: Path) -> str:
     return str(page.relative_to(ROOT))
 
 
-PYTHON_PAGES = [p for p in PAGES if any(b.lang == "python" for b in blocks(p))]
+# A page whose Python blocks one other test runs as written and checks further (docs/metrics.md
+# serves /metrics: that test moves the port to a free one and scrapes it), so they run once.
+RUN_ELSEWHERE = {
+    "docs/metrics.md": "tests/test_prometheus.py::test_docs_snippets_run_and_serve_the_families",
+}
+PYTHON_PAGES = [
+    p for p in PAGES if any(b.lang == "python" for b in blocks(p)) and _id(p) not in RUN_ELSEWHERE
+]
 SHELL_PAGES = [p for p in PAGES if any(b.lang in SHELLS for b in blocks(p))]
 
 
 def test_pages_are_found() -> None:
     assert ROOT / "README.md" in PYTHON_PAGES and len(PYTHON_PAGES) >= 10, PYTHON_PAGES
+
+
+@pytest.mark.parametrize(("page", "runner"), RUN_ELSEWHERE.items())
+def test_a_page_run_elsewhere_has_its_runner(page: str, runner: str) -> None:
+    path, _, name = runner.partition("::")
+    assert any(b.lang == "python" for b in blocks(ROOT / page)), page
+    assert f"def {name}(" in (ROOT / path).read_text(encoding="utf-8"), runner
 
 
 # --- Python snippets ------------------------------------------------------------------------

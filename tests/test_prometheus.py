@@ -8,7 +8,6 @@ text Prometheus would scrape and compares numbers, not just names.
 from __future__ import annotations
 
 import asyncio
-import re
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from redis.asyncio import Redis
 
 from tests.conftest import require_service
 from tests.server.conftest import Running, serve  # noqa: F401 - the serve fixture
+from tests.test_docs import blocks
 from tidings import Bus, Event, RetryPolicy
 from tidings.bus import BusQueueFull
 from tidings.integrations.prometheus import TidingsCollector, instrument
@@ -458,8 +458,10 @@ def _free_port() -> int:
 
 
 def _snippets() -> list[str]:
-    page = (ROOT / "docs" / "metrics.md").read_text()
-    return re.findall(r"```python\n(.*?)```", page, re.S)
+    """The page's Python blocks as tests/test_docs.py reads them (which leaves this page to
+    this test: RUN_ELSEWHERE there), marked not-run ones left out."""
+    page = blocks(ROOT / "docs" / "metrics.md")
+    return [b.code for b in page if b.lang == "python" and not (b.mark and b.mark[0] == "not-run")]
 
 
 # What each snippet of docs/metrics.md, in page order, must serve.

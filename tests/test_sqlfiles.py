@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tidings.sqlfiles import fill, load, marks, parse
+from tidings.transports.postgres.queries import statements
 
 TEXT = """\
 -- A header comment: documents the file, belongs to no query.
@@ -77,3 +78,17 @@ def test_the_dialect_files_name_their_fragments_alike(package: str) -> None:
     else:
         assert shared <= {n for n in sqlite if n.startswith(prefix)}
         assert shared <= {n for n in postgres if n.startswith(prefix)}
+
+
+def test_the_postgres_transport_statements_quote_their_schema_and_channel() -> None:
+    """Rendered once per transport: the schema as an identifier, the NOTIFY channel as a
+    literal, the shared fan-out fragment inside both publishes, no slot left unfilled."""
+    s = statements("q_schema", "q_channel")
+    assert b'FROM "q_schema".deliveries' in s.claim
+    assert s.listen == b'LISTEN "q_channel"'
+    assert b"pg_notify('q_channel', %s)" in s.notify
+    for name in ("publish_one", "publish_batch"):
+        assert b'INSERT INTO "q_schema".deliveries' in s[name], name
+    assert not [name for name, text in s.items() if b"{schema}" in text or b"{channel}" in text]
+    with pytest.raises(AttributeError, match="no query named 'drop_sub'"):
+        _ = s.drop_sub

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from typer.testing import CliRunner
 
 from tidings.cli import app
 from tidings.store import StoreError, open_store
-from tidings.urls import is_secret_name, redact_mapping, redact_url
+from tidings.urls import is_secret_name, redact_url
 
 SECRETS = ("hunter2", "ssl-pw", "tok-en", "s3cr3t", "the-key", "sasl-pw", "pw-1")
 
@@ -56,20 +55,18 @@ def test_names_that_are_secrets() -> None:
         assert not is_secret_name(name), name
 
 
-def test_redact_mapping_masks_keys_and_urls_at_any_depth() -> None:
-    shown = redact_mapping(
-        {
-            "host": "localhost",
-            "password": "hunter2",
-            "nested": {"url": "nats://u:pw-1@h:4222?token=tok-en", "tls": {"key": "the-key"}},
-            "urls": ["redis://:s3cr3t@h"],
-            "token": None,
-        }
-    )
-    text = json.dumps(shown)
-    assert not [s for s in SECRETS if s in text], text
-    assert shown["host"] == "localhost" and shown["password"] == "***"
-    assert shown["token"] is None
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("nats://tok-en@h:4222", "nats://***@h:4222"),  # a token alone in the userinfo
+        ("nats://u:pw-1@h:4222?token=tok-en", "nats://***@h:4222?token=***"),
+        ("tls://u:pw-1@[::1]:4222/", "tls://***@[::1]:4222/"),
+        ("nats://h:4222?stream=S", "nats://h:4222?stream=S"),  # nothing to hide
+    ],
+)
+def test_redact_url_whole_userinfo_masks_the_user_too(url: str, expected: str) -> None:
+    assert redact_url(url, whole_userinfo=True) == expected
+    assert redact_url("postgresql://app@db/x") == "postgresql://app@db/x"  # a user stays
 
 
 def test_store_errors_redact_query_credentials(tmp_path: Path) -> None:

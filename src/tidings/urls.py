@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import Any
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
-__all__ = ["MASK", "is_secret_name", "redact_mapping", "redact_url"]
+__all__ = ["MASK", "is_secret_name", "redact_url"]
 
 MASK = "***"
 
@@ -55,10 +53,13 @@ def _redact_keywords(text: str) -> str:
     )
 
 
-def redact_url(url: str) -> str:
+def redact_url(url: str, *, whole_userinfo: bool = False) -> str:
     """``url`` with its password and every credential-bearing query parameter (``password``,
     ``sslpassword``, ``token``, ``secret``, ``api_key``, ...) replaced by ``***``: safe for
-    messages, logs and ``/health``. Text without ``://`` is redacted as libpq keywords."""
+    messages, logs and ``/health``. Text without ``://`` is redacted as libpq keywords.
+
+    ``whole_userinfo=True`` masks all of the userinfo, user name included, for schemes that
+    put a token alone where the user goes (NATS: ``nats://TOKEN@host``)."""
     if "://" not in url:
         return _redact_keywords(url)
     try:
@@ -66,29 +67,12 @@ def redact_url(url: str) -> str:
         password = parts.password
     except ValueError:
         return "<unparseable URL>"
-    if password is not None:
+    masked = password is not None or (whole_userinfo and "@" in parts.netloc)
+    if masked:
         host = parts.netloc.rpartition("@")[2]
-        parts = parts._replace(netloc=f"{parts.username or ''}:{MASK}@{host}")
+        user = "" if whole_userinfo else f"{parts.username or ''}:"
+        parts = parts._replace(netloc=f"{user}{MASK}@{host}")
     query = _redact_query(parts.query)
-    if password is None and query == parts.query:
+    if not masked and query == parts.query:
         return url  # untouched, byte for byte
     return urlunsplit(parts._replace(query=query))
-
-
-def redact_mapping(values: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of a settings mapping safe to print: secret-named keys masked, URLs redacted,
-    nested mappings and lists likewise."""
-    return {
-        key: MASK if is_secret_name(str(key)) and value is not None else _redact_value(value)
-        for key, value in values.items()
-    }
-
-
-def _redact_value(value: Any) -> Any:
-    if isinstance(value, str):
-        return redact_url(value) if "://" in value else value
-    if isinstance(value, Mapping):
-        return redact_mapping(value)
-    if isinstance(value, list | tuple):
-        return [_redact_value(v) for v in value]
-    return value

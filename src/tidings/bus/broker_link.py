@@ -17,13 +17,13 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from tidings.bus.reports import BusClosed, BusStats, CloseReport
 from tidings.bus.subscription import Subscription
 from tidings.delivery import DeliveryStatus, HandlerDelivery
-from tidings.event import Event, _current
+from tidings.event import DEFAULT_SOURCE, Event, _current
 from tidings.retry import RetryPolicy
 from tidings.transport import SubscribeOptions, Transport, TransportError, TransportSubscription
 from tidings.transports import open_transport, redact_url
@@ -55,6 +55,8 @@ class BrokerLink:
         stats: BusStats,
         closing: Callable[[], bool],
         default_retry: RetryPolicy | None,
+        default_options: SubscribeOptions | None = None,
+        source: str | None = None,
     ) -> None:
         if isinstance(transport, str):
             transport = open_transport(transport, **options)
@@ -63,6 +65,8 @@ class BrokerLink:
         self.stats = stats  # the bus's: ``published`` counts what the broker accepted
         self._bus_closing = closing  # the bus is closing: only its handlers may still publish
         self.default_retry = default_retry  # the bus's, for subscriptions without their own
+        self.default_options = default_options  # the bus's, for subscribe() without options
+        self.source = source  # stamped on events that kept the default source
         self.transport: Transport = transport
         self.group = group
         self.timeout = timeout
@@ -121,6 +125,8 @@ class BrokerLink:
             raise BusClosed("the bus is closed; publish before close() or use a new Bus")
         if not isinstance(event, Event):
             raise TypeError(f"publish expects a tidings Event, got {type(event).__name__}")
+        if self.source is not None and event.source == DEFAULT_SOURCE:
+            event.source = self.source
         parent = _current.get()
         if parent is not None and event.causation_id is None:
             event.inherit(parent)
@@ -179,6 +185,8 @@ class BrokerLink:
         group: str | None,
         options: SubscribeOptions | None,
     ) -> None:
+        if options is None:
+            options = self.default_options
         opts = options if options is not None else SubscribeOptions()
         changes: dict[str, Any] = {}
         if group is not None or (self.group is not None and opts.group is None):
@@ -217,46 +225,40 @@ class BrokerLink:
         middleware chain, which ``Bus.add_middleware`` may rebuild) at each delivery."""
         running = self._running
         calls = self._calls
+        invoke: Callable[[Event], Awaitable[None]]
         if sub.is_async:
 
-            async def run_async(event: Event) -> None:
-                n = next(calls)
-                running[n] = event
-                attempt = self._attempt(sub, event)
+            async def invoke(event: Event) -> None:
+                acall = sub.acall
+                assert acall is not None
                 token = _current.set(event)
                 try:
-                    acall = sub.acall
-                    assert acall is not None
                     await acall(event)
-                except asyncio.CancelledError:
-                    raise  # stays in `running`: close() reports it unfinished
-                except BaseException as exc:
-                    running.pop(n, None)
-                    if isinstance(exc, Exception):
-                        self._failed(sub, event, attempt, policy, exc)
-                    raise
-                else:
-                    running.pop(n, None)
                 finally:
                     _current.reset(token)
 
-            return run_async
+        else:
 
-        def in_thread(event: Event) -> None:
-            token = _current.set(event)
-            try:
-                sub.call(event)
-            finally:
-                _current.reset(token)
+            def in_thread(event: Event) -> None:
+                token = _current.set(event)
+                try:
+                    sub.call(event)
+                finally:
+                    _current.reset(token)
 
-        async def run_sync(event: Event) -> None:
+            async def invoke(event: Event) -> None:
+                # A worker thread, so a slow plain handler never stalls the consumer loop.
+                await asyncio.to_thread(in_thread, event)
+
+        async def run(event: Event) -> None:
             n = next(calls)
             running[n] = event
             attempt = self._attempt(sub, event)
             try:
-                await asyncio.to_thread(in_thread, event)
+                await invoke(event)
             except asyncio.CancelledError:
-                raise  # the thread may still run; close() reports the event unfinished
+                # Stays in `running` (a thread may still run it): close() reports it unfinished.
+                raise
             except BaseException as exc:
                 running.pop(n, None)
                 if isinstance(exc, Exception):
@@ -265,7 +267,7 @@ class BrokerLink:
             else:
                 running.pop(n, None)
 
-        return run_sync
+        return run
 
     def unsubscribe(self, sub: Subscription, timeout: float) -> None:
         remote = self._remote.pop(sub, None)

@@ -10,7 +10,7 @@ sleeping in a worker) and finally dead-lettered (``tidings.bus.dead_letters``).
 With ``transport=`` (a URL or a Transport) the same ``publish``/``subscribe`` go through a
 broker instead; ``tidings.bus.broker_link`` holds all of that path.
 
-One role, the ``Bus`` class (about 700 lines): what is left here is what every path of it
+One role, the ``Bus`` class (about 740 lines): what is left here is what every path of it
 shares, subscribing, publishing, one attempt and its failure, draining and closing.
 """
 
@@ -34,7 +34,7 @@ from tidings.bus.subscription import Handler, Subscription, handler_name
 from tidings.bus.workers import WhenFull, WorkerPool
 from tidings.clock import Clock, system_clock
 from tidings.delivery import DeliveryStatus, HandlerDelivery
-from tidings.event import Event, _current
+from tidings.event import DEFAULT_SOURCE, Event, _current
 from tidings.middleware.base import Middleware, compose
 from tidings.middleware.metrics import MetricsHook, MetricsMiddleware
 from tidings.middleware.timeout import TimeoutMiddleware
@@ -85,6 +85,9 @@ class Bus:
     ``mode="inline"`` (alias ``"sync"``) runs handlers in the publisher's thread;
     ``mode="async"`` queues events for ``workers`` threads, at most ``buffer_size`` waiting
     (split evenly across workers), and applies ``when_full`` when a queue is full.
+    ``source`` replaces the default ``source`` of every event published through this bus (a
+    service names itself once, e.g. ``"billing/api-7"``); ``subscribe_options`` are the
+    broker subscriptions' options where ``subscribe`` passes none.
     """
 
     def __init__(
@@ -108,6 +111,8 @@ class Bus:
         group: str | None = None,
         transport_options: Mapping[str, Any] | None = None,
         transport_timeout: float = 30.0,
+        source: str | None = None,
+        subscribe_options: SubscribeOptions | None = None,
     ) -> None:
         if mode not in ("inline", "sync", "async"):
             raise ValueError(f"Bus mode: expected 'inline', 'sync' or 'async', got {mode!r}")
@@ -118,6 +123,9 @@ class Bus:
         for name, value in (("workers", workers), ("buffer_size", buffer_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Bus {name}: expected a whole number >= 1, got {value!r}")
+        if source is not None and (not isinstance(source, str) or not source):
+            raise ValueError(f"Bus source: expected a non-empty string, got {source!r}")
+        self.source = source
         self.mode: Literal["inline", "async"] = "async" if mode == "async" else "inline"
         self.when_full = when_full
         self.stats = BusStats()
@@ -137,6 +145,9 @@ class Bus:
             self._middleware.append(MetricsMiddleware(metrics))
         self._middleware.extend(middleware)
         self._track = track_deliveries
+        # One flag for what inline publish does besides calling handlers, so the plain path
+        # pays a single check: a worker pool, delivery tracking, or a source to stamp.
+        self._extra = track_deliveries or source is not None or mode == "async"
         self._history = DeliveryHistory(history_size)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop = loop
@@ -159,13 +170,18 @@ class Bus:
                 stats=self.stats,
                 closing=lambda: self._closing,
                 default_retry=retry,
+                default_options=subscribe_options,
+                source=source,
             )
             # Instance attributes, so the in-process path keeps its methods untouched.
             self.publish = self._link.publish  # type: ignore[method-assign]
             self.apublish = self._link.apublish  # type: ignore[method-assign]
             self.publish_many = self._link.publish_many  # type: ignore[method-assign]
-        elif group is not None:
-            raise ValueError("Bus(group=...) needs a transport: Bus(transport='redis://...')")
+        elif group is not None or subscribe_options is not None:
+            raise ValueError(
+                "Bus(group=..., subscribe_options=...) needs a transport: "
+                "Bus(transport='redis://...')"
+            )
         if self.mode == "async":
             self._pool = WorkerPool(
                 workers,
@@ -316,18 +332,16 @@ class Bus:
         """Deliver ``event`` to every matching handler (inline) or queue it (async mode)."""
         if self._closing:
             self._check_open()
-        try:
+        try:  # the cached route, inline: this is the hot path
             subs = self._routes[event.type]
-        except KeyError:
-            subs = self._route(event)
-        except AttributeError:
-            raise TypeError(
-                f"publish expects a tidings Event, got {type(event).__name__}"
-            ) from None
+        except (KeyError, AttributeError):
+            subs = self._route(event, "publish")
         self.stats.published += 1
-        if self._pool or self._track:
-            self._publish_queued_or_tracked(event, subs)
-            return
+        if self._extra:
+            self._stamp(event)
+            if self._pool or self._track:
+                self._publish_queued_or_tracked(event, subs)
+                return
         token = _current.set(event)
         # The token's old value is the event being handled while this one is published.
         parent = token.old_value
@@ -340,9 +354,7 @@ class Bus:
                 except _Spawned:
                     pass  # a coroutine handler now running as a task: it counts itself
                 except Exception as exc:
-                    delivery, delay = self._failed(sub, event, exc)
-                    if delay is not None:
-                        self._retries.schedule(delivery, delay)
+                    self._failed_now(sub, event, exc)
                 else:
                     sub.handled += 1
         finally:
@@ -366,15 +378,13 @@ class Bus:
             self._check_open()
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        try:
+        try:  # the cached route, inline: this is the hot path
             subs = self._routes[event.type]
-        except KeyError:
-            subs = self._route(event)
-        except AttributeError:
-            raise TypeError(
-                f"apublish expects a tidings Event, got {type(event).__name__}"
-            ) from None
+        except (KeyError, AttributeError):
+            subs = self._route(event, "apublish")
         self.stats.published += 1
+        if self.source is not None:
+            self._stamp(event)
         parent = _current.get()
         if parent is not None and event.causation_id is None:
             event.inherit(parent)
@@ -404,15 +414,19 @@ class Bus:
                     else:
                         sub.call(event)
                 except Exception as exc:
-                    delivery, delay = self._failed(sub, event, exc, delivery)
-                    if delay is not None:
-                        self._retries.schedule(delivery, delay)
+                    self._failed_now(sub, event, exc, delivery)
                 else:
                     sub.handled += 1
                     if delivery is not None:
                         self._completed(delivery)
         finally:
             _current.reset(token)
+
+    def _stamp(self, event: Event) -> None:
+        """The bus's ``source`` on an event that kept the default one."""
+        source = self.source
+        if source is not None and isinstance(event, Event) and event.source == DEFAULT_SOURCE:
+            event.source = source
 
     def _check_open(self) -> None:
         # While close() drains, handlers may still publish (their follow-up events are part of
@@ -424,9 +438,10 @@ class Bus:
         for event in events:
             self.publish(event)
 
-    def _route(self, event: Event) -> tuple[Subscription, ...]:
+    def _route(self, event: Event, verb: str = "publish") -> tuple[Subscription, ...]:
+        """The subscriptions for an event type not in the route cache (or a non-event)."""
         if not isinstance(event, Event):
-            raise TypeError(f"publish expects a tidings Event, got {type(event).__name__}")
+            raise TypeError(f"{verb} expects a tidings Event, got {type(event).__name__}")
         if not isinstance(event.type, str) or not event.type or " " in event.type:
             raise PatternError(f"event {event.id}: type {event.type!r} is not a valid event type")
         return self._index.match(event.type)
@@ -463,9 +478,7 @@ class Bus:
         try:
             await sub.acall(event)
         except Exception as exc:
-            delivery, delay = self._failed(sub, event, exc)
-            if delay is not None:
-                self._retries.schedule(delivery, delay)
+            self._failed_now(sub, event, exc)
         else:
             sub.handled += 1
 
@@ -515,6 +528,18 @@ class Bus:
 
     def _run_inline(self, delivery: HandlerDelivery) -> None:
         delay = self._attempt(delivery)
+        if delay is not None:
+            self._retries.schedule(delivery, delay)
+
+    def _failed_now(
+        self,
+        sub: Subscription,
+        event: Event,
+        exc: BaseException,
+        delivery: HandlerDelivery | None = None,
+    ) -> None:
+        """A failed attempt outside the workers: record it and put its retry on the clock."""
+        delivery, delay = self._failed(sub, event, exc, delivery)
         if delay is not None:
             self._retries.schedule(delivery, delay)
 

@@ -18,7 +18,7 @@ holds the queue, so ``buffer_size`` has no counterpart there and a log line says
 
 ``enabled: false`` gives a ``NoopBus`` (accepts events, delivers and keeps nothing) and logs
 that once. ``instance_id`` is stamped on every published event whose ``source`` was left at the
-default: ``source`` becomes ``<source setting, else "tidings">/<instance_id>``.
+default: ``Bus(source=...)`` is ``<source setting, else "tidings">/<instance_id>``.
 
 This module builds on ``Bus`` (``tidings.bus.core``) and the transports, so ``Bus.from_config``
 imports it only when called.
@@ -29,15 +29,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from tidings.bus.core import Bus
 from tidings.bus.noop import NoopBus
-from tidings.bus.subscription import Handler, Subscription
 from tidings.config import (
     CONFIG_ENV,
     BusKwargs,
@@ -47,13 +46,12 @@ from tidings.config import (
     Settings,
     load,
 )
-from tidings.event import DEFAULT_SOURCE, Event
-from tidings.retry import RetryPolicy
+from tidings.event import DEFAULT_SOURCE
 from tidings.transport import SubscribeOptions, TransportError
 from tidings.transports import open_transport
 from tidings.urls import redact_url
 
-__all__ = ["BusPlan", "ConfiguredBus", "build_bus", "plan_bus"]
+__all__ = ["BusPlan", "build_bus", "plan_bus"]
 
 log = logging.getLogger("tidings.bus")
 
@@ -168,98 +166,13 @@ def build_bus(
             transport = open_transport(plan.transport_url, **plan.transport_options)
         except TransportError as exc:
             raise ConfigError(origin, f"event_broker.{plan.provider}", str(exc)) from None
-    return ConfiguredBus(
+    return Bus(
         source=plan.source,
         subscribe_options=plan.subscribe_options,
         transport=transport,
         group=plan.group,
         **plan.bus_kwargs,
     )
-
-
-class ConfiguredBus(Bus):
-    """A Bus built from configuration: stamps ``source`` on events that left it at the default
-    and gives broker subscriptions the configured ``SubscribeOptions`` unless one is passed."""
-
-    def __init__(
-        self,
-        *,
-        source: str | None = None,
-        subscribe_options: SubscribeOptions | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.source = source
-        self.subscribe_options = subscribe_options
-        if source is None:
-            return
-        # Wrap whatever publish is in place (a transport's, with Bus(transport=...)).
-        publish, apublish, publish_many = self.publish, self.apublish, self.publish_many
-
-        def stamp(event: Event) -> None:
-            if isinstance(event, Event) and event.source == DEFAULT_SOURCE:
-                event.source = source
-
-        def stamped_publish(event: Event) -> None:
-            stamp(event)
-            publish(event)
-
-        async def stamped_apublish(event: Event) -> None:
-            stamp(event)
-            await apublish(event)
-
-        def stamped_publish_many(events: Iterable[Event]) -> None:
-            batch = list(events)
-            for event in batch:
-                stamp(event)
-            publish_many(batch)
-
-        self.publish = stamped_publish  # type: ignore[method-assign]
-        self.apublish = stamped_apublish  # type: ignore[method-assign]
-        self.publish_many = stamped_publish_many  # type: ignore[method-assign]
-
-    @overload
-    def subscribe(
-        self,
-        pattern: str,
-        handler: None = None,
-        *,
-        retry: RetryPolicy | None = None,
-        timeout: float | None = None,
-        name: str | None = None,
-        group: str | None = None,
-        options: SubscribeOptions | None = None,
-    ) -> Callable[[Handler], Subscription]: ...
-
-    @overload
-    def subscribe(
-        self,
-        pattern: str,
-        handler: Handler,
-        *,
-        retry: RetryPolicy | None = None,
-        timeout: float | None = None,
-        name: str | None = None,
-        group: str | None = None,
-        options: SubscribeOptions | None = None,
-    ) -> Subscription: ...
-
-    def subscribe(
-        self,
-        pattern: str,
-        handler: Handler | None = None,
-        *,
-        retry: RetryPolicy | None = None,
-        timeout: float | None = None,
-        name: str | None = None,
-        group: str | None = None,
-        options: SubscribeOptions | None = None,
-    ) -> Subscription | Callable[[Handler], Subscription]:
-        if options is None and self.transport is not None:
-            options = self.subscribe_options
-        return super().subscribe(
-            pattern, handler, retry=retry, timeout=timeout, name=name, group=group, options=options
-        )
 
 
 # --- one provider each -----------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""What every broker backend shares: connection-state reporting, backoff, options, DLQ names.
+"""What every broker backend shares: connection-state reporting, backoff, options, DLQ names,
+decoding a received body.
 
 Each backend used to carry its own copy of these; one copy keeps their behaviour alike (an
 outage logs once per change of state on every backend, a bad option is named the same way)
@@ -13,6 +14,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from tidings.event import Event, decode
 from tidings.transport import TransportError, TransportState
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "ErrorCallback",
     "Options",
     "dead_letter_name",
+    "decode_body",
     "describe",
 ]
 
@@ -34,6 +37,15 @@ def describe(exc: BaseException) -> str:
     """``Type: text`` (just ``Type`` when the text is empty): many errors say nothing alone."""
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def decode_body(raw: bytes) -> tuple[Event | None, str | None]:
+    """A received body as ``(event, None)``, or ``(None, why)`` when it is not a tidings event:
+    the Dispatcher dead-letters such a message with ``why`` instead of running a handler."""
+    try:
+        return decode(raw), None
+    except Exception as exc:
+        return None, describe(exc)
 
 
 # ---- connection state --------------------------------------------------------------------

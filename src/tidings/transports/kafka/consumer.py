@@ -16,9 +16,10 @@ from aiokafka import (  # type: ignore[import-untyped]
 )
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
-from tidings.event import Event, decode
+from tidings.event import Event
 from tidings.topics import Pattern, memoized
 from tidings.transport import AsyncHandler, DeadMessage, Inbound, SubscribeOptions, TransportError
+from tidings.transports.common import decode_body
 from tidings.transports.dispatch import Dispatcher
 from tidings.transports.kafka.offsets import _Handle, _Partition
 from tidings.transports.kafka.options import _CONNECT_ERRORS
@@ -356,12 +357,7 @@ class KafkaSubscription:
             self._dirty.set()
             return
         raw: bytes = rec.value or b""
-        event: Event | None = None
-        error: str | None = None
-        try:
-            event = decode(raw)
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
+        event, error = decode_body(raw)
         if event is not None and type_hint is None and not self._wanted(event.type):
             part.ack(rec.offset)
             self._dirty.set()

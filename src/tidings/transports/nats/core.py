@@ -8,7 +8,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from tidings.transport import DeadMessage, Inbound
-from tidings.transports.nats.subscription import _decode, _NatsSubscriptionBase, _noop
+from tidings.transports.common import decode_body
+from tidings.transports.nats.subscription import _NatsSubscriptionBase, _noop
 
 
 class NatsCoreSubscription(_NatsSubscriptionBase):
@@ -25,7 +26,7 @@ class NatsCoreSubscription(_NatsSubscriptionBase):
     async def _on_msg(self, msg: Msg) -> None:
         if self._closed or not self._wanted(msg.subject):
             return
-        event, error = _decode(msg.data)
+        event, error = decode_body(msg.data)
         await self._dispatcher.submit(
             Inbound(raw=msg.data, event=event, ack=_noop, nack=_noop, decode_error=error)
         )

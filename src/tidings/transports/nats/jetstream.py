@@ -16,8 +16,8 @@ from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from tidings.transport import DeadMessage, Inbound, TransportError
-from tidings.transports.common import describe
-from tidings.transports.nats.subscription import _decode, _NatsSubscriptionBase
+from tidings.transports.common import decode_body, describe
+from tidings.transports.nats.subscription import _NatsSubscriptionBase
 
 log = logging.getLogger("tidings.transports.nats")
 
@@ -221,7 +221,7 @@ class NatsJetStreamSubscription(_NatsSubscriptionBase):
             self._wake.set()
             return
         raw = msg.data
-        event, error = _decode(raw)
+        event, error = decode_body(raw)
         key = id(raw)
         self._held[key] = (msg, time.monotonic())
         await self._dispatcher.submit(

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tidings.event import Event, decode
 from tidings.topics import Pattern, memoized
 from tidings.transport import AsyncHandler, DeadMessage, SubscribeOptions
-from tidings.transports.common import describe
 from tidings.transports.dispatch import Dispatcher, DispatchStats
 from tidings.transports.nats.subjects import type_for_subject
 
@@ -58,13 +56,6 @@ class _NatsSubscriptionBase:
 
     async def close(self, timeout: float = 5.0) -> None:
         raise NotImplementedError
-
-
-def _decode(raw: bytes) -> tuple[Event | None, str | None]:
-    try:
-        return decode(raw), None
-    except Exception as exc:
-        return None, describe(exc)
 
 
 async def _noop() -> None:

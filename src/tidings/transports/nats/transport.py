@@ -35,7 +35,7 @@ from tidings.transports.nats.dead_letters import NatsDeadLetters
 from tidings.transports.nats.jetstream import NatsJetStreamSubscription
 from tidings.transports.nats.publish import _TRANSIENT
 from tidings.transports.nats.subjects import filter_subject
-from tidings.transports.nats.urls import _redact
+from tidings.urls import redact_url
 
 log = logging.getLogger("tidings.transports.nats")
 
@@ -82,11 +82,13 @@ class NatsTransport(NatsDeadLetters):
     ) -> None:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
+        # What logs, errors and health may show; the credentials stay in _server. NATS puts a
+        # token or a user alone in the userinfo, so all of it is masked.
+        self.url = redact_url(url, whole_userinfo=True)
         if scheme not in ("nats", "tls"):
-            raise TransportError(f"NATS URL {_redact(url)!r}: expected nats:// or tls://")
+            raise TransportError(f"NATS URL {self.url!r}: expected nats:// or tls://")
         query = dict(parse_qsl(parts.query))
-        _OPT.unknown(query, _TIDINGS_PARAMS, noun="parameter", where=f"NATS URL {_redact(url)!r}")
-        self.url = _redact(url)  # what logs and health may show; the password stays in _server
+        _OPT.unknown(query, _TIDINGS_PARAMS, noun="parameter", where=f"NATS URL {self.url!r}")
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or 4222
         self._where = f"{self._host}:{self._port}"

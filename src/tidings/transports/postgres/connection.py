@@ -17,7 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 from tidings.transport import TransportError, TransportStats
 from tidings.transports.common import Backoff, ConnectionReporter, ErrorCallback
 from tidings.transports.postgres.options import _Settings
-from tidings.transports.postgres.queries import _Sql
+from tidings.transports.postgres.queries import Statements
 
 if TYPE_CHECKING:
     from tidings.transports.postgres.consumer import PostgresSubscription
@@ -41,7 +41,7 @@ class PostgresConnection:
 
     _cfg: _Settings
     _raw_url: str
-    _sql: _Sql
+    _sql: Statements
     _on_error: ErrorCallback | None
     _pool: AsyncConnectionPool[Conn] | None
     _link: ConnectionReporter

@@ -305,7 +305,7 @@ class PostgresSubscription:
 
         async def run(conn: Conn) -> None:
             async with conn.transaction():
-                for stmt in t._sql.drop_sub:
-                    await conn.execute(stmt, (self.name,))
+                await conn.execute(t._sql.drop_subscription, (self.name,))
+                await conn.execute(t._sql.drop_subscription_deliveries, (self.name,))
 
         await t._run(run, "unsubscribe", retry_for=0)

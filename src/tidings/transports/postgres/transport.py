@@ -31,7 +31,7 @@ from tidings.transports.postgres.dead_letters import PostgresDeadLetters
 from tidings.transports.postgres.options import _parse
 from tidings.transports.postgres.patterns import glob_to_regex
 from tidings.transports.postgres.publish import PostgresPublisher, _Row, _settle
-from tidings.transports.postgres.queries import _Sql
+from tidings.transports.postgres.queries import statements
 
 _CAPABILITIES = Capabilities(
     ordering=True, persistent=True, consumer_groups=True, replay=True, redelivery=True
@@ -66,7 +66,7 @@ class PostgresTransport(PostgresPublisher, PostgresDeadLetters):
         self._cfg = _parse(url, options)
         self._raw_url = url
         self.url = self._cfg.redacted  # public and printable: the password shows as ***
-        self._sql = _Sql(self._cfg.schema, self._cfg.channel)
+        self._sql = statements(self._cfg.schema, self._cfg.channel)
         self._on_error = on_error
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._link = ConnectionReporter(
@@ -204,7 +204,7 @@ class PostgresTransport(PostgresPublisher, PostgresDeadLetters):
         t0 = time.perf_counter()
 
         async def run(conn: Conn) -> None:
-            await conn.execute("SELECT 1")
+            await conn.execute(self._sql.ping)
 
         await self._run(run, "ping", retry_for=self._cfg.connect_timeout)
         return time.perf_counter() - t0
@@ -254,7 +254,7 @@ class PostgresTransport(PostgresPublisher, PostgresDeadLetters):
                     connect_timeout=max(1, round(self._cfg.connect_timeout)),
                 )
                 async with conn:
-                    await conn.execute(f'LISTEN "{self._sql.channel}"')
+                    await conn.execute(self._sql.listen)
                     backoff.reset()
                     self._connected()
                     self._wake_all()  # anything published while we were away

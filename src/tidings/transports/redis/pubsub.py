@@ -10,17 +10,17 @@ from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as rexc
 
-from tidings.event import Event, decode
-from tidings.topics import compile_pattern, memoized
+from tidings.topics import compile_pattern
 from tidings.transport import AsyncHandler, Inbound, SubscribeOptions, TransportError
-from tidings.transports.dispatch import Dispatcher
+from tidings.transports.common import decode_body
 from tidings.transports.redis.loops import _noop, _stop
+from tidings.transports.redis.subscription import _RedisSubscriptionBase
 
 if TYPE_CHECKING:
     from tidings.transports.redis.transport import RedisTransport
 
 
-class RedisPubSubSubscription:
+class RedisPubSubSubscription(_RedisSubscriptionBase):
     """A pub/sub listener: exact patterns SUBSCRIBE one channel, wildcards PSUBSCRIBE a prefix
     glob; either way the type is filtered exactly. No acks: what arrives while away is gone."""
 
@@ -33,15 +33,9 @@ class RedisPubSubSubscription:
         handler: AsyncHandler,
         options: SubscribeOptions,
     ) -> None:
-        self.transport = transport
-        self.name = name
-        self.pattern = pattern
+        super().__init__(transport, name, pattern, matches, handler, options)
         self.group: str | None = None
-        self.lag: int | None = 0
-        self._wanted = memoized(matches)
-        self._dispatcher = Dispatcher(
-            name, handler, options, transport._write_dead_letter, on_error=transport.on_error
-        )
+        self.lag = 0  # nothing is kept for a pub/sub listener, so nothing is ever behind
         compiled = compile_pattern(pattern)
         self._channel_prefix = transport.channel("")
         if compiled.is_exact:
@@ -57,11 +51,6 @@ class RedisPubSubSubscription:
             self._glob = _glob_escape(transport.channel(".".join(literal))) + "*"
         self._pubsub: Any = None
         self._task: asyncio.Task[None] | None = None
-        self._closed = False
-
-    @property
-    def stats(self) -> Any:
-        return self._dispatcher.stats
 
     async def _connect(self) -> Any:
         pubsub: Any = self.transport.client.pubsub()
@@ -116,12 +105,7 @@ class RedisPubSubSubscription:
             if not self._wanted(type_name):
                 continue
             body: bytes = msg["data"]
-            event: Event | None
-            error: str | None = None
-            try:
-                event = decode(body)
-            except Exception as exc:
-                event, error = None, f"{type(exc).__name__}: {exc}"
+            event, error = decode_body(body)
             await self._dispatcher.submit(
                 Inbound(raw=body, event=event, ack=_noop, nack=_noop, decode_error=error)
             )

@@ -14,18 +14,18 @@ from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as rexc
 
-from tidings.event import Event, decode
-from tidings.topics import memoized
+from tidings.event import decode
 from tidings.transport import AsyncHandler, DeadMessage, Inbound, SubscribeOptions, TransportError
-from tidings.transports.dispatch import Dispatcher
+from tidings.transports.common import decode_body
 from tidings.transports.redis.entries import _entry
 from tidings.transports.redis.loops import _GONE, _stop, log
+from tidings.transports.redis.subscription import _RedisSubscriptionBase
 
 if TYPE_CHECKING:
     from tidings.transports.redis.transport import RedisTransport
 
 
-class RedisStreamSubscription:
+class RedisStreamSubscription(_RedisSubscriptionBase):
     """One consumer-group member: read loop, claim loop, heartbeat/lag loop and ack batcher."""
 
     def __init__(
@@ -37,17 +37,9 @@ class RedisStreamSubscription:
         handler: AsyncHandler,
         options: SubscribeOptions,
     ) -> None:
-        self.transport = transport
-        self.name = name
-        self.pattern = pattern
+        super().__init__(transport, name, pattern, matches, handler, options)
         self.group = options.group
-        self.options = options
         self.consumer = f"{transport._consumer_base}-{uuid.uuid4().hex[:8]}"
-        self.lag: int | None = None
-        self._wanted = memoized(matches)
-        self._dispatcher = Dispatcher(
-            name, handler, options, transport._write_dead_letter, on_error=transport.on_error
-        )
         # Entries read by this member and not yet XACKed: skipped if claimed again, and kept
         # fresh by the heartbeat so no other member takes them while we still work on them.
         self._held: set[bytes] = set()
@@ -56,11 +48,6 @@ class RedisStreamSubscription:
         self._ack_wait_ms = max(1, int(options.ack_wait * 1000))
         self._last_id: bytes = b"0-0"
         self._tasks: list[asyncio.Task[None]] = []
-        self._closed = False
-
-    @property
-    def stats(self) -> Any:
-        return self._dispatcher.stats
 
     @property
     def client(self) -> Any:
@@ -117,12 +104,7 @@ class RedisStreamSubscription:
             if limit is not None and count > limit:
                 await self._write_unacked_dead_letter(entry_id, body, type_name, count)
                 continue
-            event: Event | None
-            error: str | None = None
-            try:
-                event = decode(body)
-            except Exception as exc:
-                event, error = None, f"{type(exc).__name__}: {exc}"
+            event, error = decode_body(body)
             if type_name is None and event is not None and not self._wanted(event.type):
                 self._ack_now(entry_id)
                 continue
