@@ -22,8 +22,9 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 from tidings import sqlfiles
-from tidings.migrations import MigrationError, postgres_apply, sqlite_apply
+from tidings.migrations import MigrationError, sqlite_apply
 from tidings.store.base import StoreError, StoreUnavailable
+from tidings.store.component_db import PostgresPool, sqlite_errors
 from tidings.urls import redact_url
 
 __all__ = ["Database", "open_database"]
@@ -118,19 +119,10 @@ class _Sqlite(Database):
         with self._lock, self._errors():
             yield self._conn
 
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise StoreUnavailable(
-                    f"triggers on SQLite {self.where!r}: timed out waiting for another writer: "
-                    f"{exc}; raise busy_timeout (sqlite:///file.db?busy_timeout=30)"
-                ) from exc
-            raise StoreError(f"triggers on SQLite {self.where!r}: {exc}") from exc
-        except sqlite3.Error as exc:
-            raise StoreError(f"triggers on SQLite {self.where!r}: {exc}") from exc
+    def _errors(self) -> AbstractContextManager[None]:
+        return sqlite_errors(
+            "triggers", self.where, "raise busy_timeout (sqlite:///file.db?busy_timeout=30)"
+        )
 
     def executemany(self, conn: Any, query: Any, rows: Sequence[Sequence[Any]]) -> int:
         return int(conn.executemany(query, rows).rowcount)
@@ -144,68 +136,26 @@ class _Postgres(Database):
     dialect: Dialect = "postgres"
 
     def __init__(self, url: str, pool_size: int, connect_timeout: float) -> None:
-        import psycopg  # noqa: PLC0415 - psycopg is the optional "postgres" extra
-        from psycopg_pool import ConnectionPool, PoolTimeout  # noqa: PLC0415
-
-        from tidings.store.migrate import describe  # noqa: PLC0415
-
-        self._psycopg = psycopg
-        self._pool_timeout = PoolTimeout
-        self._queries: dict[str, sqlfiles.Queries[Any]] = {}
-        self.where = describe(url)
-        self._timeout = connect_timeout
-        self._pool: ConnectionPool[Any] = ConnectionPool(
+        self._db = PostgresPool(
             url,
-            min_size=1,
-            max_size=max(1, pool_size),
-            kwargs={"autocommit": True, "connect_timeout": max(1, round(connect_timeout))},
-            open=False,
-            name=f"tidings-triggers-{self.where}",
+            component="triggers",
+            label="triggers",
+            pool_size=pool_size,
+            timeout=connect_timeout,
         )
-        try:
-            self._pool.open(wait=True, timeout=connect_timeout + 1)
-        except PoolTimeout:
-            self._pool.close()
-            raise StoreUnavailable(
-                f"triggers: PostgreSQL at {self.where}: no connection within {connect_timeout}s"
-            ) from None
-        try:
-            with self.connection() as conn:
-                postgres_apply(conn, ("triggers",))
-        except MigrationError as exc:
-            self._pool.close()
-            raise StoreError(f"triggers: PostgreSQL at {self.where}: {exc}") from exc
-        except BaseException:
-            self._pool.close()
-            raise
+        self.where = self._db.where
+        self._queries: dict[str, sqlfiles.Queries[Any]] = {}
 
     def queries(self, name: str) -> sqlfiles.Queries[Any]:
         if name not in self._queries:
             self._queries[name] = _load("postgres", name).map(str.encode)
         return self._queries[name]
 
-    @contextmanager
-    def transaction(self) -> Iterator[Any]:
-        with self.connection() as conn, conn.transaction():
-            yield conn
+    def transaction(self) -> AbstractContextManager[Any]:
+        return self._db.transaction()
 
-    @contextmanager
-    def connection(self) -> Iterator[Any]:
-        psycopg = self._psycopg
-        try:
-            with self._pool.connection(timeout=self._timeout) as conn:
-                yield conn
-        except self._pool_timeout:
-            raise StoreUnavailable(
-                f"triggers: PostgreSQL at {self.where}: no connection available within "
-                f"{self._timeout}s"
-            ) from None
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(
-                f"triggers: PostgreSQL at {self.where}: connection lost: {exc}"
-            ) from exc
-        except psycopg.Error as exc:
-            raise StoreError(f"triggers: PostgreSQL at {self.where}: {exc}") from exc
+    def connection(self) -> AbstractContextManager[Any]:
+        return self._db.connection()
 
     def executemany(self, conn: Any, query: Any, rows: Sequence[Sequence[Any]]) -> int:
         with conn.cursor() as cur:
@@ -213,7 +163,7 @@ class _Postgres(Database):
             return int(cur.rowcount)
 
     def close(self) -> None:
-        self._pool.close()
+        self._db.close()
 
 
 def open_database(

@@ -20,8 +20,9 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 from tidings import sqlfiles
-from tidings.migrations import MigrationError, postgres_apply, sqlite_apply
+from tidings.migrations import MigrationError, sqlite_apply
 from tidings.store.base import StoreError, StoreUnavailable
+from tidings.store.component_db import PostgresPool, sqlite_errors
 from tidings.store.sqlite import SqliteStore
 from tidings.urls import redact_url
 
@@ -127,19 +128,8 @@ class _Sqlite(QueueDatabase):
         with self._lock, self._errors():
             yield self._conn
 
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise StoreUnavailable(
-                    f"webhook queue on SQLite {self.where!r}: timed out waiting for another "
-                    f"writer: {exc}; raise the store's busy_timeout"
-                ) from exc
-            raise StoreError(f"webhook queue on SQLite {self.where!r}: {exc}") from exc
-        except sqlite3.Error as exc:
-            raise StoreError(f"webhook queue on SQLite {self.where!r}: {exc}") from exc
+    def _errors(self) -> AbstractContextManager[None]:
+        return sqlite_errors("webhook queue", self.where, "raise the store's busy_timeout")
 
     def claim(
         self, conn: Any, limit: int, until: float, token: str, now: float, skip: list[str]
@@ -163,50 +153,15 @@ class _Postgres(QueueDatabase):
     q = _POSTGRES.map(str.encode)
 
     def __init__(self, store: PostgresStore, pool_size: int) -> None:
-        # psycopg is the optional "postgres" extra: imported only when a PostgresStore exists
-        import psycopg  # noqa: PLC0415
-        from psycopg_pool import ConnectionPool, PoolTimeout  # noqa: PLC0415
-
-        from tidings.store.migrate import describe  # noqa: PLC0415
-
-        self._psycopg = psycopg
-        self._pool_timeout = PoolTimeout
-        self._composed: dict[tuple[str, ...], bytes] = {}
-        self.where = describe(store.url)
-        self._timeout = store.connect_timeout
-        self._pool: ConnectionPool[Any] = ConnectionPool(
+        self._db = PostgresPool(
             store.url,
-            min_size=1,
-            max_size=max(1, pool_size),
-            kwargs={"autocommit": True, "connect_timeout": max(1, round(self._timeout))},
-            open=False,
-            name=f"tidings-webhooks-{self.where}",
+            component="webhooks",
+            label="webhook queue",
+            pool_size=pool_size,
+            timeout=store.connect_timeout,
         )
-        try:
-            self._pool.open(wait=True, timeout=self._timeout + 1)
-        except PoolTimeout:
-            self._pool.close()
-            raise StoreUnavailable(
-                f"webhook queue: PostgreSQL at {self.where}: no connection within {self._timeout}s"
-            ) from None
-        try:
-            with self.connection() as conn:
-                postgres_apply(conn, ("webhooks",))
-        except MigrationError as exc:
-            self._pool.close()
-            if isinstance(exc.__cause__, psycopg.OperationalError):
-                raise StoreUnavailable(
-                    f"webhook queue: PostgreSQL at {self.where}: connection lost: {exc}"
-                ) from exc
-            raise StoreError(f"webhook queue: PostgreSQL at {self.where}: {exc}") from exc
-        except BaseException:
-            self._pool.close()
-            raise
-
-    def executemany(self, conn: Any, query: Any, rows: Sequence[Sequence[Any]]) -> int:
-        with conn.cursor() as cur:
-            cur.executemany(query, rows)
-            return int(cur.rowcount)
+        self.where = self._db.where
+        self._composed: dict[tuple[str, ...], bytes] = {}
 
     def deliveries_query(self, filters: Sequence[str]) -> bytes:
         from psycopg import sql  # noqa: PLC0415
@@ -218,28 +173,11 @@ class _Postgres(QueueDatabase):
             self._composed[key] = query.as_bytes(None)
         return self._composed[key]
 
-    @contextmanager
-    def transaction(self) -> Iterator[Any]:
-        with self.connection() as conn, conn.transaction():
-            yield conn
+    def transaction(self) -> AbstractContextManager[Any]:
+        return self._db.transaction()
 
-    @contextmanager
-    def connection(self) -> Iterator[Any]:
-        psycopg = self._psycopg
-        try:
-            with self._pool.connection(timeout=self._timeout) as conn:
-                yield conn
-        except self._pool_timeout:
-            raise StoreUnavailable(
-                f"webhook queue: PostgreSQL at {self.where}: no connection available within "
-                f"{self._timeout}s"
-            ) from None
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(
-                f"webhook queue: PostgreSQL at {self.where}: connection lost: {exc}"
-            ) from exc
-        except psycopg.Error as exc:
-            raise StoreError(f"webhook queue: PostgreSQL at {self.where}: {exc}") from exc
+    def connection(self) -> AbstractContextManager[Any]:
+        return self._db.connection()
 
     def claim(
         self, conn: Any, limit: int, until: float, token: str, now: float, skip: list[str]
@@ -247,13 +185,18 @@ class _Postgres(QueueDatabase):
         params = {"until": until, "token": token, "now": now, "n": limit, "skip": skip}
         return list(conn.execute(self.q.claim, params).fetchall())
 
+    def executemany(self, conn: Any, query: Any, rows: Sequence[Sequence[Any]]) -> int:
+        with conn.cursor() as cur:
+            cur.executemany(query, rows)
+            return int(cur.rowcount)
+
     def serialize(self, conn: Any) -> None:
         """Two sources handing over the same stored event (say the store's subscription and a
         Bus that the store publishes to) must not both find it without deliveries."""
         conn.execute(self.q.serialize_existing)
 
     def close(self) -> None:
-        self._pool.close()
+        self._db.close()
 
 
 def open_database(store: SqliteStore | PostgresStore, pool_size: int) -> QueueDatabase:

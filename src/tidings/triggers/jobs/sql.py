@@ -161,17 +161,17 @@ class SqlJobQueue:
             out.append((job.key, job.token))
         return out
 
-    def _complete(self, jobs: Sequence[Job]) -> int:
-        pairs = self._leased(jobs, "complete")
+    def _by_lease(self, jobs: Sequence[Job], what: str) -> int:
+        """Run statement ``what`` (``complete`` or ``release``) on the jobs still leased."""
+        pairs = self._leased(jobs, what)
         if not pairs:
             return 0
         now = time.time()
-        db, q = self._db, self._q
+        db, query = self._db, self._q[what]
         with db.transaction() as conn:
             if db.dialect == "postgres":
-                params = _pairs_params(now, pairs)
-                return int(conn.execute(q.complete, params).rowcount)
-            return db.executemany(conn, q.complete, [(now, k, t) for k, t in pairs])
+                return int(conn.execute(query, _pairs_params(now, pairs)).rowcount)
+            return db.executemany(conn, query, [(now, k, t) for k, t in pairs])
 
     async def complete(self, job: Job, output: Mapping[str, Any] | None = None) -> bool:
         """Mark ``job`` done; False when its lease was lost (another worker has it now)."""
@@ -179,7 +179,7 @@ class SqlJobQueue:
 
     async def complete_many(self, jobs: Sequence[Job]) -> int:
         batch = list(jobs)
-        return await asyncio.to_thread(self._complete, batch) if batch else 0
+        return await asyncio.to_thread(self._by_lease, batch, "complete") if batch else 0
 
     def _fail(self, failures: Sequence[tuple[Job, str, float | None]]) -> int:
         if not failures:
@@ -213,22 +213,10 @@ class SqlJobQueue:
         batch = list(failures)
         return await asyncio.to_thread(self._fail, batch) if batch else 0
 
-    def _release(self, jobs: Sequence[Job]) -> int:
-        pairs = self._leased(jobs, "release")
-        if not pairs:
-            return 0
-        now = time.time()
-        db, q = self._db, self._q
-        with db.transaction() as conn:
-            if db.dialect == "postgres":
-                params = _pairs_params(now, pairs)
-                return int(conn.execute(q.release, params).rowcount)
-            return db.executemany(conn, q.release, [(now, k, t) for k, t in pairs])
-
     async def release(self, jobs: Sequence[Job]) -> int:
         """Hand claimed jobs back unattempted (a worker stopping): due again at once."""
         batch = list(jobs)
-        return await asyncio.to_thread(self._release, batch) if batch else 0
+        return await asyncio.to_thread(self._by_lease, batch, "release") if batch else 0
 
     def _cancel(self, event_ids: Sequence[str]) -> int:
         ids = list(dict.fromkeys(event_ids))
