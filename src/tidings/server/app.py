@@ -50,6 +50,7 @@ from tidings.server.schemas import (
     SubscriptionPage,
 )
 from tidings.server.service import Service
+from tidings.server.stream import Hub, stream_operations
 
 __all__ = ["create_app", "operations"]
 
@@ -168,6 +169,9 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> Starlette:
     keys = Keys(lambda: service.settings.server, open_keys(service.store))
     replays = Replays(service, service.settings.server.max_body_bytes)
     ops = operations(service, keys, replays)
+    hub = Hub(service.store)
+    stream_ops, stream_routes = stream_operations(hub)
+    ops += stream_ops
     spec: dict[str, object] = {}
 
     async def openapi_json(request: Request) -> Response:
@@ -200,6 +204,7 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> Starlette:
         try:
             yield
         finally:
+            hub.close()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
@@ -207,11 +212,12 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> Starlette:
             await service.stop()
 
     app = Starlette(
-        routes=routes(ops, keys),
+        routes=[*routes(ops, keys), *stream_routes],
         lifespan=lifespan,
         exception_handlers=exception_handlers(),
     )
     app.state.tidings_keys = keys
     app.state.tidings_cursors = Cursors()
     app.state.tidings_service = service
+    app.state.tidings_hub = hub
     return app
