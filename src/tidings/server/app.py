@@ -50,6 +50,7 @@ from tidings.server.schemas import (
     SubscriptionPage,
 )
 from tidings.server.service import Service
+from tidings.server.triggers_api import TriggersApi, trigger_operations
 
 __all__ = ["create_app", "operations"]
 
@@ -167,7 +168,9 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> Starlette:
     """The ASGI app for ``service`` (started and stopped with the app unless told not to)."""
     keys = Keys(lambda: service.settings.server, open_keys(service.store))
     replays = Replays(service, service.settings.server.max_body_bytes)
+    triggers = TriggersApi(service, service.settings.server.max_body_bytes)
     ops = operations(service, keys, replays)
+    ops.extend(trigger_operations(triggers))
     spec: dict[str, object] = {}
 
     async def openapi_json(request: Request) -> Response:
@@ -204,6 +207,7 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> Starlette:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             await replays.stop()
+            await triggers.close()
             await service.stop()
 
     app = Starlette(
@@ -214,4 +218,5 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> Starlette:
     app.state.tidings_keys = keys
     app.state.tidings_cursors = Cursors()
     app.state.tidings_service = service
+    app.state.tidings_triggers = triggers
     return app
