@@ -4,7 +4,7 @@ Importing a command module registers its commands on ``app``; a new group is a n
 plus one import line below.
 """
 
-from tidings.cli import config, dlq, migrate, replay, serve
+from tidings.cli import config, dlq, migrate, replay, serve, triggers
 from tidings.cli.app import (
     EXIT_USER_ERROR,
     USER_ERRORS,
@@ -27,5 +27,6 @@ __all__ = [
     "replay",
     "serve",
     "settings_from",
+    "triggers",
     "user_errors",
 ]
