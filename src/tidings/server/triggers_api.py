@@ -44,7 +44,7 @@ from tidings.server.triggers_schemas import (
 )
 from tidings.triggers.definitions import TriggerError
 from tidings.triggers.jobs import JobQueue, open_job_queue
-from tidings.triggers.monitoring import Monitor
+from tidings.triggers.monitoring import Monitor, processor_checkpoints
 from tidings.triggers.results import RESULT_STATUSES, ActionResults
 from tidings.triggers.saved import (
     SavedTrigger,
@@ -155,6 +155,7 @@ class TriggersApi:
                     queue,
                     saved=saved,
                     config_triggers=len(self.config_triggers()),
+                    checkpoints=processor_checkpoints(self.service.settings.processor.partitions),
                 )
             return self._monitor
 

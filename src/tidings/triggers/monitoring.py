@@ -2,8 +2,9 @@
 ``/metrics`` exports (``tidings_triggers_*``, docs/metrics.md).
 
 - ingestion: events stored in the last minute (the seed's query as written), and per second;
-- processing lag: the store's head minus the processor's checkpoint (its store subscriptions,
-  named ``triggers...``), in events, and the age of the oldest event it has not finished;
+- processing lag: the store's head minus the processor's checkpoint (the store checkpoints of
+  its partitions, ``tidings-triggers`` or ``tidings-triggers:p3of8``; the furthest behind
+  counts), in events, and the age of the oldest event it has not finished;
 - trigger match rate: events of the last hour that started an action, of the events stored in
   that hour;
 - action outcomes: the results by status (succeeded, failed, dead, ...);
@@ -28,10 +29,10 @@ from tidings.triggers.jobs.model import JobQueue
 from tidings.triggers.results import ActionResults
 from tidings.triggers.saved import SavedTriggers
 
-__all__ = ["DEAD_CAP", "PROCESSOR_CHECKPOINT", "Figures", "Monitor"]
+__all__ = ["DEAD_CAP", "PROCESSOR_NAME", "Figures", "Monitor", "processor_checkpoints"]
 
-#: The processor's store subscriptions are named so (``triggers``, ``triggers.p3``, ...).
-PROCESSOR_CHECKPOINT = "triggers"
+#: The processor's store checkpoint name (``tidings.triggers.processor.DEFAULT_NAME``).
+PROCESSOR_NAME = "tidings-triggers"
 #: Dead jobs are counted up to this many (the DLQ is listed, not counted, by the queues).
 DEAD_CAP = 10_000
 
@@ -92,6 +93,14 @@ class Figures:
         }
 
 
+def processor_checkpoints(partitions: int = 1, name: str = PROCESSOR_NAME) -> list[str]:
+    """The store checkpoints of a processor group of ``partitions`` (as the processor names
+    them: the name alone for one partition, ``name:p3of8`` for several)."""
+    if partitions <= 1:
+        return [name]
+    return [f"{name}:p{i}of{partitions}" for i in range(partitions)]
+
+
 class Monitor:
     """Reads the figures of the store ``store`` (its database holds the triggers' tables too),
     the ``results`` and the job ``queue``."""
@@ -105,7 +114,7 @@ class Monitor:
         saved: SavedTriggers | None = None,
         config_triggers: int = 0,
         database: Database | None = None,
-        checkpoint_prefix: str = PROCESSOR_CHECKPOINT,
+        checkpoints: list[str] | None = None,
     ) -> None:
         self.store = store
         self.results = results
@@ -115,12 +124,11 @@ class Monitor:
         self._db = database if database is not None else open_database(store.url, pool_size=1)
         self._own_db = database is None
         self._q = self._db.queries("monitoring")
-        self._prefix = checkpoint_prefix
+        self._checkpoints = checkpoints if checkpoints is not None else processor_checkpoints()
         self._chains: CheckpointTable = open_checkpoints(store)
 
-    def _sql_figures(self) -> tuple[int, int, int, dict[str, int]]:
+    def _sql_figures(self) -> tuple[int, int, int]:
         now = datetime.now(UTC)
-        like = self._prefix + "%"
         with self._db.connection() as conn:
             if self._db.dialect == "postgres":
                 ingested = conn.execute(self._q.ingested).fetchone()[0]
@@ -131,13 +139,13 @@ class Monitor:
                 hour = now - timedelta(hours=1)
                 params = {"since_epoch": hour.timestamp(), "since_text": _text(hour)}
                 matched, events = conn.execute(self._q.match_window, params).fetchone()
-            rows = conn.execute(self._q.processor_checkpoints, (like,)).fetchall()
-        return int(ingested), int(matched), int(events), {str(n): int(p) for n, p in rows}
+        return int(ingested), int(matched), int(events)
 
-    def _store_figures(self, checkpoints: dict[str, int]) -> tuple[int, int, float]:
+    def _store_figures(self) -> tuple[dict[str, int], int, int, float]:
         head = int(self.store.head())
+        checkpoints = {name: int(self.store.checkpoint(name)) for name in self._checkpoints}
         if not checkpoints:
-            return head, 0, 0.0
+            return checkpoints, head, 0, 0.0
         behind = min(checkpoints.values())
         lag = max(0, head - behind)
         seconds = 0.0
@@ -145,11 +153,11 @@ class Monitor:
             oldest = self.store.read_all(after_position=behind, limit=1)
             if oldest and oldest[0].recorded_at is not None:
                 seconds = max(0.0, time.time() - oldest[0].recorded_at.timestamp())
-        return head, lag, seconds
+        return checkpoints, head, lag, seconds
 
     def _sync(self) -> tuple[Any, ...]:
-        ingested, matched, events, checkpoints = self._sql_figures()
-        head, lag, seconds = self._store_figures(checkpoints)
+        ingested, matched, events = self._sql_figures()
+        checkpoints, head, lag, seconds = self._store_figures()
         chains = [
             {
                 "chain_id": c.chain_id,

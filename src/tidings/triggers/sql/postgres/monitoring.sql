@@ -14,6 +14,3 @@ SELECT
         WHERE created_at > NOW() - INTERVAL '1 hour'),
     (SELECT COUNT(*) FROM events WHERE created_at > NOW() - INTERVAL '1 hour')
 
--- name: processor_checkpoints
--- The processor's durable positions: its store subscriptions' checkpoints, by name prefix.
-SELECT name, position FROM tidings_checkpoints WHERE name LIKE %s ORDER BY name

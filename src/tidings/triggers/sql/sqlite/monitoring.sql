@@ -10,5 +10,3 @@ SELECT
     (SELECT COUNT(DISTINCT event_id) FROM action_results WHERE created_at > :since_epoch),
     (SELECT COUNT(*) FROM tidings_events WHERE recorded_at > :since_text)
 
--- name: processor_checkpoints
-SELECT name, position FROM tidings_checkpoints WHERE name LIKE ? ORDER BY name
