@@ -185,3 +185,26 @@ def test_process_without_triggers_says_what_to_add(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["--config", str(config), "process"])
     assert result.exit_code == 2
     assert "no triggers configured" in result.output
+
+
+async def test_serve_runs_the_triggers_when_configured(tmp_path: Path) -> None:
+    from tidings.server.service import Service  # noqa: PLC0415
+
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    trigger = {"id": "served", "pattern": "proctest.served", "actions": [{"type": "log"}]}
+    service = Service(settings_for(tmp_path, url, [trigger]))
+    await service.start()
+    try:
+        assert service.triggers is not None
+        results = service.triggers.results
+        event = Event(type="proctest.served", source="t")
+        service.store.append(event)
+
+        async def done() -> bool:
+            found = await results.get(f"{event.id}:served:0")
+            return found is not None and found.status == "succeeded"
+
+        await wait_until(done, results.list, 30)
+    finally:
+        await service.stop()
+    assert service.triggers is not None and not service.triggers.started
