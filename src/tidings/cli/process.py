@@ -23,6 +23,15 @@ def process_command(
             "(PostgreSQL wakes it by LISTEN; default 0.1).",
         ),
     ] = None,
+    action_timeout: Annotated[
+        float,
+        typer.Option(
+            "--action-timeout",
+            min=0.1,
+            help="Seconds an action may run per attempt; a job whose process died is run "
+            "again by another after twice that.",
+        ),
+    ] = 30.0,
 ) -> None:
     """Run the configured triggers: follow the store, enqueue matched actions, run them.
 
@@ -61,7 +70,11 @@ def process_command(
         try:
             try:
                 service = TriggerService.from_settings(
-                    settings, store, index_source=lambda: index, poll_interval=poll_interval
+                    settings,
+                    store,
+                    index_source=lambda: index,
+                    poll_interval=poll_interval,
+                    action_timeout=action_timeout,
                 )
             except (StoreError, ValueError) as exc:
                 fail(f"process: {exc}")

@@ -86,6 +86,7 @@ class TriggerService:
         delivery_queue: Any = None,
         name: str = DEFAULT_NAME,
         poll_interval: float | None = None,
+        action_timeout: float = 30.0,
     ) -> TriggerService:
         """Build everything from ``settings`` over ``store`` (its URL is the database of the
         queue and results). ``index_source`` replaces the fixed index of ``settings.triggers``
@@ -122,6 +123,8 @@ class TriggerService:
             results,
             retry=proc.retry.policy(),
             concurrency=proc.workers,
+            timeout=action_timeout,
+            lease_seconds=2 * action_timeout,
             context_factory=context_factory(publish=publish, webhooks=webhooks),
         )
         processor = Processor(

@@ -8,6 +8,11 @@ here live under ``proctest.`` (plus seed 001's ``AgentRegistered``).
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -88,3 +93,36 @@ async def wait_until(
                 seen = await seen
             raise AssertionError(f"gave up after {timeout}s waiting; saw {seen}")
         await asyncio.sleep(0.05)
+
+
+def start_process(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    """A real ``tidings process`` on ``config``, its output appended to ``log``."""
+    command = [
+        sys.executable, "-m", "tidings", "--config", str(config), "process",
+        "--log-level", "warning", "--poll-interval", "0.05", "--action-timeout", "2",
+    ]  # fmt: skip
+    return subprocess.Popen(
+        command,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+async def wait_ready(proc: subprocess.Popen[bytes], log: Path, starts: int) -> None:
+    """Until ``log`` shows ``starts`` ready lines; fail with the log's tail if it died."""
+    deadline = time.monotonic() + 60
+    while log.read_text(errors="replace").count("tidings process:") < starts:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"tidings process did not start:\n{log.read_text()[-3000:]}")
+        await asyncio.sleep(0.05)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
