@@ -38,12 +38,14 @@ def serve_command(
 
     import uvicorn  # noqa: PLC0415
 
+    from tidings.cli.config import checked_triggers  # noqa: PLC0415
     from tidings.server.app import create_app  # noqa: PLC0415
     from tidings.server.service import Service  # noqa: PLC0415
     from tidings.store.base import StoreError  # noqa: PLC0415
     from tidings.transport import TransportError  # noqa: PLC0415
 
     settings = settings_from(ctx)
+    checked_triggers(settings, _config_path(ctx))  # a bad trigger: one line naming its path
     server = settings.server
     if host is not None or port is not None:
         server = msgspec.structs.replace(

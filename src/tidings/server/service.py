@@ -80,6 +80,7 @@ class Service:
             self.queue.close()
             self.store.close()
             raise
+        self.triggers: Any = None  # the TriggerService, when triggers are configured
         self.started_at = time.time()
         self.accepted_count = 0
         self._open_guess = 0
@@ -109,6 +110,13 @@ class Service:
         await self.worker.start()
         if self.feed is not None:
             await self.feed.start()
+        if self.settings.triggers:
+            from tidings.triggers.service import TriggerService  # noqa: PLC0415
+
+            self.triggers = TriggerService.from_settings(
+                self.settings, self.store, delivery_queue=self.queue
+            )
+            await self.triggers.start()
         log.info(
             "tidings service started: store %s, %d endpoint(s)",
             redact_url(self.settings.store.url),
@@ -116,6 +124,8 @@ class Service:
         )
 
     async def stop(self, timeout: float = 10.0) -> None:
+        if self.triggers is not None:
+            await self.triggers.stop(drain=True, timeout=timeout)
         if self.feed is not None:
             await self.feed.stop(min(timeout, 5.0))
         released = await self.worker.stop(timeout)
