@@ -250,6 +250,10 @@ class Processor:
             mine = [r for r in page if self.partition_of(r.event) == part.number]
         segment: list[Recorded] = []
         for rec in mine:
+            ext = rec.event.extensions
+            if not ext or "chainid" not in ext or not ("blockhash" in ext or "parenthash" in ext):
+                segment.append(rec)  # no block hashes: nothing to compare, no checkpoint
+                continue
             reorg = tracker.observe(rec)
             if reorg is not None:
                 self._commit(segment, index, part)  # the old branch's jobs first: cancelled next
