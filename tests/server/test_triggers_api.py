@@ -281,3 +281,49 @@ async def test_results_dlq_and_status_agree_with_the_database(serve: Start, tmp_
     status, dead = await app.get("/triggers/dlq", headers=RO)
     assert dead["jobs"] == [], dead
     await asyncio.sleep(0)
+
+
+async def test_a_saved_trigger_runs_and_a_change_reaches_the_processor(
+    serve: Start, store_url: str
+) -> None:
+    cfg = config(store_url)
+    cfg.pop("triggers")  # no config triggers: the first saved one starts the processor
+    app = await serve(cfg)
+    assert app.service.triggers is None
+    status, body = await app.post("/triggers", big(), headers=RW)
+    assert status == 201, body
+    control = {"id": "control", "pattern": "order.*", "actions": [{"type": "log"}]}
+    status, body = await app.post("/triggers", control, headers=RW)
+    assert status == 201, body
+    assert app.service.triggers is not None
+
+    async def results_of(event_id: str, count: int) -> list[dict[str, Any]]:
+        seen: list[dict[str, Any]] = []
+        for _ in range(600):  # 30 s
+            status, page = await app.get(f"/triggers/results?event_id={event_id}", headers=RO)
+            assert status == 200, page
+            seen = page["results"]
+            if len(seen) >= count and all(r["status"] == "succeeded" for r in seen):
+                return seen
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"results of {event_id}: expected {count} succeeded, saw {seen}")
+
+    status, accepted = await app.post(
+        "/events", {"type": "order.placed", "data": {"amount": 500}}, headers=RW
+    )
+    assert status == 202, accepted
+    first = accepted["ids"][0]
+    got = await results_of(first, 2)
+    assert sorted(r["trigger_id"] for r in got) == ["big-orders", "control"], got
+
+    status, body = await app.post("/triggers/big-orders/disable", headers=RW)
+    assert status == 200 and body["enabled"] is False, body
+    # the server's own processor sees its API's change at once (no 0.5 s wait)
+    status, accepted = await app.post(
+        "/events", {"type": "order.placed", "data": {"amount": 700}}, headers=RW
+    )
+    second = accepted["ids"][0]
+    got = await results_of(second, 1)
+    await asyncio.sleep(0.3)
+    status, page = await app.get(f"/triggers/results?event_id={second}", headers=RO)
+    assert [r["trigger_id"] for r in page["results"]] == ["control"], page

@@ -269,6 +269,7 @@ class TriggersApi:
             raise ApiError(422, f"id: {data['id']!r} is reserved (a route under /triggers/)", "id")
         store = await self.saved()
         made: SavedTrigger = await self._run(store.create, data)
+        await self.service.triggers_changed()
         return reply(self._view(made), 201, {"Location": f"/triggers/{made.id}"})
 
     async def replace_trigger(self, request: Request) -> Response:
@@ -276,18 +277,22 @@ class TriggersApi:
         data = await self._body(request)
         store = await self.saved()
         saved, created = await self._run(store.replace, trigger_id, data)
+        await self.service.triggers_changed()
         return reply(self._view(saved), 201 if created else 200)
 
     async def patch_trigger(self, request: Request) -> Response:
         trigger_id = self._path_id(request)
         data = await self._body(request)
         store = await self.saved()
-        return reply(self._view(await self._run(store.patch, trigger_id, data)))
+        patched = await self._run(store.patch, trigger_id, data)
+        await self.service.triggers_changed()
+        return reply(self._view(patched))
 
     async def delete_trigger(self, request: Request) -> Response:
         trigger_id = self._path_id(request)
         store = await self.saved()
         await self._run(store.delete, trigger_id)
+        await self.service.triggers_changed()
         return Response(status_code=204)
 
     async def enable_trigger(self, request: Request) -> Response:
@@ -299,7 +304,9 @@ class TriggersApi:
     async def _set_enabled(self, request: Request, enabled: bool) -> Response:
         trigger_id = self._path_id(request)
         store = await self.saved()
-        return reply(self._view(await self._run(store.set_enabled, trigger_id, enabled)))
+        changed = await self._run(store.set_enabled, trigger_id, enabled)
+        await self.service.triggers_changed()
+        return reply(self._view(changed))
 
     # ---- results, DLQ, status --------------------------------------------------------------
 

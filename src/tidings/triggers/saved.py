@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from tidings.triggers.database import Database, open_database
 from tidings.triggers.definitions import (
@@ -36,17 +37,22 @@ from tidings.triggers.definitions import (
 from tidings.triggers.index import TriggerIndex
 
 __all__ = [
+    "DURABLE_SCHEMES",
     "SavedTrigger",
     "SavedTriggers",
     "TriggerCatalog",
     "TriggerConflict",
     "TriggerNotFound",
+    "open_catalog",
+    "saved_triggers_for",
 ]
 
 log = logging.getLogger("tidings.triggers")
 
 #: The path a definition's errors are reported under (``trigger.condition``).
 PATH = "trigger"
+#: Stores whose database can keep saved triggers.
+DURABLE_SCHEMES = ("sqlite", "postgresql", "postgres")
 
 
 class TriggerNotFound(LookupError):
@@ -334,6 +340,15 @@ class TriggerCatalog:
     def index(self) -> TriggerIndex:
         return self._index
 
+    @property
+    def saved(self) -> SavedTriggers | None:
+        return self._saved
+
+    def close(self) -> None:
+        """Close the saved triggers' database (the last index stays usable)."""
+        if self._saved is not None:
+            self._saved.close()
+
     def refresh(self, *, force: bool = False) -> bool:
         """Rebuild when the saved version moved (or ``force``); True when it was rebuilt."""
         if self._saved is None:
@@ -361,3 +376,21 @@ class TriggerCatalog:
             self._version = version
             self.rebuilds += 1
             return True
+
+
+def saved_triggers_for(store_url: str, config_ids: Collection[str] = ()) -> SavedTriggers | None:
+    """The saved triggers in the database of the store at ``store_url`` (None for a store that
+    keeps none, e.g. memory)."""
+    if urlsplit(store_url).scheme not in DURABLE_SCHEMES:
+        return None
+    return SavedTriggers(store_url, config_ids=config_ids)
+
+
+def open_catalog(
+    config_triggers: Sequence[Trigger], store_url: str, *, check_every: float = 0.5
+) -> TriggerCatalog:
+    """The catalog a processor runs: ``config_triggers`` (already checked, e.g. by
+    ``load_triggers``) plus the triggers saved in the store's database. Close it with
+    ``catalog.close()``."""
+    saved = saved_triggers_for(store_url, {t.id for t in config_triggers})
+    return TriggerCatalog(config_triggers, saved, check_every=check_every)
