@@ -22,6 +22,7 @@ from tidings.server.auth import Keys
 from tidings.server.body import EVENT_TYPES
 from tidings.server.browse import Browse
 from tidings.server.cursors import Cursors
+from tidings.server.dashboard.pages import Dashboard
 from tidings.server.handlers import STATES, Api
 from tidings.server.jsonio import reply
 from tidings.server.keys_api import KeysApi
@@ -168,6 +169,7 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> Starlette:
     keys = Keys(lambda: service.settings.server, open_keys(service.store))
     replays = Replays(service, service.settings.server.max_body_bytes)
     ops = operations(service, keys, replays)
+    dashboard = Dashboard(service, Api(service))  # pages, not API operations: not in the spec
     spec: dict[str, object] = {}
 
     async def openapi_json(request: Request) -> Response:
@@ -190,6 +192,7 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> Starlette:
             return
         await keys.refresh()  # first: a failure leaves nothing started
         await service.start()
+        dashboard.start()
         watcher = asyncio.ensure_future(service.watch_config())
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -203,11 +206,12 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> Starlette:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            await dashboard.stop()
             await replays.stop()
             await service.stop()
 
     app = Starlette(
-        routes=routes(ops, keys),
+        routes=[*routes(ops, keys), *dashboard.routes()],
         lifespan=lifespan,
         exception_handlers=exception_handlers(),
     )
