@@ -51,6 +51,7 @@ from tidings.server.schemas import (
     SubscriptionPage,
 )
 from tidings.server.service import Service
+from tidings.server.stream import Hub, stream_operations
 
 __all__ = ["create_app", "operations"]
 
@@ -169,6 +170,9 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> Starlette:
     keys = Keys(lambda: service.settings.server, open_keys(service.store))
     replays = Replays(service, service.settings.server.max_body_bytes)
     ops = operations(service, keys, replays)
+    hub = Hub(service.store)
+    stream_ops, stream_routes = stream_operations(hub)
+    ops += stream_ops
     dashboard = Dashboard(service, Api(service))  # pages, not API operations: not in the spec
     spec: dict[str, object] = {}
 
@@ -203,6 +207,7 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> Starlette:
         try:
             yield
         finally:
+            hub.close()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
@@ -211,11 +216,12 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> Starlette:
             await service.stop()
 
     app = Starlette(
-        routes=[*routes(ops, keys), *dashboard.routes()],
+        routes=[*routes(ops, keys), *stream_routes, *dashboard.routes()],
         lifespan=lifespan,
         exception_handlers=exception_handlers(),
     )
     app.state.tidings_keys = keys
     app.state.tidings_cursors = Cursors()
     app.state.tidings_service = service
+    app.state.tidings_hub = hub
     return app

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection
 
 from tidings.config import SCOPES, ServerSettings
 from tidings.server.body import ApiError
@@ -67,8 +67,9 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def given_key(request: Request) -> str | None:
-    """The key a request carries: ``Authorization: Bearer <key>`` or ``X-API-Key``."""
+def given_key(request: HTTPConnection) -> str | None:
+    """The key a request (or a WebSocket handshake) carries: ``Authorization: Bearer <key>``
+    or ``X-API-Key``; on GET, also the dashboard's login cookie."""
     auth = request.headers.get("authorization", "")
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip()
@@ -156,8 +157,9 @@ class Keys:
 ANONYMOUS_ADMIN = Principal("api_key", frozenset({"admin"}))
 
 
-async def require(request: Request, scope: Scope, key: str | None = None) -> Principal:
-    """The caller of ``request`` if it holds ``scope``, else a 401 or 403 ``ApiError``.
+async def require(request: HTTPConnection, scope: Scope, key: str | None = None) -> Principal:
+    """The caller of ``request`` (or a WebSocket) if it holds ``scope``, else a 401 or 403
+    ``ApiError``.
 
     For any route, old or new: routes declared in the route table have had their key checked
     already (``request.state.principal``); others (a stream, a dashboard page) are checked
