@@ -198,3 +198,39 @@ def test_ids_and_patterns_are_checked(open_client: TestClient) -> None:
 def test_dashboard_pages_are_not_api_operations(open_client: TestClient) -> None:
     paths = open_client.get("/openapi.json").json()["paths"]
     assert not [p for p in paths if p == "/" or p.startswith("/ui")], sorted(paths)
+
+
+def test_charts_are_rates_between_samples_in_the_box() -> None:
+    from tidings.server.dashboard.charts import HEIGHT, WIDTH, Sample, charts  # noqa: PLC0415
+
+    samples = [
+        Sample(at=1000.0 + 10 * i, head=30 * i, attempts=20 * i, failed=5 * i, delivered=15 * i,
+               dead=0)
+        for i in range(7)
+    ]  # fmt: skip
+    stored, deliveries, share = charts(samples)
+    assert stored.lines[0].last == 3.0 and stored.top == 5.0, stored
+    assert deliveries.lines[0].last == 1.5 and deliveries.lines[1].last == 0.5
+    assert share.lines[0].last == 25.0 and share.top == 100.0
+    assert stored.span == 60.0, "under an hour of samples: the axis covers what there is"
+    for chart in (stored, deliveries, share):
+        for line in chart.lines:
+            for point in line.points.split():
+                x, y = map(float, point.split(","))
+                assert 0 <= x <= WIDTH and 0 <= y <= HEIGHT, (chart.title, point)
+    assert charts([])[0].lines[0].points == ""
+
+
+def test_the_readme_config_serves_the_dashboard(tmp_path: Path) -> None:
+    """`make run` (examples/serve.yaml) answers the README's http://127.0.0.1:8000/."""
+    import msgspec  # noqa: PLC0415
+
+    root = Path(__file__).resolve().parents[2]
+    settings = load(root / "examples" / "serve.yaml", env={})
+    store = msgspec.structs.replace(settings.store, url=f"sqlite:///{tmp_path / 'readme.db'}")
+    settings = msgspec.structs.replace(settings, store=store)
+    with TestClient(create_app(Service(settings)), follow_redirects=False) as client:
+        page = client.get("/")
+        assert page.status_code == 200, page.text
+        assert "Live events" in page.text
+        assert "demo" in client.get("/ui/endpoints").text

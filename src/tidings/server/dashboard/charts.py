@@ -52,7 +52,7 @@ class Chart:
     unit: str
     top: float  # the value at the top of the box
     lines: tuple[Line, ...]
-    span: float  # seconds covered
+    span: float  # seconds covered (an hour, or less since the server started)
     width: int = WIDTH
     height: int = HEIGHT
 
@@ -60,7 +60,7 @@ class Chart:
 class Sampler:
     """An hour of samples of the service's counters, taken every ``interval`` seconds."""
 
-    def __init__(self, service: Service, interval: float = 10.0) -> None:
+    def __init__(self, service: Service, interval: float = 5.0) -> None:
         self.service = service
         self.interval = interval
         self.samples: deque[Sample] = deque(maxlen=int(HOUR / interval) + 2)
@@ -106,25 +106,39 @@ class Sampler:
         return charts([*self.samples, *now])
 
 
-def _rates(samples: Sequence[Sample], field: str) -> list[tuple[float, float]]:
+def _rates(samples: Sequence[Sample], field: str) -> list[tuple[float, float, float]]:
+    """(from, to, per second) between consecutive samples."""
     out = []
     for a, b in itertools.pairwise(samples):
         dt = b.at - a.at
         if dt > 0:
-            out.append((b.at, max(0.0, (getattr(b, field) - getattr(a, field)) / dt)))
+            out.append((a.at, b.at, max(0.0, (getattr(b, field) - getattr(a, field)) / dt)))
     return out
 
 
-def _line(name: str, css: str, rates: list[tuple[float, float]], start: float, top: float) -> Line:
-    pts = " ".join(
-        f"{(t - start) / HOUR * WIDTH:.1f},{HEIGHT - (v / top) * HEIGHT:.1f}" for t, v in rates
-    )
-    return Line(name, css, pts, rates[-1][1] if rates else 0.0)
+def _line(
+    name: str,
+    css: str,
+    rates: list[tuple[float, float, float]],
+    start: float,
+    span: float,
+    top: float,
+) -> Line:
+    """A step line: each rate held flat over its interval."""
+
+    def x(t: float) -> str:
+        return f"{(t - start) / span * WIDTH:.1f}"
+
+    def y(v: float) -> str:
+        return f"{HEIGHT - min(v, top) / top * HEIGHT:.1f}"
+
+    pts = " ".join(f"{x(t0)},{y(v)} {x(t1)},{y(v)}" for t0, t1, v in rates)
+    return Line(name, css, pts, rates[-1][2] if rates else 0.0)
 
 
-def _top(*series: list[tuple[float, float]]) -> float:
+def _top(*series: list[tuple[float, float, float]]) -> float:
     """A round value above the highest point (1, 2, 5 times a power of ten)."""
-    high = max((v for s in series for _, v in s), default=0.0)
+    high = max((v for s in series for _, _, v in s), default=0.0)
     top = 1.0
     while top < high:
         for step in (2.0, 2.5, 2.0):
@@ -138,23 +152,24 @@ def charts(samples: Sequence[Sample]) -> list[Chart]:
     """Events stored per second; delivery attempts per second, succeeded and failed; failed
     share of attempts."""
     recent = [s for s in samples if s.at >= (samples[-1].at - HOUR if samples else 0)]
-    start = recent[-1].at - HOUR if recent else time.time() - HOUR
-    span = recent[-1].at - recent[0].at if recent else 0.0
+    # The x axis covers the hour, or the time since the first sample when that is shorter.
+    span = max(1.0, recent[-1].at - recent[0].at) if len(recent) > 1 else HOUR
+    start = recent[-1].at - span if recent else time.time() - HOUR
     stored = _rates(recent, "head")
     delivered = _rates(recent, "delivered")
     failed = _rates(recent, "failed")
     top = _top(stored)
     top2 = _top(delivered, failed)
-    share: list[tuple[float, float]] = []
-    attempts = _rates(recent, "attempts")
-    for (t, a), (_, f) in zip(attempts, failed, strict=True):
-        share.append((t, 100.0 * f / a if a else 0.0))
+    share = [
+        (t0, t1, 100.0 * f / a if a else 0.0)
+        for (t0, t1, a), (_, _, f) in zip(_rates(recent, "attempts"), failed, strict=True)
+    ]
     return [
-        Chart("Events stored", "/s", top, (_line("stored", "c-stored", stored, start, top),),
+        Chart("Events stored", "/s", top, (_line("stored", "c-stored", stored, start, span, top),),
               span),
         Chart("Deliveries", "/s", top2,
-              (_line("delivered", "c-ok", delivered, start, top2),
-               _line("failed attempts", "c-fail", failed, start, top2)), span),
+              (_line("delivered", "c-ok", delivered, start, span, top2),
+               _line("failed attempts", "c-fail", failed, start, span, top2)), span),
         Chart("Failed share of attempts", "%", 100.0,
-              (_line("failed", "c-fail", share, start, 100.0),), span),
+              (_line("failed", "c-fail", share, start, span, 100.0),), span),
     ]  # fmt: skip
