@@ -22,6 +22,7 @@ from tidings.server.auth import Keys
 from tidings.server.body import EVENT_TYPES
 from tidings.server.browse import Browse
 from tidings.server.cursors import Cursors
+from tidings.server.dashboard.pages import Dashboard
 from tidings.server.handlers import STATES, Api
 from tidings.server.jsonio import reply
 from tidings.server.keys_api import KeysApi
@@ -51,6 +52,7 @@ from tidings.server.schemas import (
 )
 from tidings.server.service import Service
 from tidings.server.stream import Hub, stream_operations
+from tidings.server.triggers_api import TriggersApi, trigger_operations
 
 __all__ = ["create_app", "operations"]
 
@@ -168,10 +170,13 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> Starlette:
     """The ASGI app for ``service`` (started and stopped with the app unless told not to)."""
     keys = Keys(lambda: service.settings.server, open_keys(service.store))
     replays = Replays(service, service.settings.server.max_body_bytes)
+    triggers = TriggersApi(service, service.settings.server.max_body_bytes)
     ops = operations(service, keys, replays)
+    ops.extend(trigger_operations(triggers))
     hub = Hub(service.store)
     stream_ops, stream_routes = stream_operations(hub)
     ops += stream_ops
+    dashboard = Dashboard(service, Api(service))  # pages, not API operations: not in the spec
     spec: dict[str, object] = {}
 
     async def openapi_json(request: Request) -> Response:
@@ -194,6 +199,7 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> Starlette:
             return
         await keys.refresh()  # first: a failure leaves nothing started
         await service.start()
+        dashboard.start()
         watcher = asyncio.ensure_future(service.watch_config())
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -208,16 +214,19 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> Starlette:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            await dashboard.stop()
             await replays.stop()
+            await triggers.close()
             await service.stop()
 
     app = Starlette(
-        routes=[*routes(ops, keys), *stream_routes],
+        routes=[*routes(ops, keys), *stream_routes, *dashboard.routes()],
         lifespan=lifespan,
         exception_handlers=exception_handlers(),
     )
     app.state.tidings_keys = keys
     app.state.tidings_cursors = Cursors()
     app.state.tidings_service = service
+    app.state.tidings_triggers = triggers
     app.state.tidings_hub = hub
     return app
