@@ -134,6 +134,11 @@ async def test_a_condition_that_raises_is_recorded_and_the_rest_goes_on(
             assert by_key[f"{good.id}:every-payment:0"].status == "succeeded"
             assert service.processor.counts["failures"] == 1
             assert service.processor.health()["ok"]
+            figures = await service.figures()  # what metrics and the API read
+            assert figures["results"]["succeeded"] == 3 and figures["results"]["failed"] == 1
+            assert figures["queue_depth"] == 0
+            assert figures["processor"]["counts"]["matches"] == 3
+            assert figures["processor"]["owned"] == [0]
     finally:
         store.close()
 
