@@ -81,6 +81,17 @@ class Service:
             self.store.close()
             raise
         self.triggers: Any = None  # the TriggerService, when triggers are configured
+        if settings.triggers:
+            from tidings.triggers.service import TriggerService  # noqa: PLC0415
+
+            try:
+                self.triggers = TriggerService.from_settings(
+                    settings, self.store, delivery_queue=self.queue
+                )
+            except BaseException:
+                self.queue.close()
+                self.store.close()
+                raise
         self.started_at = time.time()
         self.accepted_count = 0
         self._open_guess = 0
@@ -110,12 +121,7 @@ class Service:
         await self.worker.start()
         if self.feed is not None:
             await self.feed.start()
-        if self.settings.triggers:
-            from tidings.triggers.service import TriggerService  # noqa: PLC0415
-
-            self.triggers = TriggerService.from_settings(
-                self.settings, self.store, delivery_queue=self.queue
-            )
+        if self.triggers is not None:
             await self.triggers.start()
         log.info(
             "tidings service started: store %s, %d endpoint(s)",

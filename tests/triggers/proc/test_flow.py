@@ -213,3 +213,12 @@ async def test_serve_runs_the_triggers_when_configured(tmp_path: Path) -> None:
     finally:
         await service.stop()
     assert service.triggers is not None and not service.triggers.started
+
+
+def test_process_on_a_memory_store_says_what_would_hold_the_jobs(tmp_path: Path) -> None:
+    trigger = {"id": "t0", "pattern": "proctest.y", "actions": [{"type": "log"}]}
+    config = write_settings(tmp_path, "memory://proctest", [trigger])
+    result = CliRunner().invoke(app, ["--config", str(config), "process"])
+    assert result.exit_code == 2, result.output
+    assert "sqlite:///" in result.output and "postgresql://" in result.output
+    assert "Traceback" not in result.output
