@@ -140,6 +140,8 @@ def test_schemathesis_finds_no_5xx_and_only_problem_shaped_errors(api_url: str) 
 
     for result in schema.get_all_operations():
         operation = result.ok()
+        if operation.path == "/events/stream":  # never ends by itself: tests/server/test_streams
+            continue
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             fuzz(operation, f"{operation.method.upper()} {operation.path}", mode)
     elapsed = time.monotonic() - started

@@ -41,6 +41,7 @@ def serve_command(
     from tidings.cli.config import checked_triggers  # noqa: PLC0415
     from tidings.server.app import create_app  # noqa: PLC0415
     from tidings.server.service import Service  # noqa: PLC0415
+    from tidings.server.stream import close_streams_on_exit  # noqa: PLC0415
     from tidings.store.base import StoreError  # noqa: PLC0415
     from tidings.transport import TransportError  # noqa: PLC0415
 
@@ -76,8 +77,9 @@ def serve_command(
             f"webhooks from config {'on' if settings.events.enabled else 'off (events.enabled)'}",
             markup=False,
         )
+        asgi = create_app(service)
         config = uvicorn.Config(
-            create_app(service),
+            asgi,
             host=server.host,
             port=bound_port,
             log_level=log_level.lower(),
@@ -90,7 +92,9 @@ def serve_command(
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: None)
-        uvicorn.Server(config).run(sockets=[sock])
+        uv = uvicorn.Server(config)
+        close_streams_on_exit(uv, asgi)  # live streams end on SIGTERM, or uvicorn waits on them
+        uv.run(sockets=[sock])
     finally:
         sock.close()
 

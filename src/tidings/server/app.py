@@ -22,6 +22,7 @@ from tidings.server.auth import Keys
 from tidings.server.body import EVENT_TYPES
 from tidings.server.browse import Browse
 from tidings.server.cursors import Cursors
+from tidings.server.dashboard.pages import Dashboard
 from tidings.server.handlers import STATES, Api
 from tidings.server.jsonio import reply
 from tidings.server.keys_api import KeysApi
@@ -50,6 +51,7 @@ from tidings.server.schemas import (
     SubscriptionPage,
 )
 from tidings.server.service import Service
+from tidings.server.stream import Hub, stream_operations
 from tidings.server.triggers_api import TriggersApi, trigger_operations
 
 __all__ = ["create_app", "operations"]
@@ -171,6 +173,10 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> Starlette:
     triggers = TriggersApi(service, service.settings.server.max_body_bytes)
     ops = operations(service, keys, replays)
     ops.extend(trigger_operations(triggers))
+    hub = Hub(service.store)
+    stream_ops, stream_routes = stream_operations(hub)
+    ops += stream_ops
+    dashboard = Dashboard(service, Api(service))  # pages, not API operations: not in the spec
     spec: dict[str, object] = {}
 
     async def openapi_json(request: Request) -> Response:
@@ -193,6 +199,7 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> Starlette:
             return
         await keys.refresh()  # first: a failure leaves nothing started
         await service.start()
+        dashboard.start()
         watcher = asyncio.ensure_future(service.watch_config())
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -203,15 +210,17 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> Starlette:
         try:
             yield
         finally:
+            hub.close()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            await dashboard.stop()
             await replays.stop()
             await triggers.close()
             await service.stop()
 
     app = Starlette(
-        routes=routes(ops, keys),
+        routes=[*routes(ops, keys), *stream_routes, *dashboard.routes()],
         lifespan=lifespan,
         exception_handlers=exception_handlers(),
     )
@@ -219,4 +228,5 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> Starlette:
     app.state.tidings_cursors = Cursors()
     app.state.tidings_service = service
     app.state.tidings_triggers = triggers
+    app.state.tidings_hub = hub
     return app

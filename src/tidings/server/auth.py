@@ -23,18 +23,29 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection
 
 from tidings.config import SCOPES, ServerSettings
 from tidings.server.body import ApiError
 from tidings.server.keys_db import KeyStore, StoredKey
 
-__all__ = ["SCOPES", "Keys", "Principal", "Scope", "digest", "given_key", "require"]
+__all__ = [
+    "KEY_COOKIE",
+    "SCOPES",
+    "Keys",
+    "Principal",
+    "Scope",
+    "digest",
+    "given_key",
+    "require",
+]
 
 Scope = Literal["read", "publish", "admin"]
 
 REFRESH = 5.0  # seconds a process trusts its copy of the stored keys (others may revoke)
 MISS_REFRESH = 1.0  # a key not found looks again at most this often (no database flood)
+KEY_COOKIE = "tidings_key"  # the dashboard's login (server/dashboard/session.py)
+_COOKIE_METHODS = ("GET", "HEAD")  # reads only: a button must carry a CSRF token as well
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +67,18 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def given_key(request: Request) -> str | None:
-    """The key a request carries: ``Authorization: Bearer <key>`` or ``X-API-Key``."""
+def given_key(request: HTTPConnection) -> str | None:
+    """The key a request (or a WebSocket handshake) carries: ``Authorization: Bearer <key>``
+    or ``X-API-Key``; on GET, also the dashboard's login cookie."""
     auth = request.headers.get("authorization", "")
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip()
-    return request.headers.get("x-api-key")
+    # The dashboard's cookie, for reads only (its pages, /events/stream): a write with it
+    # goes through the dashboard's own routes, which check a CSRF token.
+    cookie = (
+        request.cookies.get(KEY_COOKIE) if request.scope.get("method") in _COOKIE_METHODS else None
+    )
+    return request.headers.get("x-api-key") or cookie
 
 
 class Keys:
@@ -140,8 +157,9 @@ class Keys:
 ANONYMOUS_ADMIN = Principal("api_key", frozenset({"admin"}))
 
 
-async def require(request: Request, scope: Scope, key: str | None = None) -> Principal:
-    """The caller of ``request`` if it holds ``scope``, else a 401 or 403 ``ApiError``.
+async def require(request: HTTPConnection, scope: Scope, key: str | None = None) -> Principal:
+    """The caller of ``request`` (or a WebSocket) if it holds ``scope``, else a 401 or 403
+    ``ApiError``.
 
     For any route, old or new: routes declared in the route table have had their key checked
     already (``request.state.principal``); others (a stream, a dashboard page) are checked

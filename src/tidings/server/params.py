@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection
 
 from tidings.server.body import ApiError
 
@@ -67,7 +67,7 @@ def _bad_char(value: str) -> bool:
 class Query:
     """A request's query parameters, checked against what its route declares."""
 
-    def __init__(self, request: Request, params: tuple[Param, ...]) -> None:
+    def __init__(self, request: HTTPConnection, params: tuple[Param, ...]) -> None:
         self.declared = {p.name: p for p in params}
         self._values: dict[str, list[str]] = {}
         for name, value in request.query_params.multi_items():

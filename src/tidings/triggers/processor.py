@@ -15,9 +15,10 @@ events, in the subscription's thread:
 4. only then does the subscription move the partition's checkpoint.
 
 A crash between 3 and 4 hands the page over again after a restart: at-least-once, and the job
-keys make it exactly-once in effect. The queue and the results are coroutines of the loop that
-``start`` ran on (a Redis client belongs to its loop): the subscription thread hands them over
-with ``run_coroutine_threadsafe`` and waits, so pages stay in order.
+keys make it exactly-once in effect. The store's-database queue and the results are written
+from the subscription thread itself; a Redis queue and a reorg's recovery are coroutines of the
+loop ``start`` ran on (a Redis client belongs to its loop), handed over with
+``run_coroutine_threadsafe`` while the thread waits, so pages stay in order.
 """
 
 from __future__ import annotations
@@ -249,6 +250,10 @@ class Processor:
             mine = [r for r in page if self.partition_of(r.event) == part.number]
         segment: list[Recorded] = []
         for rec in mine:
+            ext = rec.event.extensions
+            if not ext or "chainid" not in ext or not ("blockhash" in ext or "parenthash" in ext):
+                segment.append(rec)  # no block hashes: nothing to compare, no checkpoint
+                continue
             reorg = tracker.observe(rec)
             if reorg is not None:
                 self._commit(segment, index, part)  # the old branch's jobs first: cancelled next
@@ -285,7 +290,7 @@ class Processor:
             label = str(part.number)
             partition_of = {rec.event.id: label for rec in segment}
         matched = match_events(index, segment, partition_of=partition_of)
-        new = self._run(self._write(matched)) if matched.jobs or matched.failures else 0
+        new = self._write(matched) if matched.jobs or matched.failures else 0
         with self._lock:
             self.counts["events"] += matched.events
             self.counts["matches"] += matched.matches
@@ -295,23 +300,33 @@ class Processor:
         if new and self._on_jobs is not None:
             self._on_jobs()
 
-    async def _write(self, matched: Matched) -> int:
-        new = await self.queue.enqueue(matched.jobs) if matched.jobs else 0
+    def _write(self, matched: Matched) -> int:
+        """Enqueue the jobs, then record the failed conditions. A queue with ``enqueue_sync``
+        (the store's database) is written from this thread; another (Redis) on the loop."""
+        enqueue_sync = getattr(self.queue, "enqueue_sync", None)
+        if enqueue_sync is not None:
+            new = int(enqueue_sync(matched.jobs)) if matched.jobs else 0
+        else:
+            new = int(self._run(self.queue.enqueue(matched.jobs))) if matched.jobs else 0
         if matched.failures:
-            rows = [
-                ActionResult(
-                    key=f"{f.recorded.event.id}:{f.trigger.id}:{CONDITION_FAILED}",
-                    event_id=f.recorded.event.id,
-                    trigger_id=f.trigger.id,
-                    action_index=-1,
-                    action_type=CONDITION_FAILED,
-                    status="failed",
-                    error=f"trigger {f.trigger.id!r}: condition raised: {f.error}",
-                )
-                for f in matched.failures
-            ]
-            await self.results.record_many(rows)
+            self.results.record_sync(_failure_rows(matched))
             for f in matched.failures[:5]:
                 log.warning("trigger %s: condition raised on event %s (%s): %s", f.trigger.id,
                             f.recorded.event.id, f.recorded.event.type, f.error)  # fmt: skip
-        return int(new)
+        return new
+
+
+def _failure_rows(matched: Matched) -> list[ActionResult]:
+    """A failed result per condition that raised: the error names the trigger and why."""
+    return [
+        ActionResult(
+            key=f"{f.recorded.event.id}:{f.trigger.id}:{CONDITION_FAILED}",
+            event_id=f.recorded.event.id,
+            trigger_id=f.trigger.id,
+            action_index=-1,
+            action_type=CONDITION_FAILED,
+            status="failed",
+            error=f"trigger {f.trigger.id!r}: condition raised: {f.error}",
+        )
+        for f in matched.failures
+    ]

@@ -477,6 +477,25 @@ class DeliveryQueue:
             rows = self._db.execute(conn, self._db.q.attempts, (delivery_id,)).fetchall()
         return [Attempt(*r) for r in rows]
 
+    def recent_attempts(self, limit: int = 5000) -> list[tuple[str, Attempt]]:
+        """The last ``limit`` attempts of every endpoint, newest first, with their endpoint id:
+        a bounded read for figures over recent traffic (the dashboard's latency and success)."""
+        with self._db.connection() as conn:
+            rows = self._db.execute(conn, self._db.q.recent_attempts, (limit,)).fetchall()
+        return [(r[0], Attempt("", 0, r[1], r[2], r[3], None, r[4])) for r in rows]
+
+    def oldest_pending(self) -> dict[str, float]:
+        """Per endpoint id, the creation time (epoch seconds) of its oldest pending delivery."""
+        with self._db.connection() as conn:
+            rows = self._db.execute(conn, self._db.q.oldest_pending_by_endpoint).fetchall()
+        return {str(r[0]): float(r[1]) for r in rows}
+
+    def event_position(self, event_id: str) -> int | None:
+        """The store position of the event ``event_id`` (None: not stored)."""
+        with self._db.connection() as conn:
+            row = self._db.execute(conn, self._db.q.event_position, (event_id,)).fetchone()
+        return None if row is None else int(row[0])
+
     def retry(self, delivery_id: str) -> bool:
         """Send a delivery again now, same id, attempts from zero; False if it is unknown.
 

@@ -314,6 +314,11 @@ class DeliveryWorker:
         """Deliveries this worker holds a lease on: on the wire or waiting for their turn."""
         return sum(st.lane.busy for st in self._states.values())
 
+    def breaker_state(self, endpoint_id: str) -> str | None:
+        """``closed``, ``open`` or ``half-open`` for an endpoint this worker serves, else None."""
+        st = self._states.get(endpoint_id)
+        return None if st is None else st.lane.breaker.state
+
     # ---- claiming --------------------------------------------------------------------------
 
     def _room(self) -> tuple[int, int, list[str]]:

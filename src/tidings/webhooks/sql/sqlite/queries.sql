@@ -183,3 +183,15 @@ SELECT endpoint_id, state, count(*) FROM tidings_webhook_deliveries GROUP BY end
 -- name: oldest_due
 SELECT min(next_attempt_at) FROM tidings_webhook_deliveries
 WHERE state = 'pending' AND next_attempt_at <= ?
+
+-- name: recent_attempts
+-- The last ? attempts of all endpoints, newest first (the dashboard's latency and success figures).
+SELECT d.endpoint_id, a.started_at, a.duration, a.status_code, a.error
+FROM (SELECT delivery_id, started_at, duration, status_code, error
+      FROM tidings_webhook_attempts ORDER BY seq DESC LIMIT ?) AS a
+JOIN tidings_webhook_deliveries AS d ON d.id = a.delivery_id
+
+-- name: oldest_pending_by_endpoint
+-- When each endpoint's oldest pending delivery was created (pending rows only: the partial index).
+SELECT endpoint_id, min(created_at) FROM tidings_webhook_deliveries
+WHERE state = 'pending' GROUP BY endpoint_id
