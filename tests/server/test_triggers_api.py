@@ -266,6 +266,7 @@ async def test_results_dlq_and_status_agree_with_the_database(serve: Start, tmp_
     assert figures["queue"] == {"depth": open_jobs, "dead": 1}, figures
     assert figures["processing"]["head"] == recorded[-1].position
     assert figures["triggers"] == {"config": 1, "saved": 0}
+    assert figures["process"]["running"] is True, figures  # the config trigger runs here
 
     status, text = await app.get("/metrics", headers=RO)
     assert status == 200

@@ -371,7 +371,19 @@ class TriggersApi:
     async def status(self, request: Request) -> Response:
         monitor = await self.monitor()
         figures = await monitor.figures()
-        return reply(figures.to_dict())
+        view = figures.to_dict()
+        running = self.service.triggers
+        view["process"] = (
+            {"running": False}
+            if running is None
+            else {
+                "running": True,
+                **running.health(),
+                "workers": dict(running.workers.counts),
+                "in_flight": running.workers.in_flight,
+            }
+        )
+        return reply(view)
 
 
 _TEXT = {"type": "string", "maxLength": 1024}
