@@ -120,11 +120,12 @@ class TriggersApi:
 
     async def saved(self) -> SavedTriggers:
         self._need_durable()
+        ids = frozenset(str(t.get("id")) for t in self.config_triggers())
         async with self._lock:
             if self._saved is None:
-                ids = {str(t.get("id")) for t in self.config_triggers()}
                 url = self.service.settings.store.url
                 self._saved = await asyncio.to_thread(SavedTriggers, url, config_ids=ids)
+            self._saved.config_ids = ids  # the file may have been reloaded (SIGHUP)
             return self._saved
 
     async def results(self) -> ActionResults:
