@@ -168,7 +168,7 @@ class Monitor:
             }
             for c in self._chains.all()
         ]
-        saved = len(self.saved.all()) if self.saved is not None else 0
+        saved = self.saved.count() if self.saved is not None else 0
         return ingested, matched, events, checkpoints, head, lag, seconds, chains, saved
 
     async def figures(self) -> Figures:

@@ -40,7 +40,7 @@ def test_create_get_list_replace_patch_delete(saved: SavedTriggers) -> None:
     assert made.definition["condition"] == "data.amount > 100"
     assert saved.version() == v0 + 1
     saved.create(definition("a-first", pattern="user.*"))
-    assert [t.id for t in saved.list()] == ["a-first", "big"]
+    assert [t.id for t in saved.list()] == ["a-first", "big"] and saved.count() == 2
     assert [t.id for t in saved.list(after="a-first", limit=1)] == ["big"]
 
     replaced, created = saved.replace("big", definition(condition="data.amount > 5"))
