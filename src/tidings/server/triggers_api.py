@@ -120,11 +120,12 @@ class TriggersApi:
 
     async def saved(self) -> SavedTriggers:
         self._need_durable()
+        ids = frozenset(str(t.get("id")) for t in self.config_triggers())
         async with self._lock:
             if self._saved is None:
-                ids = {str(t.get("id")) for t in self.config_triggers()}
                 url = self.service.settings.store.url
                 self._saved = await asyncio.to_thread(SavedTriggers, url, config_ids=ids)
+            self._saved.config_ids = ids  # the file may have been reloaded (SIGHUP)
             return self._saved
 
     async def results(self) -> ActionResults:
@@ -371,7 +372,19 @@ class TriggersApi:
     async def status(self, request: Request) -> Response:
         monitor = await self.monitor()
         figures = await monitor.figures()
-        return reply(figures.to_dict())
+        view = figures.to_dict()
+        running = self.service.triggers
+        view["process"] = (
+            {"running": False}
+            if running is None
+            else {
+                "running": True,
+                **running.health(),
+                "workers": dict(running.workers.counts),
+                "in_flight": running.workers.in_flight,
+            }
+        )
+        return reply(view)
 
 
 _TEXT = {"type": "string", "maxLength": 1024}

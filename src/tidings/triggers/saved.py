@@ -189,6 +189,10 @@ class SavedTriggers:
                 log.error("saved trigger %r no longer loads, skipped: %s", row[0], exc)
         return out
 
+    def count(self) -> int:
+        with self._db.connection() as conn:
+            return int(conn.execute(self._q.count_triggers).fetchone()[0])
+
     def version(self) -> int:
         """Bumped by every change of any saved trigger (one primary-key read)."""
         with self._db.connection() as conn:
