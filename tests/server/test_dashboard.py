@@ -234,3 +234,24 @@ def test_the_readme_config_serves_the_dashboard(tmp_path: Path) -> None:
         assert page.status_code == 200, page.text
         assert "Live events" in page.text
         assert "demo" in client.get("/ui/endpoints").text
+
+
+def test_a_delivery_page_shows_its_attempts(open_client: TestClient) -> None:
+    import time  # noqa: PLC0415
+
+    sent = open_client.post("/events", json={"type": "dash.attempted", "source": "/t"})
+    assert sent.status_code == 202, sent.text
+    event_id = sent.json()["ids"][0]
+    deadline = time.monotonic() + 30
+    rows: list[dict[str, object]] = []
+    while time.monotonic() < deadline:
+        rows = open_client.get("/deliveries", params={"event_id": event_id}).json()["deliveries"]
+        if rows and rows[0]["state"] == "dead":
+            break
+        time.sleep(0.05)
+    assert rows and rows[0]["state"] == "dead", rows
+    page = open_client.get(f"/ui/deliveries/{rows[0]['id']}")
+    assert page.status_code == 200, page.text
+    assert "cannot connect" in page.text and "not attempted yet" not in page.text, page.text
+    assert open_client.get("/ui/deliveries/nope").status_code == 404
+    assert open_client.get("/ui/deliveries/" + "x" * 201).status_code == 400

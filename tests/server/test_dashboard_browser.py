@@ -271,6 +271,10 @@ def test_a_dead_delivery_is_retried_by_its_button_and_arrives(
     assert page.inner_text(f"#deliveries tr[data-delivery='{dead['id']}'] td.state") == "dead"
     assert "<b>broken</b>" in page.inner_text("#event-data"), "data shown as text"
     screenshot(page, "event")
+    page.click(f"#deliveries tr[data-delivery='{dead['id']}'] td.mono a")
+    assert page.locator("#attempts tbody tr").count() == 2, page.inner_text("#attempts")
+    assert "HTTP 500" in page.inner_text("#attempts")
+    screenshot(page, "delivery")
     receiver.status = 200
     page.goto(server.url + "/ui/endpoints/shop")
     page.click(f"#dlq tr[data-delivery='{dead['id']}'] button.retry")
