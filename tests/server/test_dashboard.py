@@ -143,8 +143,10 @@ def test_a_button_needs_the_csrf_token_its_origin_and_an_admin_key(
     done = client.post("/ui/endpoints/shop/disable", data={"csrf": token}, headers=ORIGIN)
     assert done.status_code == 303 and done.headers["location"].endswith("?done=disabled")
     assert 'id="ep-state">disabled' in client.get("/ui/endpoints/shop").text
-    # a read-only key sees the pages, and its buttons are refused
+    # a read-only key sees the pages without buttons, and a button's POST is refused
     _login(client, READER)
+    seen = client.get("/ui/endpoints/shop").text
+    assert 'id="ep-state"' in seen and 'id="enable"' not in seen, seen
     refused = client.post("/ui/endpoints/shop/enable", data={"csrf": token}, headers=ORIGIN)
     assert refused.status_code == 403 and "admin" in refused.text, refused.text
 
