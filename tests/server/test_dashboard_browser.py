@@ -244,6 +244,7 @@ def test_a_published_event_appears_in_the_live_feed_within_a_second(
     row = page.wait_for_selector(f"#events tbody tr:has-text('{event_id}')")
     seen = time.monotonic() - sent
     assert row is not None
+    print(f"published -> shown in the feed: {seen * 1000:.0f} ms")
     assert seen < 1.0, f"the event showed in the feed after {seen:.3f}s"
     assert "shop.order.paid" in row.inner_text()
     screenshot(page, "live")
@@ -271,6 +272,10 @@ def test_a_dead_delivery_is_retried_by_its_button_and_arrives(
     assert page.inner_text(f"#deliveries tr[data-delivery='{dead['id']}'] td.state") == "dead"
     assert "<b>broken</b>" in page.inner_text("#event-data"), "data shown as text"
     screenshot(page, "event")
+    page.click(f"#deliveries tr[data-delivery='{dead['id']}'] td.mono a")
+    assert page.locator("#attempts tbody tr").count() == 2, page.inner_text("#attempts")
+    assert "HTTP 500" in page.inner_text("#attempts")
+    screenshot(page, "delivery")
     receiver.status = 200
     page.goto(server.url + "/ui/endpoints/shop")
     page.click(f"#dlq tr[data-delivery='{dead['id']}'] button.retry")

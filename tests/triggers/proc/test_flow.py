@@ -134,6 +134,11 @@ async def test_a_condition_that_raises_is_recorded_and_the_rest_goes_on(
             assert by_key[f"{good.id}:every-payment:0"].status == "succeeded"
             assert service.processor.counts["failures"] == 1
             assert service.processor.health()["ok"]
+            figures = await service.figures()  # what metrics and the API read
+            assert figures["results"]["succeeded"] == 3 and figures["results"]["failed"] == 1
+            assert figures["queue_depth"] == 0
+            assert figures["processor"]["counts"]["matches"] == 3
+            assert figures["processor"]["owned"] == [0]
     finally:
         store.close()
 
@@ -208,3 +213,44 @@ async def test_serve_runs_the_triggers_when_configured(tmp_path: Path) -> None:
     finally:
         await service.stop()
     assert service.triggers is not None and not service.triggers.started
+
+
+def test_process_on_a_memory_store_says_what_would_hold_the_jobs(tmp_path: Path) -> None:
+    trigger = {"id": "t0", "pattern": "proctest.y", "actions": [{"type": "log"}]}
+    config = write_settings(tmp_path, "memory://proctest", [trigger])
+    result = CliRunner().invoke(app, ["--config", str(config), "process"])
+    assert result.exit_code == 2, result.output
+    assert "sqlite:///" in result.output and "postgresql://" in result.output
+    assert "Traceback" not in result.output
+
+
+async def test_the_index_source_is_asked_per_page(tmp_path: Path) -> None:
+    """Saved triggers plug in through ``index_source``: a new index applies from the next page."""
+    from tidings.triggers.definitions import parse_trigger  # noqa: PLC0415
+    from tidings.triggers.index import TriggerIndex  # noqa: PLC0415
+
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    trigger = {"id": "t0", "pattern": "proctest.other", "actions": [{"type": "log"}]}
+    settings = settings_for(tmp_path, url, [trigger])
+    current = [TriggerIndex([])]
+    store: Any = open_store(url)
+    try:
+        async with running(settings, store, index_source=lambda: current[0]) as service:
+            before = Event(type="proctest.saved", source="t")
+            store.append(before)
+            await wait_until(
+                lambda: service.processor.counts["events"] >= 1, lambda: service.processor.counts
+            )
+            saved = {"id": "saved", "pattern": "proctest.saved", "actions": [{"type": "log"}]}
+            current[0] = TriggerIndex([parse_trigger(saved)])
+            after = Event(type="proctest.saved", source="t")
+            store.append(after)
+
+            async def ran() -> bool:
+                return await service.results.get(f"{after.id}:saved:0") is not None
+
+            await wait_until(ran, service.results.list)
+            assert await service.results.get(f"{before.id}:saved:0") is None
+            assert service.processor.counts["matches"] == 1
+    finally:
+        store.close()
