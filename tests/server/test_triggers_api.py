@@ -361,3 +361,40 @@ async def test_dlq_and_status_with_a_redis_queue(serve: Start, tmp_path: Path) -
     finally:
         await queue.drop()
         await queue.close()
+
+
+async def test_if_match_refuses_a_change_made_against_an_old_version(serve: Start) -> None:
+    app = await serve(config())
+    status, made = await app.post("/triggers", big(), headers=RW)
+    assert status == 201, made
+    async with app.session.get(app.url + "/triggers/big-orders", headers=RO) as resp:
+        etag = resp.headers["ETag"]
+    assert etag == '"1"'
+    status, body = await app.request(
+        "PATCH", "/triggers/big-orders", {"description": "a"}, headers={**RW, "If-Match": etag}
+    )
+    assert status == 200 and body["version"] == 2, body
+    # a second editor, still holding version 1, is refused and changes nothing
+    status, body = await app.request(
+        "PATCH", "/triggers/big-orders", {"description": "b"}, headers={**RW, "If-Match": etag}
+    )
+    assert status == 412 and body["field"] == "If-Match", body
+    assert "at version 2, not 1" in body["detail"], body
+    for method, path in [("DELETE", "/triggers/big-orders"),
+                         ("POST", "/triggers/big-orders/disable")]:  # fmt: skip
+        status, body = await app.request(method, path, headers={**RW, "If-Match": '"1"'})
+        assert status == 412, (method, body)
+    status, body = await app.request(
+        "PUT", "/triggers/new-one", big("new-one"), headers={**RW, "If-Match": '"1"'}
+    )
+    assert status == 412 and "does not exist" in body["detail"], body
+    status, body = await app.request(
+        "PATCH", "/triggers/big-orders", {"description": "c"}, headers={**RW, "If-Match": "x"}
+    )
+    assert status == 400 and body["field"] == "If-Match", body
+    status, one = await app.get("/triggers/big-orders", headers=RO)
+    assert one["description"] == "a" and one["version"] == 2 and one["enabled"], one
+    status, body = await app.request(
+        "DELETE", "/triggers/big-orders", headers={**RW, "If-Match": '"2"'}
+    )
+    assert status == 204, body

@@ -43,6 +43,7 @@ __all__ = [
     "TriggerCatalog",
     "TriggerConflict",
     "TriggerNotFound",
+    "TriggerVersionMismatch",
     "open_catalog",
     "saved_triggers_for",
 ]
@@ -61,6 +62,10 @@ class TriggerNotFound(LookupError):
 
 class TriggerConflict(ValueError):
     """The change clashes with what exists: the id is taken, or is a trigger of the config file."""
+
+
+class TriggerVersionMismatch(TriggerConflict):
+    """The change was made against a version the trigger no longer has (``if_version``)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -158,6 +163,21 @@ class SavedTriggers:
         row = conn.execute(self._q.lock_trigger, (trigger_id,)).fetchone()
         return None if row is None else self._row(row)
 
+    @staticmethod
+    def _expect(current: SavedTrigger | None, trigger_id: str, if_version: int | None) -> None:
+        """Refuse a change made against another version than the stored one."""
+        if if_version is None:
+            return
+        if current is None:
+            raise TriggerVersionMismatch(
+                f"trigger {trigger_id!r} does not exist, expected version {if_version}"
+            )
+        if current.version != if_version:
+            raise TriggerVersionMismatch(
+                f"trigger {trigger_id!r} is at version {current.version}, not {if_version}: "
+                "it changed since it was read; read it again and redo the change"
+            )
+
     def _bump(self, conn: Any) -> None:
         conn.execute(self._q.bump_version).fetchone()
 
@@ -220,9 +240,12 @@ class SavedTriggers:
             self._bump(conn)
         return self.get(trigger.id)
 
-    def replace(self, trigger_id: str, raw: Any) -> tuple[SavedTrigger, bool]:
+    def replace(
+        self, trigger_id: str, raw: Any, *, if_version: int | None = None
+    ) -> tuple[SavedTrigger, bool]:
         """Save ``raw`` as trigger ``trigger_id`` whether or not it exists (its ``id``, if
-        given, must be the same); returns it and whether it was created."""
+        given, must be the same); returns it and whether it was created. ``if_version``: only
+        if it exists at that version (``TriggerVersionMismatch`` else), as every change takes."""
         if isinstance(raw, Mapping) and "id" not in raw:
             raw = {"id": trigger_id, **raw}
         trigger = self.parse(raw)
@@ -233,7 +256,9 @@ class SavedTriggers:
         self._not_config(trigger_id)
         definition, enabled = self._write_params(trigger)
         with self._db.transaction() as conn:
-            if self._locked(conn, trigger_id) is None:
+            current = self._locked(conn, trigger_id)
+            self._expect(current, trigger_id, if_version)
+            if current is None:
                 now = time.time()
                 params: tuple[Any, ...] = (
                     (trigger_id, definition, enabled, now, now)
@@ -254,7 +279,9 @@ class SavedTriggers:
         else:
             conn.execute(self._q.update_trigger, (definition, enabled, trigger_id))
 
-    def patch(self, trigger_id: str, changes: Any) -> SavedTrigger:
+    def patch(
+        self, trigger_id: str, changes: Any, *, if_version: int | None = None
+    ) -> SavedTrigger:
         """Change some fields (JSON merge patch: a key set to null goes back to its default);
         the result is checked as a whole, exactly like a new definition."""
         if not isinstance(changes, Mapping):
@@ -266,6 +293,7 @@ class SavedTriggers:
             current = self._locked(conn, trigger_id)
             if current is None:
                 raise TriggerNotFound(f"no saved trigger {trigger_id!r}")
+            self._expect(current, trigger_id, if_version)
             merged = dict(current.definition)
             for key, value in changes.items():
                 if value is None:
@@ -278,13 +306,16 @@ class SavedTriggers:
             self._bump(conn)
         return self.get(trigger_id)
 
-    def set_enabled(self, trigger_id: str, enabled: bool) -> SavedTrigger:
+    def set_enabled(
+        self, trigger_id: str, enabled: bool, *, if_version: int | None = None
+    ) -> SavedTrigger:
         """Enable or disable (a no-op, without a new version, when it already is)."""
         self._not_config(trigger_id)
         with self._db.transaction() as conn:
             current = self._locked(conn, trigger_id)
             if current is None:
                 raise TriggerNotFound(f"no saved trigger {trigger_id!r}")
+            self._expect(current, trigger_id, if_version)
             if current.enabled != enabled:
                 trigger = dataclasses.replace(current.trigger, enabled=enabled)
                 definition, _ = self._write_params(trigger)
@@ -292,9 +323,14 @@ class SavedTriggers:
                 self._bump(conn)
         return self.get(trigger_id)
 
-    def delete(self, trigger_id: str) -> None:
+    def delete(self, trigger_id: str, *, if_version: int | None = None) -> None:
         self._not_config(trigger_id)
         with self._db.transaction() as conn:
+            if if_version is not None:
+                current = self._locked(conn, trigger_id)
+                if current is None:
+                    raise TriggerNotFound(f"no saved trigger {trigger_id!r}")
+                self._expect(current, trigger_id, if_version)
             if not conn.execute(self._q.delete_trigger, (trigger_id,)).rowcount:
                 raise TriggerNotFound(f"no saved trigger {trigger_id!r}")
             self._bump(conn)
