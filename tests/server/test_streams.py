@@ -204,12 +204,12 @@ async def slow_client(app: Live, request: bytes) -> tuple[bytes, int]:
     while watch.reason is None and published < 200_000:  # the client reads nothing
         await app.publish(100, f"{NS}.slow")  # pages smaller than the buffer: only slowness
         published += 100
-        biggest = max(biggest, len(watch._queue))
+        biggest = max(biggest, watch.queued)
     assert watch.reason is not None, f"not cut off after {published} events"
     assert "200 events" in watch.reason, watch.reason
-    assert biggest <= 200 and len(watch._queue) == 0, (biggest, len(watch._queue))
+    assert biggest <= 200 and watch.queued == 0, (biggest, watch.queued)
     await app.publish(2000, f"{NS}.slow")  # nothing more is buffered for it
-    assert len(watch._queue) == 0
+    assert watch.queued == 0
     sock.setblocking(False)
     received = b""
     loop = asyncio.get_running_loop()

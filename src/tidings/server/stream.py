@@ -60,39 +60,94 @@ STREAM_QUERY = (
 _json = msgspec.json.Encoder()
 
 
+class Item:
+    """A stored event on its way to clients: its JSON is encoded once, however many get it."""
+
+    __slots__ = ("_data", "position", "rec")
+
+    def __init__(self, rec: Recorded) -> None:
+        self.rec = rec
+        self.position = rec.position
+        self._data: bytes | None = None
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            self._data = _json.encode(stored_event(self.rec))
+        return self._data
+
+
+class Batch:
+    """Events for a client, in position order; the whole page of the hub is one ``Batch``
+    shared by every client that wants all of it, so its SSE text is made once, not per client."""
+
+    __slots__ = ("_sse", "_subsets", "items")
+
+    def __init__(self, items: list[Item]) -> None:
+        self.items = items
+        self._sse: bytes | None = None
+        self._subsets: dict[tuple[str, ...], Batch] = {}
+
+    def subset(self, watch: Watch) -> Batch:
+        """The items ``watch`` wants: matched once per set of patterns, not once per client."""
+        if watch.everything:
+            return self
+        found = self._subsets.get(watch.key)
+        if found is None:
+            wanted = [i for i in self.items if watch.wants(i.rec)]
+            found = self if len(wanted) == len(self.items) else Batch(wanted)
+            self._subsets[watch.key] = found
+        return found
+
+    @property
+    def sse(self) -> bytes:
+        if self._sse is None:
+            self._sse = b"".join(
+                b"id: %d\ndata: %s\n\n" % (item.position, item.data) for item in self.items
+            )
+        return self._sse
+
+
 class Watch:
     """One client's view of the log: catch up from the store, then live from the hub."""
 
     def __init__(self, hub: Hub, patterns: list[Pattern], after: int) -> None:
         self.hub = hub
         self.patterns = patterns
+        self.key = tuple(sorted(p.text for p in patterns))
+        self.everything = "**" in self.key
         self.scanned = after  # the log was read up to here
         self.live = False
         self.sent = 0  # events handed to the client's connection
+        self.queued = 0  # events waiting in the buffer
         self.reason: str | None = None  # why the stream ended, when it did not end well
-        self._queue: deque[Recorded] = deque()
+        self._queue: deque[Batch] = deque()
         self._waiter: asyncio.Future[None] | None = None  # set: the client has something
 
     def wants(self, rec: Recorded) -> bool:
         return any(p.matches(rec.event.type) for p in self.patterns)
 
-    def offer(self, page: list[Recorded]) -> None:
+    def offer(self, page: Batch) -> None:
         """Take the hub's new page (positions above ``scanned``); cut off when it is full."""
-        if self.reason is not None:
+        if self.reason is not None or not page.items:
             return
-        for rec in page:
-            if rec.position <= self.scanned:
-                continue
-            self.scanned = rec.position
-            if self.wants(rec):
-                if len(self._queue) >= self.hub.buffer:
-                    self.end(
-                        f"too slow: {self.hub.buffer} events waited unsent (the per-client "
-                        "buffer); reconnect with Last-Event-ID set to the last id received "
-                        "to resume without a gap"
-                    )
-                    return
-                self._queue.append(rec)
+        if page.items[0].position <= self.scanned:  # went live inside this page: the rest
+            page = Batch([i for i in page.items if i.position > self.scanned])
+            if not page.items:
+                return
+        self.scanned = page.items[-1].position
+        batch = page.subset(self)
+        if not batch.items:
+            return
+        if self.queued + len(batch.items) > self.hub.buffer:
+            self.end(
+                f"too slow: {self.hub.buffer} events waited unsent (the per-client buffer); "
+                "reconnect with Last-Event-ID set to the last id received to resume without "
+                "a gap"
+            )
+            return
+        self._queue.append(batch)
+        self.queued += len(batch.items)
         self._wake()
 
     def _wake(self) -> None:
@@ -102,21 +157,23 @@ class Watch:
     def end(self, reason: str) -> None:
         self.reason = reason
         self._queue.clear()  # the memory goes now, not when the client gets round to it
+        self.queued = 0
         self._wake()
 
-    async def batches(self, heartbeat: float) -> AsyncIterator[list[Recorded]]:
-        """Matching events in position order, a batch at a time; an empty batch means
+    async def batches(self, heartbeat: float) -> AsyncIterator[list[Batch]]:
+        """Matching events in position order, some batches at a time; an empty list means
         ``heartbeat`` seconds passed without any. Ends when cut off (``reason`` says why)."""
         self.hub.join(self)
         try:
             async for batch in self._catch_up():
-                yield batch
+                yield [batch]
             while self.reason is None:
                 if self._queue:
-                    batch = list(self._queue)
+                    batches = list(self._queue)
                     self._queue.clear()
-                    self.sent += len(batch)
-                    yield batch
+                    self.sent += self.queued
+                    self.queued = 0
+                    yield batches
                     continue
                 self._waiter = asyncio.get_running_loop().create_future()
                 try:
@@ -128,7 +185,7 @@ class Watch:
         finally:
             self.hub.leave(self)
 
-    async def _catch_up(self) -> AsyncIterator[list[Recorded]]:
+    async def _catch_up(self) -> AsyncIterator[Batch]:
         """Read the store until the hub's live edge, then go live (no await in between)."""
         store = self.hub.store
         while self.reason is None:
@@ -142,10 +199,10 @@ class Watch:
             page = await store.aread_all(self.scanned, self.hub.page)
             if page:
                 self.scanned = page[-1].position
-                batch = [r for r in page if self.wants(r)]
+                batch = [Item(r) for r in page if self.wants(r)]
                 if batch:
                     self.sent += len(batch)
-                    yield batch
+                    yield Batch(batch)
             else:  # behind the edge, yet nothing to read: a write is still committing
                 await asyncio.sleep(self.hub.poll)
 
@@ -207,13 +264,14 @@ class Hub:
                 # a page is at most a quarter of a client's buffer, and clients run between
                 # pages: a burst does not cut off a client that keeps up
                 size = max(1, min(self.page, self.buffer // 4))
-                page = await self.store.aread_all(self.position, size)
-                if page:
+                records = await self.store.aread_all(self.position, size)
+                if records:
+                    page = Batch([Item(r) for r in records])
                     for watch in [w for w in self.watches if w.live]:
                         watch.offer(page)
-                    self.position = page[-1].position
+                    self.position = records[-1].position
                     await asyncio.sleep(0)
-                if len(page) < size:
+                if len(records) < size:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.poll)
@@ -268,10 +326,8 @@ def _patterns(q: Query) -> list[Pattern]:
         raise ApiError(400, f"pattern: {exc}", "pattern") from None
 
 
-def _sse(batch: list[Recorded]) -> bytes:
-    return b"".join(
-        b"id: %d\ndata: %s\n\n" % (r.position, _json.encode(stored_event(r))) for r in batch
-    )
+def _sse(batches: list[Batch]) -> bytes:
+    return b"".join(batch.sse for batch in batches)
 
 
 def _sse_error(reason: str) -> bytes:
@@ -325,8 +381,8 @@ class Streams:
 
         async def send() -> None:
             async for batch in watch.batches(self.hub.heartbeat):
-                for rec in batch:
-                    await websocket.send_text(_json.encode(stored_event(rec)).decode())
+                for item in (item for one in batch for item in one.items):
+                    await websocket.send_text(item.data.decode())
             if watch.reason is not None:
                 code = 1001 if self.hub.closed else 1013
                 await websocket.close(code, watch.reason[:120])
