@@ -378,6 +378,8 @@ def test_sqlite_database_of_the_previous_release_upgrades_to_the_fresh_schema(
         ("store", "002_chain"),
         ("triggers", "001_jobs"),
         ("triggers", "002_checkpoints"),
+        ("triggers", "003_partitions"),
+        ("triggers", "004_saved_triggers"),
         ("webhooks", "001_queue"),
     ]
     for path in (by_migrate, by_opening):

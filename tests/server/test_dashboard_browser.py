@@ -306,22 +306,24 @@ def test_the_endpoint_page_figures_match_metrics(page: Page, server: Server) -> 
         "queue-dead": ("tidings_webhook_endpoint_queue_depth", {"state": "dead"}),
     }
 
-    def figures() -> tuple[dict[str, int], dict[str, int]] | None:
-        before = server.metrics()
-        page.goto(server.url + "/ui/endpoints/shop")
-        shown = {key: int(page.inner_text(f"[data-metric='{key}']")) for key in names}
-        after = server.metrics()
-        if before != after:  # something moved meanwhile: look again
-            return None
-        exported = {
-            key: _metric(after, name, endpoint="shop", **labels)
+    def exported() -> dict[str, int]:
+        text = server.metrics()
+        return {
+            key: _metric(text, name, endpoint="shop", **labels)
             for key, (name, labels) in names.items()
         }
-        return shown, exported
 
-    shown, exported = _until(figures, "two equal scrapes around the page")
-    print("page", shown, "metrics", exported)
-    assert shown == exported
+    def figures() -> tuple[dict[str, int], dict[str, int]] | None:
+        before = exported()
+        page.goto(server.url + "/ui/endpoints/shop")
+        shown = {key: int(page.inner_text(f"[data-metric='{key}']")) for key in names}
+        after = exported()
+        # something moved meanwhile: look again
+        return None if before != after else (shown, after)
+
+    shown, scraped = _until(figures, "two equal scrapes around the page")
+    print("page", shown, "metrics", scraped)
+    assert shown == scraped
     assert shown["attempts"] >= 3 and shown["failed"] >= 2 and shown["delivered"] >= 1, shown
     screenshot(page, "endpoint")
     page.goto(server.url + "/ui/endpoints")

@@ -223,6 +223,7 @@ async def slow_client(app: Live, request: bytes) -> tuple[bytes, int]:
         received += chunk
     sock.close()
     await wait_until(lambda: not app.hub.watches, why="the cut-off client stayed registered")
+    print(f"slow client: {watch.sent} events handed to its connection, {published} published")
     return received, published
 
 

@@ -4,7 +4,7 @@ Importing a command module registers its commands on ``app``; a new group is a n
 plus one import line below.
 """
 
-from tidings.cli import config, dlq, migrate, replay, serve
+from tidings.cli import config, dlq, migrate, process, replay, serve, triggers
 from tidings.cli.app import (
     EXIT_USER_ERROR,
     USER_ERRORS,
@@ -24,8 +24,10 @@ __all__ = [
     "fail",
     "main",
     "migrate",
+    "process",
     "replay",
     "serve",
     "settings_from",
+    "triggers",
     "user_errors",
 ]

@@ -38,6 +38,7 @@ def serve_command(
 
     import uvicorn  # noqa: PLC0415
 
+    from tidings.cli.config import checked_triggers  # noqa: PLC0415
     from tidings.server.app import create_app  # noqa: PLC0415
     from tidings.server.service import Service  # noqa: PLC0415
     from tidings.server.stream import close_streams_on_exit  # noqa: PLC0415
@@ -45,6 +46,7 @@ def serve_command(
     from tidings.transport import TransportError  # noqa: PLC0415
 
     settings = settings_from(ctx)
+    checked_triggers(settings, _config_path(ctx))  # a bad trigger: one line naming its path
     server = settings.server
     if host is not None or port is not None:
         server = msgspec.structs.replace(

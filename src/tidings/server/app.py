@@ -52,6 +52,7 @@ from tidings.server.schemas import (
 )
 from tidings.server.service import Service
 from tidings.server.stream import Hub, stream_operations
+from tidings.server.triggers_api import TriggersApi, trigger_operations
 
 __all__ = ["create_app", "operations"]
 
@@ -169,7 +170,9 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> Starlette:
     """The ASGI app for ``service`` (started and stopped with the app unless told not to)."""
     keys = Keys(lambda: service.settings.server, open_keys(service.store))
     replays = Replays(service, service.settings.server.max_body_bytes)
+    triggers = TriggersApi(service, service.settings.server.max_body_bytes)
     ops = operations(service, keys, replays)
+    ops.extend(trigger_operations(triggers))
     hub = Hub(service.store)
     stream_ops, stream_routes = stream_operations(hub)
     ops += stream_ops
@@ -213,6 +216,7 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> Starlette:
                 await watcher
             await dashboard.stop()
             await replays.stop()
+            await triggers.close()
             await service.stop()
 
     app = Starlette(
@@ -223,5 +227,6 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> Starlette:
     app.state.tidings_keys = keys
     app.state.tidings_cursors = Cursors()
     app.state.tidings_service = service
+    app.state.tidings_triggers = triggers
     app.state.tidings_hub = hub
     return app

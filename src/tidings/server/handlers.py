@@ -25,6 +25,7 @@ from tidings.server.metrics import render_metrics
 from tidings.server.operations import query
 from tidings.server.replays import replay_criteria
 from tidings.server.service import Service
+from tidings.server.triggers_metrics import triggers_collectors
 from tidings.store.base import Criteria
 from tidings.topics import PatternError
 from tidings.webhooks.endpoint import Endpoint, inherit
@@ -291,5 +292,7 @@ class Api:
         return reply(report, 200 if healthy else 503)
 
     async def metrics(self, request: Request) -> Response:
-        body, content_type = await render_metrics(self.service)
+        triggers = getattr(request.app.state, "tidings_triggers", None)
+        extra = await triggers_collectors(triggers)
+        body, content_type = await render_metrics(self.service, extra)
         return Response(body, media_type=content_type)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -102,7 +102,9 @@ class _Collector:
         yield oldest
 
 
-async def render_metrics(service: Service) -> tuple[bytes, str]:
+async def render_metrics(service: Service, extra: Sequence[Any] = ()) -> tuple[bytes, str]:
+    """The exposition text; ``extra`` are more collectors read at the same scrape (the
+    triggers' figures, ``server/triggers_metrics.py``)."""
     try:
         stats: QueueStats | None = await asyncio.wait_for(service.queue.astats(), 5.0)
     except Exception:
@@ -111,16 +113,18 @@ async def render_metrics(service: Service) -> tuple[bytes, str]:
     store = TidingsCollector()
     store.add(service.store)
     try:  # the store is queried in a thread: a slow database must not stall the server
-        text = await asyncio.wait_for(asyncio.to_thread(_render, webhooks, store), SCRAPE_TIMEOUT)
+        text = await asyncio.wait_for(
+            asyncio.to_thread(_render, webhooks, store, *extra), SCRAPE_TIMEOUT
+        )
     except TimeoutError:
         log.warning(
             "/metrics: the store did not answer within %ss; served without it", SCRAPE_TIMEOUT
         )
-        text = _render(webhooks)
+        text = _render(webhooks, *extra)
     return text, CONTENT_TYPE_LATEST
 
 
-def _render(*collectors: _Collector | TidingsCollector) -> bytes:
+def _render(*collectors: Any) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     for collector in collectors:
         registry.register(collector)

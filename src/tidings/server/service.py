@@ -80,6 +80,8 @@ class Service:
             self.queue.close()
             self.store.close()
             raise
+        self.triggers: Any = None  # the TriggerService, when triggers are configured
+        self._catalog: Any = None  # its TriggerCatalog (config file + saved triggers)
         self.started_at = time.time()
         self.accepted_count = 0
         self._open_guess = 0
@@ -109,13 +111,69 @@ class Service:
         await self.worker.start()
         if self.feed is not None:
             await self.feed.start()
+        wanted = bool(self.settings.triggers)
+        if not wanted:
+            wanted = await asyncio.to_thread(self._has_saved_triggers)
+        if wanted:
+            await self.start_triggers()
         log.info(
             "tidings service started: store %s, %d endpoint(s)",
             redact_url(self.settings.store.url),
             len(self.queue.endpoints()),
         )
 
+    def _has_saved_triggers(self) -> bool:
+        from tidings.triggers.saved import saved_triggers_for  # noqa: PLC0415
+
+        try:
+            saved = saved_triggers_for(self.settings.store.url)
+            if saved is None:
+                return False
+            try:
+                return bool(saved.list(limit=1))
+            finally:
+                saved.close()
+        except Exception as exc:  # the processor then starts with the first saved trigger
+            log.warning("saved triggers not read at start: %s", exc)
+            return False
+
+    async def start_triggers(self) -> None:
+        """Run the processor and the action workers over the config file's triggers and the
+        ones saved through the API (``TriggerCatalog``: a saved change reaches the processor
+        within about half a second). At start when there are any; else on the first trigger
+        saved through the API. A no-op when running, or before ``start``."""
+        if self.triggers is not None or self._loop is None:
+            return
+        from tidings.triggers.saved import open_catalog  # noqa: PLC0415
+        from tidings.triggers.service import TriggerService, load_triggers  # noqa: PLC0415
+
+        catalog = await asyncio.to_thread(
+            open_catalog, load_triggers(self.settings), self.settings.store.url
+        )
+        try:
+            self.triggers = TriggerService.from_settings(
+                self.settings, self.store, delivery_queue=self.queue, index_source=catalog
+            )
+        except BaseException:
+            catalog.close()
+            raise
+        self._catalog = catalog
+        await self.triggers.start()
+
+    async def triggers_changed(self) -> None:
+        """A trigger was saved, changed or deleted through this server's API: start the
+        processor if it is not running, else rebuild its index now (other processes see the
+        change at their next look, within about half a second)."""
+        if self.triggers is None:
+            await self.start_triggers()
+        elif self._catalog is not None:
+            await asyncio.to_thread(self._catalog.refresh)
+
     async def stop(self, timeout: float = 10.0) -> None:
+        if self.triggers is not None:
+            await self.triggers.stop(drain=True, timeout=timeout)
+        if self._catalog is not None:
+            self._catalog.close()
         if self.feed is not None:
             await self.feed.stop(min(timeout, 5.0))
         released = await self.worker.stop(timeout)

@@ -68,9 +68,10 @@ class Watch:
         self.patterns = patterns
         self.scanned = after  # the log was read up to here
         self.live = False
+        self.sent = 0  # events handed to the client's connection
         self.reason: str | None = None  # why the stream ended, when it did not end well
         self._queue: deque[Recorded] = deque()
-        self._signal = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # set: the client has something
 
     def wants(self, rec: Recorded) -> bool:
         return any(p.matches(rec.event.type) for p in self.patterns)
@@ -92,12 +93,16 @@ class Watch:
                     )
                     return
                 self._queue.append(rec)
-        self._signal.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def end(self, reason: str) -> None:
         self.reason = reason
         self._queue.clear()  # the memory goes now, not when the client gets round to it
-        self._signal.set()
+        self._wake()
 
     async def batches(self, heartbeat: float) -> AsyncIterator[list[Recorded]]:
         """Matching events in position order, a batch at a time; an empty batch means
@@ -110,13 +115,16 @@ class Watch:
                 if self._queue:
                     batch = list(self._queue)
                     self._queue.clear()
+                    self.sent += len(batch)
                     yield batch
                     continue
-                self._signal.clear()
+                self._waiter = asyncio.get_running_loop().create_future()
                 try:
-                    await asyncio.wait_for(self._signal.wait(), heartbeat)
+                    async with asyncio.timeout(heartbeat):
+                        await self._waiter
                 except TimeoutError:
                     yield []
+                self._waiter = None
         finally:
             self.hub.leave(self)
 
@@ -136,6 +144,7 @@ class Watch:
                 self.scanned = page[-1].position
                 batch = [r for r in page if self.wants(r)]
                 if batch:
+                    self.sent += len(batch)
                     yield batch
             else:  # behind the edge, yet nothing to read: a write is still committing
                 await asyncio.sleep(self.hub.poll)
@@ -171,9 +180,9 @@ class Hub:
         if self.closed:
             watch.end("the server is shutting down; reconnect with Last-Event-ID to resume")
             return
+        self._loop = asyncio.get_running_loop()
         self.watches.add(watch)
         if self._task is None or self._task.done():
-            self._loop = asyncio.get_running_loop()
             self._task = asyncio.ensure_future(self._run())
         self._wake.set()
 
@@ -195,12 +204,16 @@ class Hub:
                     self.position = await asyncio.to_thread(self.store.head)
                     self._edge.set()
                 self.reads += 1
-                page = await self.store.aread_all(self.position, min(self.page, self.buffer))
+                # a page is at most a quarter of a client's buffer, and clients run between
+                # pages: a burst does not cut off a client that keeps up
+                size = max(1, min(self.page, self.buffer // 4))
+                page = await self.store.aread_all(self.position, size)
                 if page:
                     for watch in [w for w in self.watches if w.live]:
                         watch.offer(page)
                     self.position = page[-1].position
-                if len(page) < min(self.page, self.buffer):
+                    await asyncio.sleep(0)
+                if len(page) < size:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.poll)
@@ -221,7 +234,10 @@ class Hub:
         self._wake.set()
 
     def close_threadsafe(self) -> None:
-        if self._loop is not None and not self._loop.is_closed():
+        """``close`` from a signal handler or another thread."""
+        if self._loop is None:  # nobody ever joined: refusing later clients is all there is
+            self.closed = True
+        elif not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self.close)
 
 
