@@ -4,7 +4,20 @@ Importing a command module registers its commands on ``app``; a new group is a n
 plus one import line below.
 """
 
-from tidings.cli import config, dlq, migrate, process, replay, serve, triggers
+from tidings.cli import (
+    config,
+    deliveries,
+    dlq,
+    endpoints,
+    events,
+    migrate,
+    process,
+    publish,
+    replay,
+    serve,
+    tail,
+    triggers,
+)
 from tidings.cli.app import (
     EXIT_USER_ERROR,
     USER_ERRORS,
@@ -20,14 +33,19 @@ __all__ = [
     "USER_ERRORS",
     "app",
     "config",
+    "deliveries",
     "dlq",
+    "endpoints",
+    "events",
     "fail",
     "main",
     "migrate",
     "process",
+    "publish",
     "replay",
     "serve",
     "settings_from",
+    "tail",
     "triggers",
     "user_errors",
 ]

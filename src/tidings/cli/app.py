@@ -26,6 +26,8 @@ from tidings.topics import PatternError
 from tidings.urls import redact_url as redact
 
 __all__ = [
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
     "EXIT_USER_ERROR",
     "USER_ERRORS",
     "CliState",
@@ -39,7 +41,11 @@ __all__ = [
 
 # Exceptions that mean "the input is wrong", not "tidings is broken": shown without a traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, EventError, PatternError)
+# Exit statuses (docs/cli.md): 0 done, 1 failed (a server or store away, a 5xx), 2 the input
+# was wrong (an option, an argument, a refusal of the server), 130 interrupted (Ctrl-C).
+EXIT_FAILURE = 1
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 app = typer.Typer(
     name="tidings",

@@ -32,6 +32,8 @@ __all__ = ["CONFIG_ENV", "ENV_PREFIX", "load"]
 
 ENV_PREFIX = "TIDINGS_"
 CONFIG_ENV = "TIDINGS_CONFIG"  # names the config file; never read as a setting
+# The CLI's client variables (the server to talk to, the key to use): not settings either.
+CLIENT_ENV = frozenset({"TIDINGS_URL", "TIDINGS_API_KEY"})
 
 KeyPath = tuple[str, ...]
 
@@ -290,7 +292,8 @@ class _Loader:
 
     def _apply_env(self) -> None:
         for var in sorted(self.env):
-            if not var.upper().startswith(ENV_PREFIX) or var.upper() == CONFIG_ENV:
+            name = var.upper()
+            if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV or name in CLIENT_ENV:
                 continue
             path = tuple(part.lower() for part in var[len(ENV_PREFIX) :].split("__"))
             if not all(path):

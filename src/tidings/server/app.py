@@ -46,6 +46,7 @@ from tidings.server.schemas import (
     ReplayIn,
     ReplayJob,
     ReplayPage,
+    StoredEventOut,
     StreamList,
     StreamPage,
     SubscriptionPage,
@@ -96,6 +97,8 @@ def operations(service: Service, keys: Keys, replays: Replays) -> list[Operation
        errors=(409, 413, 415, 503))  # fmt: skip
     op("GET", "/events", api.get_events, "read", "Query stored events, oldest first", "events",
        query=EVENT_QUERY, answer=EventPage, errors=(503,))  # fmt: skip
+    op("GET", "/events/{id}", api.get_event, "read", "One stored event, by id or store position",
+       "events", answer=StoredEventOut, errors=(404,))  # fmt: skip
     op("GET", "/streams", browse.list_streams, "read", "Streams by name, with their versions",
        "events", query=PAGE, answer=StreamList, errors=(503,))  # fmt: skip
     op("GET", "/streams/{stream}", browse.get_stream, "read", "A stream's version and events",
@@ -175,7 +178,7 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> Starlette:
     ops.extend(trigger_operations(triggers))
     hub = Hub(service.store)
     stream_ops, stream_routes = stream_operations(hub)
-    ops += stream_ops
+    ops[0:0] = stream_ops  # /events/stream before /events/{id} (the first path that fits wins)
     dashboard = Dashboard(service, Api(service))  # pages, not API operations: not in the spec
     spec: dict[str, object] = {}
 

@@ -96,6 +96,18 @@ class Api:
             }
         )
 
+    async def get_event(self, request: Request) -> Response:
+        """One stored event, by its store position or its id."""
+        key: str = request.path_params["id"]
+        store = self.service.store
+        position = int(key) if key.isdigit() and len(key) < 19 else None
+        if position is None:
+            position = await asyncio.to_thread(self.service.queue.event_position, key)
+        records = [] if not position else await store.aread_all(position - 1, 1)
+        if not records or records[0].position != position:
+            raise ApiError(404, f"no event {key!r} (give its id or its store position)")
+        return reply(stored_event(records[0]))
+
     def _endpoint(self, endpoint_id: str) -> Endpoint:
         ep = self.service.queue.endpoint(endpoint_id)
         if ep is None:
