@@ -257,3 +257,17 @@ def test_a_delivery_page_shows_its_attempts(open_client: TestClient) -> None:
     assert "cannot connect" in page.text and "not attempted yet" not in page.text, page.text
     assert open_client.get("/ui/deliveries/nope").status_code == 404
     assert open_client.get("/ui/deliveries/" + "x" * 201).status_code == 400
+
+
+def test_the_live_page_shows_the_triggers_processor(tmp_path: Path) -> None:
+    config = {
+        "store": {"url": f"sqlite:///{tmp_path / 'trig.db'}"},
+        "server": {"sender_process": False},
+        "triggers": [{"id": "dash-t", "pattern": "dash.*", "actions": [{"type": "log"}]}],
+    }
+    path = tmp_path / "tidings.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with TestClient(create_app(Service(load(path, env={}), path))) as client:
+        page = client.get("/")
+        assert page.status_code == 200, page.text
+        assert 'id="triggers-status"><span class="good">processing' in page.text, page.text

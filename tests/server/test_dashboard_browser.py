@@ -247,7 +247,6 @@ def test_a_published_event_appears_in_the_live_feed_within_a_second(
     print(f"published -> shown in the feed: {seen * 1000:.0f} ms")
     assert seen < 1.0, f"the event showed in the feed after {seen:.3f}s"
     assert "shop.order.paid" in row.inner_text()
-    screenshot(page, "live")
     # the pattern filter: only matching events, live too
     page.fill("input[name=pattern]", "shop.order.created")
     page.click(".filter button")
@@ -307,22 +306,19 @@ def test_the_endpoint_page_figures_match_metrics(page: Page, server: Server) -> 
     }
 
     def exported() -> dict[str, int]:
-        scrape = server.metrics()
+        text = server.metrics()
         return {
-            key: _metric(scrape, name, endpoint="shop", **labels)
+            key: _metric(text, name, endpoint="shop", **labels)
             for key, (name, labels) in names.items()
         }
 
     def figures() -> tuple[dict[str, int], dict[str, int]] | None:
-        # only these families need to hold still: others (rates, ages, process gauges) move
-        # on every scrape
         before = exported()
         page.goto(server.url + "/ui/endpoints/shop")
         shown = {key: int(page.inner_text(f"[data-metric='{key}']")) for key in names}
         after = exported()
-        if before != after:  # a delivery moved meanwhile: look again
-            return None
-        return shown, after
+        # something moved meanwhile: look again
+        return None if before != after else (shown, after)
 
     shown, scraped = _until(figures, "two equal scrapes around the page")
     print("page", shown, "metrics", scraped)
@@ -349,3 +345,17 @@ def test_a_post_without_the_csrf_token_is_refused(page: Page, server: Server) ->
     assert page.inner_text("#ep-state") == "disabled"
     page.click("#enable")
     assert page.inner_text("#ep-state") == "enabled"
+
+
+def test_the_live_page_after_some_traffic(page: Page, server: Server) -> None:
+    """The live page's screenshot, once the charts have a few samples (one every 5 s)."""
+    for second in range(8):
+        for n in range(second * 5):
+            server.publish(f"shop.{('order.created', 'order.paid', 'cart.updated')[n % 3]}",
+                           subject=f"order-{second}-{n}", data={"n": n})  # fmt: skip
+        time.sleep(1)
+    page.goto(server.url + "/")
+    page.wait_for_selector("#feed-state.live")
+    points = page.locator("#charts polyline").first.get_attribute("points") or ""
+    assert len(points.split()) >= 4, points
+    screenshot(page, "live")

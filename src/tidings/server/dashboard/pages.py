@@ -184,11 +184,17 @@ class Dashboard:
         events = await asyncio.to_thread(recent_events, self.service, pattern)
         head = await asyncio.to_thread(self.service.store.head)
         healthy, health = await self.service.health()
+        triggers: dict[str, Any] | None = None
+        if self.service.triggers is not None:
+            try:
+                triggers = await asyncio.to_thread(self.service.triggers.health)
+            except Exception as exc:  # shown, not raised: the rest of the page still helps
+                triggers = {"ok": False, "errors": {"processor": str(exc)}}
         return self.render(
             request, "overview.html", 400 if problem else 200, who=who, pattern=pattern or "",
             problem=problem, events=events, head=head, health=health, healthy=healthy,
             charts=await self.sampler.charts(),
-            subscriptions=self.service.store.subscriptions(),
+            subscriptions=self.service.store.subscriptions(), triggers=triggers,
         )  # fmt: skip
 
     async def event(self, request: Request, who: Principal) -> Response:
