@@ -167,7 +167,7 @@ def _until(check: Callable[[], Any], what: str, log: Path | None = None) -> Any:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (make test does)")
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM)
         yield chromium
