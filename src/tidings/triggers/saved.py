@@ -10,8 +10,10 @@ triggers of the config file (YAML) are not the API's to change: their ids are re
 ``TriggerCatalog`` merges the YAML triggers and the saved ones into one ``TriggerIndex``; it is
 the ``index_source`` callable a processor calls per batch. It reads one row (the saved
 version, bumped in the same transaction as every change) at most every ``check_every``
-seconds and rebuilds the index only when that version moved, so a change made through the API
-reaches the processor within about half a second, and an unchanged catalog costs nothing.
+seconds and rebuilds the index only when that version moved. A processor's catalog
+(``open_catalog``) looks on every page, after the page was read: a trigger saved before an
+event was stored is applied to that event, whichever process saved it, and an unchanged
+catalog costs one one-row read per page.
 """
 
 from __future__ import annotations
@@ -427,7 +429,7 @@ def saved_triggers_for(store_url: str, config_ids: Collection[str] = ()) -> Save
 
 
 def open_catalog(
-    config_triggers: Sequence[Trigger], store_url: str, *, check_every: float = 0.5
+    config_triggers: Sequence[Trigger], store_url: str, *, check_every: float = 0.0
 ) -> TriggerCatalog:
     """The catalog a processor runs: ``config_triggers`` (already checked, e.g. by
     ``load_triggers``) plus the triggers saved in the store's database. Close it with

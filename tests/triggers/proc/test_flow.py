@@ -22,6 +22,9 @@ from tests.triggers.proc.conftest import (
     redis_queue,
     running,
     settings_for,
+    start_process,
+    stop_process,
+    wait_ready,
     wait_until,
     write_settings,
 )
@@ -189,7 +192,7 @@ def test_process_without_triggers_says_what_to_add(tmp_path: Path) -> None:
     config = write_settings(tmp_path, f"sqlite:///{tmp_path / 'e.db'}", [])
     result = CliRunner().invoke(app, ["--config", str(config), "process"])
     assert result.exit_code == 2
-    assert "no triggers configured" in result.output
+    assert "no triggers configured or saved" in result.output
 
 
 async def test_serve_runs_the_triggers_when_configured(tmp_path: Path) -> None:
@@ -254,3 +257,44 @@ async def test_the_index_source_is_asked_per_page(tmp_path: Path) -> None:
             assert service.processor.counts["matches"] == 1
     finally:
         store.close()
+
+
+async def test_process_runs_triggers_saved_through_the_api(tmp_path: Path) -> None:
+    """No trigger in the file, one saved in the store's database (as POST /triggers does):
+    ``tidings process`` starts, runs it, and picks up one saved while it runs."""
+    from tidings.triggers.results import ActionResults  # noqa: PLC0415
+    from tidings.triggers.saved import SavedTriggers  # noqa: PLC0415
+
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    store = open_store(url)  # creates the tables
+    saved = SavedTriggers(url)
+    saved.create({"id": "saved-one", "pattern": "proctest.saved.one", "actions": [{"type": "log"}]})
+    config = write_settings(tmp_path, url, [])
+    log = tmp_path / "process.log"
+    proc = start_process(config, log)
+    results = ActionResults(url)
+    try:
+        await wait_ready(proc, log, 1)
+        first = Event(type="proctest.saved.one")
+        store.append(first)
+        await wait_until(
+            lambda: _status(results, f"{first.id}:saved-one:0"), lambda: log.read_text()[-2000:]
+        )
+        saved.create(
+            {"id": "saved-two", "pattern": "proctest.saved.two", "actions": [{"type": "log"}]}
+        )
+        second = Event(type="proctest.saved.two")
+        store.append(second)
+        await wait_until(
+            lambda: _status(results, f"{second.id}:saved-two:0"), lambda: log.read_text()[-2000:]
+        )
+    finally:
+        stop_process(proc)
+        await results.close()
+        saved.close()
+        store.close()
+
+
+async def _status(results: Any, key: str) -> bool:
+    found = await results.get(key)
+    return found is not None and found.status == "succeeded"
