@@ -1,9 +1,10 @@
 """``python -m bench triggers``: the trigger processor on one process, store queue.
 
-- ``triggers.process[N]``: events per second a Processor takes from the store, evaluates
-  against N active triggers and enqueues (the matched actions as jobs in the store's database),
-  from the start of its subscription until its checkpoint reaches the store's head (the events
-  are stored before the clock starts; no workers run). Floors, interleaved in the same rounds:
+- ``triggers.process[N]`` (``.pg``: on PostgreSQL, with ``--pg``): events per second a
+  Processor takes from the store, evaluates against N active triggers and enqueues (the
+  matched actions as jobs in the store's database), from the start of its subscription until
+  its checkpoint reaches the store's head (the events are stored before the clock starts; no
+  workers run). Floors, interleaved in the same rounds:
   ``evaluate`` (bare ``TriggerIndex.evaluate`` over the same events in memory: the raw
   evaluation) and ``read`` (the same subscription with a handler that does nothing: the store's
   reading). Every round counts the jobs enqueued against ``match_events``' count made
@@ -61,32 +62,24 @@ class Round:
         return len(self.events)
 
 
-def _stored(events: list[Event]) -> tuple[Path, str]:
-    folder = Path(tempfile.mkdtemp(prefix="bench-triggers-"))
-    url = f"sqlite:///{folder / 'events.db'}"
-    store: Any = open_store(url)
-    try:
-        for i in range(0, len(events), 1000):
-            store.append(events[i : i + 1000])
-    finally:
-        store.close()
-    return folder, url
-
-
 class ProcessorRun:
     """One round of the processor (``noop``: the subscription alone, the ``read`` floor)."""
 
-    def __init__(self, noop: bool = False) -> None:
+    def __init__(self, noop: bool = False, pg: str | None = None) -> None:
         self.noop = noop
+        self.pg = pg
         self.jobs = -1
         self.handled = -1
 
     def run(self, work: Round) -> float:
-        folder, url = _stored(work.events)
-        try:
+        with _Database(self.pg) as url:
+            store: Any = open_store(url)
+            try:
+                for i in range(0, len(work.events), 1000):
+                    store.append(work.events[i : i + 1000])
+            finally:
+                store.close()
             return asyncio.run(self._run(work, url))
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
 
     async def _run(self, work: Round, url: str) -> float:
         store: Any = open_store(url)
@@ -172,10 +165,10 @@ def _as_stored(event: Event, position: int) -> Any:
     return Recorded(event=event, position=position + 1)
 
 
-def process_figure(count: int, events: int, globs: float, rounds: int) -> int:
+def process_figure(count: int, events: int, globs: float, rounds: int, pg: str | None) -> int:
     work = _workload(count, events, globs, seed=count)
     warm = _workload(count, min(events, 500), globs, seed=count + 1)
-    proc, read, floor = ProcessorRun(), ProcessorRun(noop=True), EvaluateRun()
+    proc, read, floor = ProcessorRun(pg=pg), ProcessorRun(noop=True, pg=pg), EvaluateRun()
     contenders: list[Contender[Round]] = [
         Contender("tidings", "tidings", "tidings", proc.run, proc.check),
         Contender("evaluate", "evaluate", "floor", floor.run, floor.check),
@@ -185,12 +178,14 @@ def process_figure(count: int, events: int, globs: float, rounds: int) -> int:
                budget=0.0)  # fmt: skip
     tidings, *others = contenders
     parts = [tidings.summary(), *(tidings.versus(o) for o in others)]
-    print(f"triggers.process[{count}]: {' · '.join(parts)} · {work.jobs / work.n:.2f} jobs "
-          f"per event, {events} events, sqlite store queue")  # fmt: skip
+    name = f"triggers.process[{count}]" + (".pg" if pg else "")
+    kind = "postgresql" if pg else "sqlite"
+    print(f"{name}: {' · '.join(parts)} · {work.jobs / work.n:.2f} jobs "
+          f"per event, {events} events, {kind} store queue")  # fmt: skip
     bad = 0
     for c in contenders:
         for error in dict.fromkeys(c.errors):
-            print(f"MISCOUNT triggers.process[{count}] {c.label}: {error}")
+            print(f"MISCOUNT {name} {c.label}: {error}")
             bad += 1
     return bad
 
@@ -305,7 +300,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--pg",
         default=None,
-        help="also measure latency on this PostgreSQL database (a schema of its own), e.g. "
+        help="also measure on this PostgreSQL database (a schema of its own), e.g. "
         "postgresql://postgres@127.0.0.1:5432/test",
     )
     args = parser.parse_args(argv)
@@ -316,10 +311,11 @@ def main(argv: list[str]) -> int:
         print(line)
     print(f"work: {args.events} stored events a round over as many types as triggers, "
           f"{args.globs:.0%} glob patterns; {args.rounds} rounds; SQLite store and queue in a "
-          f"temp dir")  # fmt: skip
+          f"temp dir{', and in a fresh PostgreSQL schema' if args.pg else ''}")  # fmt: skip
     bad = 0
-    for count in counts:
-        bad += process_figure(count, args.events, args.globs, args.rounds)
+    for pg in (None, args.pg) if args.pg else (None,):
+        for count in counts:
+            bad += process_figure(count, args.events, args.globs, args.rounds, pg)
     for pg in (None, args.pg) if args.pg else (None,):
         for count in counts:
             bad += latency_figure(count, args.rate, args.seconds, pg)

@@ -143,8 +143,10 @@ def test_a_button_needs_the_csrf_token_its_origin_and_an_admin_key(
     done = client.post("/ui/endpoints/shop/disable", data={"csrf": token}, headers=ORIGIN)
     assert done.status_code == 303 and done.headers["location"].endswith("?done=disabled")
     assert 'id="ep-state">disabled' in client.get("/ui/endpoints/shop").text
-    # a read-only key sees the pages, and its buttons are refused
+    # a read-only key sees the pages without buttons, and a button's POST is refused
     _login(client, READER)
+    seen = client.get("/ui/endpoints/shop").text
+    assert 'id="ep-state"' in seen and 'id="enable"' not in seen, seen
     refused = client.post("/ui/endpoints/shop/enable", data={"csrf": token}, headers=ORIGIN)
     assert refused.status_code == 403 and "admin" in refused.text, refused.text
 
@@ -234,3 +236,38 @@ def test_the_readme_config_serves_the_dashboard(tmp_path: Path) -> None:
         assert page.status_code == 200, page.text
         assert "Live events" in page.text
         assert "demo" in client.get("/ui/endpoints").text
+
+
+def test_a_delivery_page_shows_its_attempts(open_client: TestClient) -> None:
+    import time  # noqa: PLC0415
+
+    sent = open_client.post("/events", json={"type": "dash.attempted", "source": "/t"})
+    assert sent.status_code == 202, sent.text
+    event_id = sent.json()["ids"][0]
+    deadline = time.monotonic() + 30
+    rows: list[dict[str, object]] = []
+    while time.monotonic() < deadline:
+        rows = open_client.get("/deliveries", params={"event_id": event_id}).json()["deliveries"]
+        if rows and rows[0]["state"] == "dead":
+            break
+        time.sleep(0.05)
+    assert rows and rows[0]["state"] == "dead", rows
+    page = open_client.get(f"/ui/deliveries/{rows[0]['id']}")
+    assert page.status_code == 200, page.text
+    assert "cannot connect" in page.text and "not attempted yet" not in page.text, page.text
+    assert open_client.get("/ui/deliveries/nope").status_code == 404
+    assert open_client.get("/ui/deliveries/" + "x" * 201).status_code == 400
+
+
+def test_the_live_page_shows_the_triggers_processor(tmp_path: Path) -> None:
+    config = {
+        "store": {"url": f"sqlite:///{tmp_path / 'trig.db'}"},
+        "server": {"sender_process": False},
+        "triggers": [{"id": "dash-t", "pattern": "dash.*", "actions": [{"type": "log"}]}],
+    }
+    path = tmp_path / "tidings.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with TestClient(create_app(Service(load(path, env={}), path))) as client:
+        page = client.get("/")
+        assert page.status_code == 200, page.text
+        assert 'id="triggers-status"><span class="good">processing' in page.text, page.text

@@ -167,7 +167,7 @@ def _until(check: Callable[[], Any], what: str, log: Path | None = None) -> Any:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (make test does)")
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM)
         yield chromium
@@ -244,9 +244,9 @@ def test_a_published_event_appears_in_the_live_feed_within_a_second(
     row = page.wait_for_selector(f"#events tbody tr:has-text('{event_id}')")
     seen = time.monotonic() - sent
     assert row is not None
+    print(f"published -> shown in the feed: {seen * 1000:.0f} ms")
     assert seen < 1.0, f"the event showed in the feed after {seen:.3f}s"
     assert "shop.order.paid" in row.inner_text()
-    screenshot(page, "live")
     # the pattern filter: only matching events, live too
     page.fill("input[name=pattern]", "shop.order.created")
     page.click(".filter button")
@@ -271,6 +271,10 @@ def test_a_dead_delivery_is_retried_by_its_button_and_arrives(
     assert page.inner_text(f"#deliveries tr[data-delivery='{dead['id']}'] td.state") == "dead"
     assert "<b>broken</b>" in page.inner_text("#event-data"), "data shown as text"
     screenshot(page, "event")
+    page.click(f"#deliveries tr[data-delivery='{dead['id']}'] td.mono a")
+    assert page.locator("#attempts tbody tr").count() == 2, page.inner_text("#attempts")
+    assert "HTTP 500" in page.inner_text("#attempts")
+    screenshot(page, "delivery")
     receiver.status = 200
     page.goto(server.url + "/ui/endpoints/shop")
     page.click(f"#dlq tr[data-delivery='{dead['id']}'] button.retry")
@@ -301,22 +305,24 @@ def test_the_endpoint_page_figures_match_metrics(page: Page, server: Server) -> 
         "queue-dead": ("tidings_webhook_endpoint_queue_depth", {"state": "dead"}),
     }
 
-    def figures() -> tuple[dict[str, int], dict[str, int]] | None:
-        before = server.metrics()
-        page.goto(server.url + "/ui/endpoints/shop")
-        shown = {key: int(page.inner_text(f"[data-metric='{key}']")) for key in names}
-        after = server.metrics()
-        if before != after:  # something moved meanwhile: look again
-            return None
-        exported = {
-            key: _metric(after, name, endpoint="shop", **labels)
+    def exported() -> dict[str, int]:
+        text = server.metrics()
+        return {
+            key: _metric(text, name, endpoint="shop", **labels)
             for key, (name, labels) in names.items()
         }
-        return shown, exported
 
-    shown, exported = _until(figures, "two equal scrapes around the page")
-    print("page", shown, "metrics", exported)
-    assert shown == exported
+    def figures() -> tuple[dict[str, int], dict[str, int]] | None:
+        before = exported()
+        page.goto(server.url + "/ui/endpoints/shop")
+        shown = {key: int(page.inner_text(f"[data-metric='{key}']")) for key in names}
+        after = exported()
+        # something moved meanwhile: look again
+        return None if before != after else (shown, after)
+
+    shown, scraped = _until(figures, "two equal scrapes around the page")
+    print("page", shown, "metrics", scraped)
+    assert shown == scraped
     assert shown["attempts"] >= 3 and shown["failed"] >= 2 and shown["delivered"] >= 1, shown
     screenshot(page, "endpoint")
     page.goto(server.url + "/ui/endpoints")
@@ -339,3 +345,17 @@ def test_a_post_without_the_csrf_token_is_refused(page: Page, server: Server) ->
     assert page.inner_text("#ep-state") == "disabled"
     page.click("#enable")
     assert page.inner_text("#ep-state") == "enabled"
+
+
+def test_the_live_page_after_some_traffic(page: Page, server: Server) -> None:
+    """The live page's screenshot, once the charts have a few samples (one every 5 s)."""
+    for second in range(8):
+        for n in range(second * 5):
+            server.publish(f"shop.{('order.created', 'order.paid', 'cart.updated')[n % 3]}",
+                           subject=f"order-{second}-{n}", data={"n": n})  # fmt: skip
+        time.sleep(1)
+    page.goto(server.url + "/")
+    page.wait_for_selector("#feed-state.live")
+    points = page.locator("#charts polyline").first.get_attribute("points") or ""
+    assert len(points.split()) >= 4, points
+    screenshot(page, "live")

@@ -15,13 +15,14 @@ import pytest
 
 from tests.server.conftest import Running
 from tests.triggers.jobs.conftest import (  # noqa: F401 - fixtures, found by name
-    pg_sql,
     pg_url,
+    redis_url,
     triggers_pg_database,
 )
 from tidings.event import Event
 from tidings.triggers.definitions import ActionSpec
 from tidings.triggers.jobs import Job, open_job_queue
+from tidings.triggers.jobs.redis import RedisJobQueue
 from tidings.triggers.results import ActionResults
 
 Start = Callable[..., Awaitable[Running]]
@@ -265,6 +266,7 @@ async def test_results_dlq_and_status_agree_with_the_database(serve: Start, tmp_
     assert figures["queue"] == {"depth": open_jobs, "dead": 1}, figures
     assert figures["processing"]["head"] == recorded[-1].position
     assert figures["triggers"] == {"config": 1, "saved": 0}
+    assert figures["process"]["running"] is True, figures  # the config trigger runs here
 
     status, text = await app.get("/metrics", headers=RO)
     assert status == 200
@@ -327,3 +329,72 @@ async def test_a_saved_trigger_runs_and_a_change_reaches_the_processor(
     await asyncio.sleep(0.3)
     status, page = await app.get(f"/triggers/results?event_id={second}", headers=RO)
     assert [r["trigger_id"] for r in page["results"]] == ["control"], page
+
+
+async def test_dlq_and_status_with_a_redis_queue(serve: Start, tmp_path: Path) -> None:
+    queue_url = redis_url()
+    cfg = config(f"sqlite:///{tmp_path / 'tidings.db'}")
+    cfg["processor"] = {"queue": queue_url}
+    cfg.pop("triggers")  # no processor: its workers would take the jobs made here
+    app = await serve(cfg)
+    assert app.service.triggers is None
+    queue = RedisJobQueue(queue_url)
+    try:
+        recorded = await app.service.store.aappend(
+            [Event(type="order.placed", source="t", data={"amount": n}) for n in (1, 2, 3)]
+        )
+        spec = ActionSpec(type="log")
+        jobs = [Job.for_event(r.event, "t1", 0, spec, position=r.position) for r in recorded]
+        assert await queue.enqueue(jobs) == 3
+        claimed = await queue.claim("w", 1, 30.0)
+        await queue.fail(claimed[0], "refused", None)
+
+        status, dead = await app.get("/triggers/dlq", headers=RO)
+        assert status == 200 and [j["key"] for j in dead["jobs"]] == [claimed[0].key], dead
+        status, figures = await app.get("/triggers/status", headers=RO)
+        assert figures["queue"] == {"depth": await queue.depth(), "dead": 1}, figures
+        assert figures["queue"]["depth"] == 2
+        status, body = await app.post("/triggers/dlq/retry", {"key": claimed[0].key}, headers=RW)
+        assert status == 202 and body == {"retried": 1}, body
+        assert await queue.state(claimed[0].key) == "pending"
+        assert await queue.depth() == 3
+    finally:
+        await queue.drop()
+        await queue.close()
+
+
+async def test_if_match_refuses_a_change_made_against_an_old_version(serve: Start) -> None:
+    app = await serve(config())
+    status, made = await app.post("/triggers", big(), headers=RW)
+    assert status == 201, made
+    async with app.session.get(app.url + "/triggers/big-orders", headers=RO) as resp:
+        etag = resp.headers["ETag"]
+    assert etag == '"1"'
+    status, body = await app.request(
+        "PATCH", "/triggers/big-orders", {"description": "a"}, headers={**RW, "If-Match": etag}
+    )
+    assert status == 200 and body["version"] == 2, body
+    # a second editor, still holding version 1, is refused and changes nothing
+    status, body = await app.request(
+        "PATCH", "/triggers/big-orders", {"description": "b"}, headers={**RW, "If-Match": etag}
+    )
+    assert status == 412 and body["field"] == "If-Match", body
+    assert "at version 2, not 1" in body["detail"], body
+    for method, path in [("DELETE", "/triggers/big-orders"),
+                         ("POST", "/triggers/big-orders/disable")]:  # fmt: skip
+        status, body = await app.request(method, path, headers={**RW, "If-Match": '"1"'})
+        assert status == 412, (method, body)
+    status, body = await app.request(
+        "PUT", "/triggers/new-one", big("new-one"), headers={**RW, "If-Match": '"1"'}
+    )
+    assert status == 412 and "does not exist" in body["detail"], body
+    status, body = await app.request(
+        "PATCH", "/triggers/big-orders", {"description": "c"}, headers={**RW, "If-Match": "x"}
+    )
+    assert status == 400 and body["field"] == "If-Match", body
+    status, one = await app.get("/triggers/big-orders", headers=RO)
+    assert one["description"] == "a" and one["version"] == 2 and one["enabled"], one
+    status, body = await app.request(
+        "DELETE", "/triggers/big-orders", headers={**RW, "If-Match": '"2"'}
+    )
+    assert status == 204, body

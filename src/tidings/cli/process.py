@@ -33,9 +33,10 @@ def process_command(
         ),
     ] = 30.0,
 ) -> None:
-    """Run the configured triggers: follow the store, enqueue matched actions, run them.
+    """Run the triggers: follow the store, enqueue matched actions, run them.
 
-    The same processor and workers `tidings serve` runs when triggers are configured; run one
+    The config file's triggers and the ones saved through `tidings serve`'s API (a change is
+    applied to every event stored after it), with the processor and workers serve runs; run one
     `tidings process` per machine to scale out (processor.partitions > 1 on PostgreSQL shares
     the partitions by leases). SIGTERM or Ctrl-C stops it after the actions in flight.
 
@@ -47,20 +48,25 @@ def process_command(
     from tidings.cli.config import checked_triggers  # noqa: PLC0415
     from tidings.store import open_store  # noqa: PLC0415
     from tidings.store.base import StoreError  # noqa: PLC0415
-    from tidings.triggers.index import TriggerIndex  # noqa: PLC0415
+    from tidings.triggers.saved import open_catalog  # noqa: PLC0415
     from tidings.triggers.service import TriggerService  # noqa: PLC0415
 
     settings = settings_from(ctx)
     triggers = checked_triggers(settings, _config_path(ctx))
-    if not triggers:
+    try:  # the config file's triggers and the ones saved through the API, as serve runs them
+        catalog = open_catalog(triggers, settings.store.url)
+    except (StoreError, ValueError) as exc:
+        fail(f"process: {exc}")
+    index = catalog.index
+    if not index.all():
+        catalog.close()
         fail(
-            "process: no triggers configured; add a `triggers:` list to the config "
-            "(see docs/triggers.md)"
+            "process: no triggers configured or saved; add a `triggers:` list to the config "
+            "or save one through the API (see docs/triggers.md)"
         )
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    index = TriggerIndex(triggers)
 
     async def run() -> None:
         try:
@@ -72,7 +78,7 @@ def process_command(
                 service = TriggerService.from_settings(
                     settings,
                     store,
-                    index_source=lambda: index,
+                    index_source=catalog,
                     poll_interval=poll_interval,
                     action_timeout=action_timeout,
                 )
@@ -97,6 +103,7 @@ def process_command(
             if handed_back:
                 _out().print(f"stopped: {len(handed_back)} action(s) handed back to the queue")
         finally:
+            catalog.close()
             store.close()
 
     asyncio.run(run())

@@ -139,8 +139,8 @@ class Service:
 
     async def start_triggers(self) -> None:
         """Run the processor and the action workers over the config file's triggers and the
-        ones saved through the API (``TriggerCatalog``: a saved change reaches the processor
-        within about half a second). At start when there are any; else on the first trigger
+        ones saved through the API (``TriggerCatalog``: a trigger saved before an event was
+        stored is applied to it). At start when there are any; else on the first trigger
         saved through the API. A no-op when running, or before ``start``."""
         if self.triggers is not None or self._loop is None:
             return
@@ -163,7 +163,7 @@ class Service:
     async def triggers_changed(self) -> None:
         """A trigger was saved, changed or deleted through this server's API: start the
         processor if it is not running, else rebuild its index now (other processes see the
-        change at their next look, within about half a second)."""
+        change at their next page)."""
         if self.triggers is None:
             await self.start_triggers()
         elif self._catalog is not None:

@@ -16,6 +16,8 @@ creates nothing.
 from __future__ import annotations
 
 import asyncio
+import functools
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,6 +53,7 @@ from tidings.triggers.saved import (
     SavedTriggers,
     TriggerConflict,
     TriggerNotFound,
+    TriggerVersionMismatch,
 )
 
 __all__ = ["TriggersApi", "trigger_operations"]
@@ -59,6 +62,30 @@ __all__ = ["TriggersApi", "trigger_operations"]
 RESERVED_IDS = frozenset({"results", "dlq", "status"})
 _SECRET_KEYS = frozenset({"password", "secret", "api_key", "auth", "headers", "token"})
 READ_ONLY = ("source", "version", "created_at", "updated_at")
+
+
+_ETAG = re.compile(r'(?:W/)?"?([0-9]{1,18})"?')
+
+
+def _if_version(request: Request) -> int | None:
+    """The version an ``If-Match`` header names (``"3"``, as ``ETag`` gave it); ``*`` or no
+    header: any version."""
+    given = request.headers.get("if-match")
+    if given is None or given.strip() == "*":
+        return None
+    match = _ETAG.fullmatch(given.strip())
+    if match is None:
+        raise ApiError(
+            400,
+            f'If-Match: expected the ETag a GET gave (a version in quotes, like "3"), got '
+            f"{given[:40]!r}",
+            "If-Match",
+        )
+    return int(match.group(1))
+
+
+def _etag(saved: SavedTrigger) -> dict[str, str]:
+    return {"ETag": f'"{saved.version}"'}
 
 
 def _field(exc: TriggerError) -> str:
@@ -120,11 +147,12 @@ class TriggersApi:
 
     async def saved(self) -> SavedTriggers:
         self._need_durable()
+        ids = frozenset(str(t.get("id")) for t in self.config_triggers())
         async with self._lock:
             if self._saved is None:
-                ids = {str(t.get("id")) for t in self.config_triggers()}
                 url = self.service.settings.store.url
                 self._saved = await asyncio.to_thread(SavedTriggers, url, config_ids=ids)
+            self._saved.config_ids = ids  # the file may have been reloaded (SIGHUP)
             return self._saved
 
     async def results(self) -> ActionResults:
@@ -213,11 +241,13 @@ class TriggersApi:
             return ApiError(422, detail, _field(exc), kind="invalid-trigger")
         if isinstance(exc, TriggerNotFound):
             return ApiError(404, str(exc))
+        if isinstance(exc, TriggerVersionMismatch):
+            return ApiError(412, str(exc), "If-Match", kind="version-mismatch")
         return ApiError(409, str(exc), "id", kind="trigger-conflict")
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
+    async def _run(self, fn: Any, *args: Any, **kw: Any) -> Any:
         try:
-            return await asyncio.to_thread(fn, *args)
+            return await asyncio.to_thread(functools.partial(fn, *args, **kw))
         except (TriggerError, TriggerNotFound, TriggerConflict) as exc:
             raise self._refused(exc) from None
 
@@ -261,7 +291,8 @@ class TriggersApi:
             if view["id"] == trigger_id:
                 return reply(view)
         store = await self.saved()
-        return reply(self._view(await self._run(store.get, trigger_id)))
+        found: SavedTrigger = await self._run(store.get, trigger_id)
+        return reply(self._view(found), headers=_etag(found))
 
     async def create_trigger(self, request: Request) -> Response:
         data = await self._body(request)
@@ -270,28 +301,31 @@ class TriggersApi:
         store = await self.saved()
         made: SavedTrigger = await self._run(store.create, data)
         await self.service.triggers_changed()
-        return reply(self._view(made), 201, {"Location": f"/triggers/{made.id}"})
+        return reply(self._view(made), 201, {"Location": f"/triggers/{made.id}", **_etag(made)})
 
     async def replace_trigger(self, request: Request) -> Response:
         trigger_id = self._path_id(request)
+        version = _if_version(request)
         data = await self._body(request)
         store = await self.saved()
-        saved, created = await self._run(store.replace, trigger_id, data)
+        saved, created = await self._run(store.replace, trigger_id, data, if_version=version)
         await self.service.triggers_changed()
-        return reply(self._view(saved), 201 if created else 200)
+        return reply(self._view(saved), 201 if created else 200, _etag(saved))
 
     async def patch_trigger(self, request: Request) -> Response:
         trigger_id = self._path_id(request)
+        version = _if_version(request)
         data = await self._body(request)
         store = await self.saved()
-        patched = await self._run(store.patch, trigger_id, data)
+        patched = await self._run(store.patch, trigger_id, data, if_version=version)
         await self.service.triggers_changed()
-        return reply(self._view(patched))
+        return reply(self._view(patched), headers=_etag(patched))
 
     async def delete_trigger(self, request: Request) -> Response:
         trigger_id = self._path_id(request)
+        version = _if_version(request)
         store = await self.saved()
-        await self._run(store.delete, trigger_id)
+        await self._run(store.delete, trigger_id, if_version=version)
         await self.service.triggers_changed()
         return Response(status_code=204)
 
@@ -303,10 +337,11 @@ class TriggersApi:
 
     async def _set_enabled(self, request: Request, enabled: bool) -> Response:
         trigger_id = self._path_id(request)
+        version = _if_version(request)
         store = await self.saved()
-        changed = await self._run(store.set_enabled, trigger_id, enabled)
+        changed = await self._run(store.set_enabled, trigger_id, enabled, if_version=version)
         await self.service.triggers_changed()
-        return reply(self._view(changed))
+        return reply(self._view(changed), headers=_etag(changed))
 
     # ---- results, DLQ, status --------------------------------------------------------------
 
@@ -371,7 +406,19 @@ class TriggersApi:
     async def status(self, request: Request) -> Response:
         monitor = await self.monitor()
         figures = await monitor.figures()
-        return reply(figures.to_dict())
+        view = figures.to_dict()
+        running = self.service.triggers
+        view["process"] = (
+            {"running": False}
+            if running is None
+            else {
+                "running": True,
+                **running.health(),
+                "workers": dict(running.workers.counts),
+                "in_flight": running.workers.in_flight,
+            }
+        )
+        return reply(view)
 
 
 _TEXT = {"type": "string", "maxLength": 1024}
@@ -412,14 +459,15 @@ def trigger_operations(api: TriggersApi) -> list[Operation]:
            errors=(404, 409, 503)),
         op("PUT", "/triggers/{id}", api.replace_trigger, "admin",
            "Save a trigger under this id (created or replaced)", body=TriggerIn,
-           answer=TriggerOut, errors=(409, 413, 415, 422, 503)),
+           answer=TriggerOut, errors=(409, 412, 413, 415, 422, 503)),
         op("PATCH", "/triggers/{id}", api.patch_trigger, "admin",
            "Change some fields (checked as a whole, like a new trigger)", body=TriggerPatch,
-           answer=TriggerOut, errors=(404, 409, 413, 415, 422, 503)),
+           answer=TriggerOut, errors=(404, 409, 412, 413, 415, 422, 503)),
         op("DELETE", "/triggers/{id}", api.delete_trigger, "admin", "Delete a saved trigger",
-           ok=204, errors=(404, 409, 503)),
+           ok=204, errors=(404, 409, 412, 503)),
         op("POST", "/triggers/{id}/enable", api.enable_trigger, "admin", "Match again",
-           answer=TriggerOut, errors=(404, 409, 503)),
+           answer=TriggerOut, errors=(404, 409, 412, 503)),
         op("POST", "/triggers/{id}/disable", api.disable_trigger, "admin",
-           "Stop matching (kept, not deleted)", answer=TriggerOut, errors=(404, 409, 503)),
+           "Stop matching (kept, not deleted)", answer=TriggerOut,
+           errors=(404, 409, 412, 503)),
     ]  # fmt: skip

@@ -141,3 +141,7 @@ class TriggerStatus(msgspec.Struct):
     queue: dict[str, Any]
     chains: list[dict[str, Any]]
     triggers: dict[str, Any]
+    process: Annotated[
+        dict[str, Any],
+        msgspec.Meta(description="This server's own processor and workers, when it runs them."),
+    ]

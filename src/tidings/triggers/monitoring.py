@@ -33,7 +33,8 @@ __all__ = ["DEAD_CAP", "PROCESSOR_NAME", "Figures", "Monitor", "processor_checkp
 
 #: The processor's store checkpoint name (``tidings.triggers.processor.DEFAULT_NAME``).
 PROCESSOR_NAME = "tidings-triggers"
-#: Dead jobs are counted up to this many (the DLQ is listed, not counted, by the queues).
+#: Dead jobs are counted up to this many for a queue without ``dead_count`` (listed, not
+#: counted).
 DEAD_CAP = 10_000
 
 
@@ -167,7 +168,7 @@ class Monitor:
             }
             for c in self._chains.all()
         ]
-        saved = len(self.saved.all()) if self.saved is not None else 0
+        saved = self.saved.count() if self.saved is not None else 0
         return ingested, matched, events, checkpoints, head, lag, seconds, chains, saved
 
     async def figures(self) -> Figures:
@@ -184,7 +185,8 @@ class Monitor:
         ) = await asyncio.to_thread(self._sync)
         results = await self.results.counts()
         depth = await self.queue.depth()
-        dead = len(await self.queue.dead(DEAD_CAP))
+        counter = getattr(self.queue, "dead_count", None)
+        dead = await counter() if counter is not None else len(await self.queue.dead(DEAD_CAP))
         return Figures(
             ingested_last_minute=ingested,
             head=head,

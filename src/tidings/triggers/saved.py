@@ -10,8 +10,10 @@ triggers of the config file (YAML) are not the API's to change: their ids are re
 ``TriggerCatalog`` merges the YAML triggers and the saved ones into one ``TriggerIndex``; it is
 the ``index_source`` callable a processor calls per batch. It reads one row (the saved
 version, bumped in the same transaction as every change) at most every ``check_every``
-seconds and rebuilds the index only when that version moved, so a change made through the API
-reaches the processor within about half a second, and an unchanged catalog costs nothing.
+seconds and rebuilds the index only when that version moved. A processor's catalog
+(``open_catalog``) looks on every page, after the page was read: a trigger saved before an
+event was stored is applied to that event, whichever process saved it, and an unchanged
+catalog costs one one-row read per page.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ __all__ = [
     "TriggerCatalog",
     "TriggerConflict",
     "TriggerNotFound",
+    "TriggerVersionMismatch",
     "open_catalog",
     "saved_triggers_for",
 ]
@@ -61,6 +64,10 @@ class TriggerNotFound(LookupError):
 
 class TriggerConflict(ValueError):
     """The change clashes with what exists: the id is taken, or is a trigger of the config file."""
+
+
+class TriggerVersionMismatch(TriggerConflict):
+    """The change was made against a version the trigger no longer has (``if_version``)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -158,6 +165,21 @@ class SavedTriggers:
         row = conn.execute(self._q.lock_trigger, (trigger_id,)).fetchone()
         return None if row is None else self._row(row)
 
+    @staticmethod
+    def _expect(current: SavedTrigger | None, trigger_id: str, if_version: int | None) -> None:
+        """Refuse a change made against another version than the stored one."""
+        if if_version is None:
+            return
+        if current is None:
+            raise TriggerVersionMismatch(
+                f"trigger {trigger_id!r} does not exist, expected version {if_version}"
+            )
+        if current.version != if_version:
+            raise TriggerVersionMismatch(
+                f"trigger {trigger_id!r} is at version {current.version}, not {if_version}: "
+                "it changed since it was read; read it again and redo the change"
+            )
+
     def _bump(self, conn: Any) -> None:
         conn.execute(self._q.bump_version).fetchone()
 
@@ -189,6 +211,10 @@ class SavedTriggers:
                 log.error("saved trigger %r no longer loads, skipped: %s", row[0], exc)
         return out
 
+    def count(self) -> int:
+        with self._db.connection() as conn:
+            return int(conn.execute(self._q.count_triggers).fetchone()[0])
+
     def version(self) -> int:
         """Bumped by every change of any saved trigger (one primary-key read)."""
         with self._db.connection() as conn:
@@ -216,9 +242,12 @@ class SavedTriggers:
             self._bump(conn)
         return self.get(trigger.id)
 
-    def replace(self, trigger_id: str, raw: Any) -> tuple[SavedTrigger, bool]:
+    def replace(
+        self, trigger_id: str, raw: Any, *, if_version: int | None = None
+    ) -> tuple[SavedTrigger, bool]:
         """Save ``raw`` as trigger ``trigger_id`` whether or not it exists (its ``id``, if
-        given, must be the same); returns it and whether it was created."""
+        given, must be the same); returns it and whether it was created. ``if_version``: only
+        if it exists at that version (``TriggerVersionMismatch`` else), as every change takes."""
         if isinstance(raw, Mapping) and "id" not in raw:
             raw = {"id": trigger_id, **raw}
         trigger = self.parse(raw)
@@ -229,7 +258,9 @@ class SavedTriggers:
         self._not_config(trigger_id)
         definition, enabled = self._write_params(trigger)
         with self._db.transaction() as conn:
-            if self._locked(conn, trigger_id) is None:
+            current = self._locked(conn, trigger_id)
+            self._expect(current, trigger_id, if_version)
+            if current is None:
                 now = time.time()
                 params: tuple[Any, ...] = (
                     (trigger_id, definition, enabled, now, now)
@@ -250,7 +281,9 @@ class SavedTriggers:
         else:
             conn.execute(self._q.update_trigger, (definition, enabled, trigger_id))
 
-    def patch(self, trigger_id: str, changes: Any) -> SavedTrigger:
+    def patch(
+        self, trigger_id: str, changes: Any, *, if_version: int | None = None
+    ) -> SavedTrigger:
         """Change some fields (JSON merge patch: a key set to null goes back to its default);
         the result is checked as a whole, exactly like a new definition."""
         if not isinstance(changes, Mapping):
@@ -262,6 +295,7 @@ class SavedTriggers:
             current = self._locked(conn, trigger_id)
             if current is None:
                 raise TriggerNotFound(f"no saved trigger {trigger_id!r}")
+            self._expect(current, trigger_id, if_version)
             merged = dict(current.definition)
             for key, value in changes.items():
                 if value is None:
@@ -274,13 +308,16 @@ class SavedTriggers:
             self._bump(conn)
         return self.get(trigger_id)
 
-    def set_enabled(self, trigger_id: str, enabled: bool) -> SavedTrigger:
+    def set_enabled(
+        self, trigger_id: str, enabled: bool, *, if_version: int | None = None
+    ) -> SavedTrigger:
         """Enable or disable (a no-op, without a new version, when it already is)."""
         self._not_config(trigger_id)
         with self._db.transaction() as conn:
             current = self._locked(conn, trigger_id)
             if current is None:
                 raise TriggerNotFound(f"no saved trigger {trigger_id!r}")
+            self._expect(current, trigger_id, if_version)
             if current.enabled != enabled:
                 trigger = dataclasses.replace(current.trigger, enabled=enabled)
                 definition, _ = self._write_params(trigger)
@@ -288,9 +325,14 @@ class SavedTriggers:
                 self._bump(conn)
         return self.get(trigger_id)
 
-    def delete(self, trigger_id: str) -> None:
+    def delete(self, trigger_id: str, *, if_version: int | None = None) -> None:
         self._not_config(trigger_id)
         with self._db.transaction() as conn:
+            if if_version is not None:
+                current = self._locked(conn, trigger_id)
+                if current is None:
+                    raise TriggerNotFound(f"no saved trigger {trigger_id!r}")
+                self._expect(current, trigger_id, if_version)
             if not conn.execute(self._q.delete_trigger, (trigger_id,)).rowcount:
                 raise TriggerNotFound(f"no saved trigger {trigger_id!r}")
             self._bump(conn)
@@ -387,7 +429,7 @@ def saved_triggers_for(store_url: str, config_ids: Collection[str] = ()) -> Save
 
 
 def open_catalog(
-    config_triggers: Sequence[Trigger], store_url: str, *, check_every: float = 0.5
+    config_triggers: Sequence[Trigger], store_url: str, *, check_every: float = 0.0
 ) -> TriggerCatalog:
     """The catalog a processor runs: ``config_triggers`` (already checked, e.g. by
     ``load_triggers``) plus the triggers saved in the store's database. Close it with

@@ -22,6 +22,9 @@ from tests.triggers.proc.conftest import (
     redis_queue,
     running,
     settings_for,
+    start_process,
+    stop_process,
+    wait_ready,
     wait_until,
     write_settings,
 )
@@ -134,6 +137,11 @@ async def test_a_condition_that_raises_is_recorded_and_the_rest_goes_on(
             assert by_key[f"{good.id}:every-payment:0"].status == "succeeded"
             assert service.processor.counts["failures"] == 1
             assert service.processor.health()["ok"]
+            figures = await service.figures()  # what metrics and the API read
+            assert figures["results"]["succeeded"] == 3 and figures["results"]["failed"] == 1
+            assert figures["queue_depth"] == 0
+            assert figures["processor"]["counts"]["matches"] == 3
+            assert figures["processor"]["owned"] == [0]
     finally:
         store.close()
 
@@ -184,7 +192,7 @@ def test_process_without_triggers_says_what_to_add(tmp_path: Path) -> None:
     config = write_settings(tmp_path, f"sqlite:///{tmp_path / 'e.db'}", [])
     result = CliRunner().invoke(app, ["--config", str(config), "process"])
     assert result.exit_code == 2
-    assert "no triggers configured" in result.output
+    assert "no triggers configured or saved" in result.output
 
 
 async def test_serve_runs_the_triggers_when_configured(tmp_path: Path) -> None:
@@ -208,3 +216,85 @@ async def test_serve_runs_the_triggers_when_configured(tmp_path: Path) -> None:
     finally:
         await service.stop()
     assert service.triggers is not None and not service.triggers.started
+
+
+def test_process_on_a_memory_store_says_what_would_hold_the_jobs(tmp_path: Path) -> None:
+    trigger = {"id": "t0", "pattern": "proctest.y", "actions": [{"type": "log"}]}
+    config = write_settings(tmp_path, "memory://proctest", [trigger])
+    result = CliRunner().invoke(app, ["--config", str(config), "process"])
+    assert result.exit_code == 2, result.output
+    assert "sqlite:///" in result.output and "postgresql://" in result.output
+    assert "Traceback" not in result.output
+
+
+async def test_the_index_source_is_asked_per_page(tmp_path: Path) -> None:
+    """Saved triggers plug in through ``index_source``: a new index applies from the next page."""
+    from tidings.triggers.definitions import parse_trigger  # noqa: PLC0415
+    from tidings.triggers.index import TriggerIndex  # noqa: PLC0415
+
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    trigger = {"id": "t0", "pattern": "proctest.other", "actions": [{"type": "log"}]}
+    settings = settings_for(tmp_path, url, [trigger])
+    current = [TriggerIndex([])]
+    store: Any = open_store(url)
+    try:
+        async with running(settings, store, index_source=lambda: current[0]) as service:
+            before = Event(type="proctest.saved", source="t")
+            store.append(before)
+            await wait_until(
+                lambda: service.processor.counts["events"] >= 1, lambda: service.processor.counts
+            )
+            saved = {"id": "saved", "pattern": "proctest.saved", "actions": [{"type": "log"}]}
+            current[0] = TriggerIndex([parse_trigger(saved)])
+            after = Event(type="proctest.saved", source="t")
+            store.append(after)
+
+            async def ran() -> bool:
+                return await service.results.get(f"{after.id}:saved:0") is not None
+
+            await wait_until(ran, service.results.list)
+            assert await service.results.get(f"{before.id}:saved:0") is None
+            assert service.processor.counts["matches"] == 1
+    finally:
+        store.close()
+
+
+async def test_process_runs_triggers_saved_through_the_api(tmp_path: Path) -> None:
+    """No trigger in the file, one saved in the store's database (as POST /triggers does):
+    ``tidings process`` starts, runs it, and picks up one saved while it runs."""
+    from tidings.triggers.results import ActionResults  # noqa: PLC0415
+    from tidings.triggers.saved import SavedTriggers  # noqa: PLC0415
+
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    store = open_store(url)  # creates the tables
+    saved = SavedTriggers(url)
+    saved.create({"id": "saved-one", "pattern": "proctest.saved.one", "actions": [{"type": "log"}]})
+    config = write_settings(tmp_path, url, [])
+    log = tmp_path / "process.log"
+    proc = start_process(config, log)
+    results = ActionResults(url)
+    try:
+        await wait_ready(proc, log, 1)
+        first = Event(type="proctest.saved.one")
+        store.append(first)
+        await wait_until(
+            lambda: _status(results, f"{first.id}:saved-one:0"), lambda: log.read_text()[-2000:]
+        )
+        saved.create(
+            {"id": "saved-two", "pattern": "proctest.saved.two", "actions": [{"type": "log"}]}
+        )
+        second = Event(type="proctest.saved.two")
+        store.append(second)
+        await wait_until(
+            lambda: _status(results, f"{second.id}:saved-two:0"), lambda: log.read_text()[-2000:]
+        )
+    finally:
+        stop_process(proc)
+        await results.close()
+        saved.close()
+        store.close()
+
+
+async def _status(results: Any, key: str) -> bool:
+    found = await results.get(key)
+    return found is not None and found.status == "succeeded"

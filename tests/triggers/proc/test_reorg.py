@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.triggers.proc.conftest import pg_rows, running, settings_for, wait_until
+from tests.triggers.proc.conftest import pg_rows, redis_queue, running, settings_for, wait_until
 from tests.triggers.test_chains import CHAIN, branch
 from tidings.store import Criteria, open_store
 from tidings.store.chain import chain_info
@@ -48,10 +48,16 @@ def _statuses(url: str) -> dict[str, int]:
     return {str(s): int(n) for s, n in rows}
 
 
-async def test_a_fork_of_depth_3_through_the_processor(db: str, tmp_path: Path) -> None:  # noqa: F811
+@pytest.mark.parametrize("queue", ["store", "redis"])
+async def test_a_fork_of_depth_3_through_the_processor(
+    db: str,  # noqa: F811
+    tmp_path: Path,
+    queue: str,
+) -> None:
     register_action("proctest_settle", _settle)
     retry = {"max_retries": 5, "initial_delay": 120, "max_delay": 300}
-    settings = settings_for(tmp_path, db, TRIGGERS, retry=retry)
+    where = "store" if queue == "store" else redis_queue()
+    settings = settings_for(tmp_path, db, TRIGGERS, retry=retry, queue=where)
     store: Any = open_store(db)
     try:
         async with running(settings, store) as service:
@@ -63,8 +69,9 @@ async def test_a_fork_of_depth_3_through_the_processor(db: str, tmp_path: Path) 
                 return s.get("succeeded", 0) == 38 and s.get("failed", 0) == 2
 
             await wait_until(settled_a, lambda: _statuses(db), 60)
-            pending = pg_rows(db, "SELECT count(*) FROM action_jobs WHERE state = 'pending'")
-            assert pending == [(2,)]  # block 10's settle jobs, waiting for their retry
+            block_10 = [f"{e.id}:settle:0" for e in old[18:]]
+            # block 10's settle jobs wait for their retry
+            assert [await service.queue.state(k) for k in block_10] == ["pending", "pending"]
 
             # the chain reorganises: b8 (parent a7) .. b11 replace a8, a9, a10
             new = branch("b", 8, 11, "0xa7")
@@ -94,8 +101,8 @@ async def test_a_fork_of_depth_3_through_the_processor(db: str, tmp_path: Path) 
             assert pg_rows(db, "SELECT count(*) FROM events WHERE invalidated") == [(6,)]
             # block 10's pending settle jobs were cancelled, not run
             assert report.cancelled_jobs == 2
-            cancelled = pg_rows(db, "SELECT key FROM action_jobs WHERE state = 'cancelled'")
-            assert sorted(k for (k,) in cancelled) == sorted(f"{i}:settle:0" for i in replaced[4:])
+            assert [await service.queue.state(k) for k in block_10] == ["cancelled"] * 2
+            assert block_10 == [f"{i}:settle:0" for i in replaced[4:]]
             # executed results of the replaced events: invalidated, and compensated where the
             # trigger has a compensation (notify), invalidated only where not (settle)
             assert len(report.invalidated_results) == 10
@@ -111,6 +118,8 @@ async def test_a_fork_of_depth_3_through_the_processor(db: str, tmp_path: Path) 
             cp = pg_rows(db, "SELECT block_number, block_hash FROM checkpoints")
             assert cp == [(11, "0xb11")]
             assert service.processor.counts["reorgs"] == 1
+            if queue == "redis":
+                await service.queue.drop()  # type: ignore[attr-defined]
     finally:
         unregister_action("proctest_settle")
         store.close()

@@ -203,3 +203,17 @@ def test_user_errors_exit_2(
     assert result.exit_code == 2, result.output
     assert message in result.output, result.output
     assert "Traceback" not in result.output
+
+
+def test_help_shows_examples(runner: CliRunner) -> None:
+    group = runner.invoke(app, ["triggers", "--help"])
+    assert group.exit_code == 0, group.output
+    text = " ".join(group.output.split())  # rich wraps at the terminal's width
+    assert "tidings triggers replay --since 2026-01-15T00:00:00Z" in text, group.output
+    for command, example in [
+        ("replay", "--since 2026-01-15T00:00:00Z --trigger big-orders"),
+        ("backfill", "--from 0 --to 5000 --trigger big-orders"),
+    ]:
+        result = runner.invoke(app, ["triggers", command, "--help"])
+        text = " ".join(result.output.split())
+        assert result.exit_code == 0 and example in text, result.output

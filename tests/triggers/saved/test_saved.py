@@ -40,7 +40,7 @@ def test_create_get_list_replace_patch_delete(saved: SavedTriggers) -> None:
     assert made.definition["condition"] == "data.amount > 100"
     assert saved.version() == v0 + 1
     saved.create(definition("a-first", pattern="user.*"))
-    assert [t.id for t in saved.list()] == ["a-first", "big"]
+    assert [t.id for t in saved.list()] == ["a-first", "big"] and saved.count() == 2
     assert [t.id for t in saved.list(after="a-first", limit=1)] == ["big"]
 
     replaced, created = saved.replace("big", definition(condition="data.amount > 5"))
@@ -124,3 +124,29 @@ def test_catalog_merges_config_and_saved_and_picks_up_changes(saved: SavedTrigge
     saved.delete("big")
     now[0] += 0.6
     assert "big" not in catalog()
+
+
+def test_catalog_in_another_process_sees_a_change_within_its_period(db_url: str) -> None:
+    """Two handles on one database, as a processor and the API in two processes have: the
+    catalog picks the change up on the real clock, and rebuilds once for it."""
+    import time  # noqa: PLC0415
+
+    api = SavedTriggers(db_url)
+    reader = SavedTriggers(db_url)
+    catalog = TriggerCatalog([], reader, check_every=0.2)
+    try:
+        assert len(catalog()) == 0
+        rebuilds = catalog.rebuilds
+        api.create(definition("remote"))
+        deadline = time.monotonic() + 30
+        while "remote" not in catalog():
+            assert time.monotonic() < deadline, f"not seen; rebuilds {catalog.rebuilds}"
+            time.sleep(0.02)
+        assert catalog.rebuilds == rebuilds + 1
+        for _ in range(20):  # unchanged: looked at, not rebuilt
+            catalog()
+            time.sleep(0.02)
+        assert catalog.rebuilds == rebuilds + 1
+    finally:
+        catalog.close()
+        api.close()

@@ -144,9 +144,10 @@ def event_view(service: Service, position: int) -> EventView | None:
 
 
 def recent_events(service: Service, pattern: str | None, count: int = 50) -> list[Recorded]:
-    """The newest ``count`` events among the last 2,000 positions, matching ``pattern``,
-    newest first. Blocking: run in a thread."""
+    """The newest ``count`` events (with a pattern: those matching it among the last 2,000
+    positions), newest first. Blocking: run in a thread."""
     head = service.store.head()
     types = (pattern,) if pattern else ()
-    window = service.store.load(Criteria(types=types, after_position=max(0, head - 2000)))
+    after = max(0, head - (2000 if pattern else count))
+    window = service.store.load(Criteria(types=types, after_position=after))
     return list(reversed(window[-count:]))

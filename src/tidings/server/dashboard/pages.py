@@ -114,6 +114,7 @@ class Dashboard:
             Route("/ui/endpoints", page(self.endpoints), methods=["GET"]),
             Route("/ui/endpoints/{id}", page(self.endpoint), methods=["GET"]),
             Route("/ui/endpoints/{id}/{action}", button(self.endpoint_action), methods=["POST"]),
+            Route("/ui/deliveries/{id}", page(self.delivery), methods=["GET"]),
             Route("/ui/deliveries/{id}/retry", button(self.retry_delivery), methods=["POST"]),
             Route("/ui/login", self.login_form, methods=["GET"]),
             Route("/ui/login", self.login, methods=["POST"]),
@@ -183,11 +184,17 @@ class Dashboard:
         events = await asyncio.to_thread(recent_events, self.service, pattern)
         head = await asyncio.to_thread(self.service.store.head)
         healthy, health = await self.service.health()
+        triggers: dict[str, Any] | None = None
+        if self.service.triggers is not None:
+            try:
+                triggers = await asyncio.to_thread(self.service.triggers.health)
+            except Exception as exc:  # shown, not raised: the rest of the page still helps
+                triggers = {"ok": False, "errors": {"processor": str(exc)}}
         return self.render(
             request, "overview.html", 400 if problem else 200, who=who, pattern=pattern or "",
             problem=problem, events=events, head=head, health=health, healthy=healthy,
             charts=await self.sampler.charts(),
-            subscriptions=self.service.store.subscriptions(),
+            subscriptions=self.service.store.subscriptions(), triggers=triggers,
         )  # fmt: skip
 
     async def event(self, request: Request, who: Principal) -> Response:
@@ -218,6 +225,15 @@ class Dashboard:
             request, "endpoint.html", who=who, h=rows[0], dead=dead, latest=latest, done=done,
             public=rows[0].endpoint.public(),
         )  # fmt: skip
+
+    async def delivery(self, request: Request, who: Principal) -> Response:
+        delivery_id = _checked_id(request.path_params["id"], "delivery id")
+        queue = self.service.queue
+        delivery = await asyncio.to_thread(queue.delivery, delivery_id)
+        if delivery is None:
+            raise ApiError(404, f"no delivery {delivery_id!r}")
+        attempts = await asyncio.to_thread(queue.attempts, delivery_id)
+        return self.render(request, "delivery.html", who=who, d=delivery, attempts=attempts)
 
     # ---- buttons ---------------------------------------------------------------------------
 

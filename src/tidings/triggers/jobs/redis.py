@@ -353,6 +353,10 @@ class RedisJobQueue:
             ready, running = await pipe.execute()
         return int(ready) + int(running)
 
+    async def dead_count(self) -> int:
+        """Dead jobs (the DLQ), counted."""
+        return int(await self._redis.zcard(self._k["dead"]))
+
     async def dead(self, limit: int = 100) -> list[Job]:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"dead(limit=): expected an int >= 1, got {limit!r}")

@@ -253,6 +253,10 @@ class SqlJobQueue:
         """Jobs pending or running."""
         return int(await asyncio.to_thread(self._one, self._q.depth, ()))
 
+    async def dead_count(self) -> int:
+        """Dead jobs (the DLQ), counted."""
+        return int(await asyncio.to_thread(self._one, self._q.dead_count, ()))
+
     def _dead(self, limit: int) -> list[Job]:
         with self._db.connection() as conn:
             rows = conn.execute(self._q.dead, (limit,)).fetchall()

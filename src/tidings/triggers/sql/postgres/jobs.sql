@@ -70,6 +70,10 @@ SELECT state FROM action_jobs WHERE key = %s
 SELECT (SELECT count(*) FROM action_jobs WHERE state = 'pending')
      + (SELECT count(*) FROM action_jobs WHERE state = 'running')
 
+-- name: dead_count
+-- The DLQ's size (the monitoring figures; partial index action_jobs_dead).
+SELECT count(*) FROM action_jobs WHERE state = 'dead'
+
 -- name: dead
 SELECT key, event_id, trigger_id, action_index, compensation, partition_key, position, action,
     event, attempts, last_error

@@ -20,6 +20,9 @@ FROM tidings_triggers
 -- name: all_triggers
 {columns} ORDER BY id
 
+-- name: count_triggers
+SELECT count(*) FROM tidings_triggers
+
 -- name: insert_trigger
 INSERT INTO tidings_triggers (id, definition, enabled) VALUES (%s, %s::jsonb, %s)
 ON CONFLICT (id) DO NOTHING

@@ -17,6 +17,9 @@ SELECT id, definition, enabled, version, created_at, updated_at FROM tidings_tri
 -- name: all_triggers
 {columns} ORDER BY id
 
+-- name: count_triggers
+SELECT count(*) FROM tidings_triggers
+
 -- name: insert_trigger
 INSERT INTO tidings_triggers (id, definition, enabled, created_at, updated_at)
 VALUES (?, ?, ?, ?, ?)
