@@ -192,8 +192,9 @@ class Watch:
         store = self.hub.store
         while self.reason is None:
             edge = self.hub.position
-            if edge is None:
-                await self.hub.started()
+            if edge is None:  # the hub is starting (a bounded wait: it may fail instead)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.hub.started(), self.hub.poll)
                 continue
             if self.scanned >= edge:
                 self.live = True
