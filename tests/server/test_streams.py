@@ -423,3 +423,17 @@ async def test_sse_resume_on_postgresql_with_concurrent_writers(
     stored = [r.position for r in app.service.store.read_all(0, total + 10)]
     assert len(seen) == len(set(seen)) == total, (len(seen), len(set(seen)))
     assert seen == stored, (seen[:5], stored[:5], len(stored))
+
+
+async def test_an_idle_stream_sends_keep_alive_comments(live: Start) -> None:
+    app = await live(heartbeat=0.2)
+    comments: list[str] = []
+    async with app.session.get(app.url + "/events/stream") as resp:
+        assert resp.headers["Cache-Control"] == "no-store", resp.headers
+        started = time.monotonic()
+        async for raw in resp.content:
+            if raw.startswith(b": keep-alive"):
+                comments.append(raw.decode())
+            if len(comments) >= 3 or time.monotonic() - started > 30:
+                break
+    assert len(comments) >= 3, comments
