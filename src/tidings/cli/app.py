@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -135,15 +136,23 @@ def _config_path(ctx: typer.Context) -> Path | None:
     return Path(env) if env else None
 
 
-@contextmanager
-def _queue(ctx: typer.Context) -> Iterator[Any]:
-    """The delivery queue of the configured store, for commands that work without a server."""
+def parse_time(text: str | None, name: str) -> datetime | None:
+    """An option's ISO 8601 time (``Z`` or an offset; none given means UTC), or exit 2."""
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"{name}: expected an ISO 8601 time like 2026-01-15T10:30:00Z, got {text!r}")
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def existing_store(url: str) -> Any:
+    """The store at ``url`` for a command that works without a server: a SQLite file that
+    does not exist is a mistake (a wrong directory or config), not a new store to create."""
     from tidings.store import open_store  # noqa: PLC0415
     from tidings.store.base import StoreError  # noqa: PLC0415
-    from tidings.webhooks.queue import DeliveryQueue  # noqa: PLC0415
 
-    settings = settings_from(ctx)
-    url = settings.store.url
     if url.startswith("sqlite:"):
         from tidings.store.sqlite import path_of  # noqa: PLC0415
 
@@ -154,12 +163,21 @@ def _queue(ctx: typer.Context) -> Iterator[Any]:
                 "`tidings serve` runs, or pass its config with --config"
             )
     try:
-        store = open_store(url)
+        return open_store(url)
     except StoreError as exc:
         fail(str(exc))
+
+
+@contextmanager
+def _queue(ctx: typer.Context) -> Iterator[Any]:
+    """The delivery queue of the configured store, for commands that work without a server."""
+    from tidings.store.base import StoreError  # noqa: PLC0415
+    from tidings.webhooks.queue import DeliveryQueue  # noqa: PLC0415
+
+    store = existing_store(settings_from(ctx).store.url)
     try:
         try:
-            queue = DeliveryQueue(store)  # type: ignore[arg-type]
+            queue = DeliveryQueue(store)
         except (StoreError, TypeError) as exc:
             fail(str(exc))
         try:

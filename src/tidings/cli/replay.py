@@ -5,7 +5,16 @@ from typing import Annotated
 
 import typer
 
-from tidings.cli.app import _err, _out, _queue, app, fail, settings_from, user_errors
+from tidings.cli.app import (
+    _err,
+    _out,
+    _queue,
+    app,
+    fail,
+    parse_time,
+    settings_from,
+    user_errors,
+)
 
 REPLAY_POLL = 0.5  # seconds between looks at the queue while a replay waits for room
 
@@ -32,7 +41,6 @@ def replay_command(
     The queue's bound holds: a replay fills it to 80% of events.queue_size at most (the rest is
     kept for live events) and waits, with its progress shown, while `tidings serve` drains it.
     """
-    from datetime import UTC, datetime  # noqa: PLC0415
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn  # noqa: PLC0415
 
@@ -40,18 +48,11 @@ def replay_command(
     from tidings.webhooks.queue import REPLAY_SHARE, replay_bound  # noqa: PLC0415
     from tidings.webhooks.worker import Router  # noqa: PLC0415
 
-    def when(text: str | None, name: str) -> datetime | None:
-        if text is None:
-            return None
-        try:
-            value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            fail(f"{name}: expected an ISO 8601 time like 2026-01-15T10:30:00Z, got {text!r}")
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-
     with user_errors():
         criteria = Criteria(
-            types=tuple(types or ()), since=when(since, "--since"), until=when(until, "--until")
+            types=tuple(types or ()),
+            since=parse_time(since, "--since"),
+            until=parse_time(until, "--until"),
         )
     size = settings_from(ctx).events.queue_size
     bound = replay_bound(size)

@@ -12,15 +12,22 @@ import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 import typer
 
-from tidings.cli.app import _config_path, _err, _out, app, fail, settings_from, user_errors
-from tidings.urls import redact_url
+from tidings.cli.app import (
+    _config_path,
+    _err,
+    _out,
+    app,
+    existing_store,
+    fail,
+    parse_time,
+    settings_from,
+    user_errors,
+)
 
 if TYPE_CHECKING:
     from tidings.triggers.backfill import Backfill
@@ -59,26 +66,13 @@ class _Parts:
 def _parts(ctx: typer.Context) -> Iterator[_Parts]:
     """The configured store, the triggers (config file + saved) and the queue's URL."""
     from tidings.cli.config import checked_triggers  # noqa: PLC0415
-    from tidings.store import open_store  # noqa: PLC0415
     from tidings.store.base import StoreError  # noqa: PLC0415
     from tidings.triggers.saved import SavedTriggers, TriggerCatalog  # noqa: PLC0415
 
     settings = settings_from(ctx)
     config_triggers = checked_triggers(settings, _config_path(ctx))
     url = settings.store.url
-    if url.startswith("sqlite:"):
-        from tidings.store.sqlite import path_of  # noqa: PLC0415
-
-        path = path_of(url)
-        if path != ":memory:" and not Path(path).exists():
-            fail(
-                f"no store at {path!r} (store.url {redact_url(url)}); run this where "
-                "`tidings serve` runs, or pass its config with --config"
-            )
-    try:
-        store = open_store(url)
-    except StoreError as exc:
-        fail(str(exc))
+    store = existing_store(url)
     saved = None
     try:
         if url.startswith(("sqlite:", "postgresql:", "postgres:")):
@@ -94,16 +88,6 @@ def _parts(ctx: typer.Context) -> Iterator[_Parts]:
         if saved is not None:
             saved.close()
         store.close()
-
-
-def _when(text: str | None, name: str) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        fail(f"{name}: expected an ISO 8601 time like 2026-01-15T10:30:00Z, got {text!r}")
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @triggers_app.command("list")
@@ -244,7 +228,7 @@ def triggers_replay(
 
     Example: tidings triggers replay --since 2026-01-15T00:00:00Z --trigger big-orders
     """
-    kw = {"since": _when(since, "--since"), "until": _when(until, "--until")}
+    kw = {"since": parse_time(since, "--since"), "until": parse_time(until, "--until")}
     _run(ctx, "replay", kw, trigger, None, batch)
 
 
@@ -282,8 +266,8 @@ def triggers_backfill(
         fail("give --from or --since, not both")
     kw: dict[str, Any] = {
         "after_position": start or 0,
-        "since": _when(since, "--since"),
-        "until": _when(until, "--until"),
+        "since": parse_time(since, "--since"),
+        "until": parse_time(until, "--until"),
         "types": tuple(types or ()),
     }
     _run(ctx, "backfill", kw, trigger, to, batch)
