@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from tests.server.conftest import free_port
 from tidings.cli import app
 from tidings.config import load
+from tidings.store import open_store
 
 ADMIN = "cli-admin-key-0123456789abcdef"
 READER = "cli-reader-key-0123456789abcdef"
@@ -155,6 +156,9 @@ def test_tail_follows_live_events_coloured_or_json(server: dict[str, str]) -> No
 
 def test_tail_and_publish_straight_against_a_store(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'direct.db'}"
+    missing = run({}, "tail", "--store", url)
+    assert missing.returncode == 2 and "direct.db" in missing.stderr, missing.stderr
+    open_store(url).close()  # a store made on purpose (`tidings migrate URL` does the same)
     done = run({}, "publish", f"{NS}.direct", "--store", url, "--data", "[1, 2]")
     assert done.returncode == 0 and "at #1" in done.stdout, (done.stdout, done.stderr)
     run({}, "publish", f"{NS}.else", "--store", url)

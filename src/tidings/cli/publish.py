@@ -123,13 +123,10 @@ def publish_command(
 
 
 def _append(url: str, events: list[Any], advance: Any) -> list[int]:
-    from tidings.store import open_store  # noqa: PLC0415
+    from tidings.cli.tail import store_option  # noqa: PLC0415
     from tidings.store.base import StoreError  # noqa: PLC0415
 
-    try:
-        store = open_store(url)
-    except (StoreError, ValueError) as exc:
-        fail(f"--store: {exc}")
+    store = store_option(url)
     try:
         positions: list[int] = []
         for start in range(0, len(events), BATCH):

@@ -18,10 +18,19 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from tidings.cli.app import EXIT_FAILURE, EXIT_INTERRUPTED, _err, _out, app, fail, user_errors
+from tidings.cli.app import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    _err,
+    _out,
+    app,
+    existing_store,
+    fail,
+    user_errors,
+)
 from tidings.cli.client import ApiKeyOption, Unreachable, UrlOption, client_from
 
-__all__ = ["event_line"]
+__all__ = ["event_line", "store_option"]
 
 STORE_POLL = 0.2  # seconds between reads of a store's log when nothing was new
 RECONNECT_FOR = 30.0  # seconds tail waits for a server that stopped or went away
@@ -150,13 +159,9 @@ def _from_server(
 
 def _from_store(url: str, patterns: list[str], after: int | None) -> Iterator[dict[str, Any]]:
     from tidings.server.browse import stored_event  # noqa: PLC0415
-    from tidings.store import open_store  # noqa: PLC0415
     from tidings.store.base import Criteria, StoreError  # noqa: PLC0415
 
-    try:
-        store = open_store(url)
-    except (StoreError, ValueError) as exc:
-        fail(f"--store: {exc}")
+    store = store_option(url)
     try:
         criteria = Criteria(types=tuple(patterns))
         position = store.head() if after is None else after
@@ -178,3 +183,11 @@ def _from_store(url: str, patterns: list[str], after: int | None) -> Iterator[di
 def _note(message: str) -> None:
     console: Console = _err()
     console.print(message, style="yellow", markup=False)
+
+
+def store_option(url: str) -> Any:
+    """The store of ``--store`` (a SQLite file must exist: a new one would hold nothing)."""
+    try:
+        return existing_store(url)
+    except ValueError as exc:  # not a store URL at all
+        fail(f"--store: {exc}")
