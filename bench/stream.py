@@ -304,11 +304,12 @@ def report_figures(
         return
     drop = 1 - statistics.median(watched) / statistics.median(alone)
     rounds = f"{opts.rounds} round{'s' if opts.rounds > 1 else ''}"
+    load = os.getloadavg()[0]
     print(
         f"work: offered {opts.rate:,} events/s ({BATCH} per POST every {TICK * 1000:.0f} ms) for "
         f"{opts.seconds:g} s, {rounds} of each, interleaved; {opts.watchers} SSE watchers of "
         f"'**' in a child process; SQLite store; Python {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs"
+        f"{os.cpu_count()} CPUs (load average {load:.1f} at the end)"
     )
     print(f"stream.ingest.alone: {_rate(alone)}")
     print(f"stream.ingest.watched: {_rate(watched)} · drop {drop:.1%} "
@@ -328,9 +329,18 @@ def report_figures(
     print(f"stream.lag.all: {dist(all_lags)}")
 
 
+def _run(coro: Any) -> int:
+    """uvloop when installed (as `tidings serve` runs on it), so clients cost what they would."""
+    try:
+        import uvloop  # noqa: PLC0415
+    except ImportError:
+        return int(asyncio.run(coro))
+    return int(uvloop.run(coro))
+
+
 def main(argv: Sequence[str]) -> int:
     if argv[:1] == ["--watch"]:
-        return asyncio.run(watchers_main(argv[1], int(argv[2])))
+        return _run(watchers_main(argv[1], int(argv[2])))
     opts = parse(argv)
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
-        return asyncio.run(run(opts, Path(tmp)))
+        return _run(run(opts, Path(tmp)))

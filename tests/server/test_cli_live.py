@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,23 +32,21 @@ def _env(**extra: str) -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **extra}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A `tidings serve` process with an admin and a read key; yields the client env."""
-    tmp = tmp_path_factory.mktemp("cli")
-    port = free_port()
+def start_server(tmp: Path, port: int, keys: bool = True) -> subprocess.Popen[bytes]:
+    """`tidings serve` on ``port`` with its store in ``tmp`` (an admin and a read key unless
+    told not to); returns once /health answers."""
     config = tmp / "tidings.yaml"
+    server: dict[str, Any] = {"port": port}
+    if keys:
+        server["api_keys"] = [
+            {"name": "ops", "key": ADMIN, "scopes": ["admin"]},
+            {"name": "dash", "key": READER, "scopes": ["read"]},
+        ]
     config.write_text(
         yaml.safe_dump(
             {
                 "store": {"url": f"sqlite:///{tmp / 'tidings.db'}"},
-                "server": {
-                    "port": port,
-                    "api_keys": [
-                        {"name": "ops", "key": ADMIN, "scopes": ["admin"]},
-                        {"name": "dash", "key": READER, "scopes": ["read"]},
-                    ],
-                },
+                "server": server,
                 "events": {"allow_networks": ["127.0.0.0/8"]},
             }
         )
@@ -55,24 +54,30 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     log = tmp / "serve.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "tidings", "--config", str(config), "serve"],
-        stdout=log.open("wb"),
+        stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
         env=_env(),
         cwd=tmp,
     )
-    url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
-    import urllib.request  # noqa: PLC0415
-
     while True:
         try:
-            with urllib.request.urlopen(url + "/health", timeout=2):
-                break
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return proc
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
                 raise AssertionError(f"serve did not start: {log.read_text()[-2000:]}") from None
             time.sleep(0.1)
-    yield {"TIDINGS_URL": url, "TIDINGS_API_KEY": ADMIN, "TMP": str(tmp)}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A `tidings serve` process with an admin and a read key; yields the client env."""
+    tmp = tmp_path_factory.mktemp("cli")
+    port = free_port()
+    proc = start_server(tmp, port)
+    yield {"TIDINGS_URL": f"http://127.0.0.1:{port}", "TIDINGS_API_KEY": ADMIN, "TMP": str(tmp)}
     proc.send_signal(signal.SIGTERM)
     proc.wait(20)
 
@@ -242,3 +247,31 @@ def test_every_new_command_has_help_with_examples(command: list[str]) -> None:
     result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "120"})
     assert result.exit_code == 0, result.output
     assert "Example" in result.output and f"tidings {' '.join(command)}" in result.output
+
+
+def test_tail_waits_for_a_restarted_server_and_resumes(tmp_path: Path) -> None:
+    port = free_port()
+    env = {"TIDINGS_URL": f"http://127.0.0.1:{port}"}
+    first = start_server(tmp_path, port, keys=False)
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "tail", f"{NS}.restart", "--json", "--count", "3"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(**env),
+    )  # fmt: skip
+    second = None
+    try:
+        time.sleep(3)  # connected
+        assert run(env, "publish", f"{NS}.restart", "--data", "1").returncode == 0
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(20) == 0
+        store = f"sqlite:///{tmp_path / 'tidings.db'}"  # while the server is down
+        assert run(env, "publish", f"{NS}.restart", "--store", store, "--data", "2").returncode == 0
+        second = start_server(tmp_path, port, keys=False)
+        assert run(env, "publish", f"{NS}.restart", "--data", "3").returncode == 0
+        out, err = tail.communicate(timeout=60)
+    finally:
+        for p in (tail, first, second):
+            if p is not None and p.poll() is None:
+                p.kill()
+    assert tail.returncode == 0, err
+    assert [item["event"]["data"] for item in json_lines(out)] == [1, 2, 3], (out, err)
+    assert "reconnecting" in err, err

@@ -25,6 +25,7 @@ import yaml
 
 from tests.server.conftest import free_port
 from tests.server.test_serve_process import start_serve, wait_exit
+from tests.server.test_webhooks_more import pg_store  # noqa: F401 (a fixture)
 from tidings.config import load
 from tidings.server.app import create_app
 from tidings.server.service import Service
@@ -391,3 +392,48 @@ async def test_sigterm_ends_open_streams_and_serve_exits(tmp_path: Path) -> None
             if p.poll() is None:
                 p.kill()
                 p.wait(10)
+
+
+async def test_sse_resume_on_postgresql_with_concurrent_writers(
+    live: Start,
+    pg_store: str,  # noqa: F811 (the fixture imported above)
+) -> None:
+    """PostgreSQL commits concurrent appends out of position order; the stream reads up to the
+    store's safe horizon only, so a resumed client still sees every position once."""
+    app = await live({"store": {"url": pg_store}})
+    per_writer, writers, first_part = 2_000, 3, 2_500
+    total = per_writer * writers
+    seen: list[int] = []
+    url = app.url + "/events/stream?pattern=i13stream.**"
+    async with app.session.get(url) as resp:
+        assert resp.status == 200
+        publishers = asyncio.gather(
+            *(app.publish(per_writer, f"{NS}.pg{w}", batch=50) for w in range(writers))
+        )
+        async for msg in sse_events(resp):
+            seen.append(int(msg["id"]))
+            if len(seen) >= first_part:
+                break
+    async with app.session.get(url, headers={"Last-Event-ID": str(seen[-1])}) as resp:
+        async for msg in sse_events(resp):
+            seen.append(int(msg["id"]))
+            if len(seen) >= total:
+                break
+    await publishers
+    stored = [r.position for r in app.service.store.read_all(0, total + 10)]
+    assert len(seen) == len(set(seen)) == total, (len(seen), len(set(seen)))
+    assert seen == stored, (seen[:5], stored[:5], len(stored))
+
+
+async def test_an_idle_stream_sends_keep_alive_comments(live: Start) -> None:
+    app = await live(heartbeat=0.2)
+    comments: list[str] = []
+    async with app.session.get(app.url + "/events/stream") as resp:
+        assert resp.headers["Cache-Control"] == "no-store", resp.headers
+        started = time.monotonic()
+        async for raw in resp.content:
+            if raw.startswith(b": keep-alive"):
+                comments.append(raw.decode())
+            if len(comments) >= 3 or time.monotonic() - started > 30:
+                break
+    assert len(comments) >= 3, comments

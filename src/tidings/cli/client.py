@@ -9,6 +9,7 @@ is wrong); an unreachable server or a 5xx exits 1.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import urllib.error
@@ -22,7 +23,7 @@ import typer
 
 from tidings.cli.app import EXIT_FAILURE, fail, settings_from
 
-__all__ = ["ApiKeyOption", "Client", "UrlOption", "client_from"]
+__all__ = ["ApiKeyOption", "Client", "Unreachable", "UrlOption", "client_from"]
 
 UrlOption = Annotated[
     str | None,
@@ -43,6 +44,10 @@ ApiKeyOption = Annotated[
     ),
 ]
 TIMEOUT = 30.0  # seconds for one request (a stream waits longer: it has heartbeats)
+
+
+class Unreachable(Exception):
+    """The server could not be reached, or the connection to it broke."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +73,13 @@ class Client:
         return headers
 
     def _open(
-        self, method: str, path: str, body: Any, headers: dict[str, str], timeout: float
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        headers: dict[str, str],
+        timeout: float,
+        patient: bool = False,
     ) -> Any:
         data = None if body is None else json.dumps(body).encode()
         if data is not None:
@@ -80,6 +91,8 @@ class Client:
             self._refused(exc)
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
+            if patient:
+                raise Unreachable(str(reason)) from None
             fail(
                 f"cannot reach the tidings server at {self.url}: {reason}; start it with "
                 "`tidings serve`, or point --url (TIDINGS_URL) at it",
@@ -104,23 +117,37 @@ class Client:
             raw = resp.read()
         return json.loads(raw) if raw else None
 
-    def stream(self, path: str, last_id: str | None = None) -> Iterator[Message]:
-        """Server-Sent Events of ``path`` until the server ends the stream."""
+    def stream(
+        self, path: str, last_id: str | None = None, patient: bool = False
+    ) -> Iterator[Message]:
+        """Server-Sent Events of ``path`` until the server ends the stream; first an ``open``
+        message. ``patient``: a server away or gone raises ``Unreachable`` (the caller may
+        try again) instead of ending the command."""
         headers = self._headers({"Accept": "text/event-stream"})
         if last_id is not None:
             headers["Last-Event-ID"] = last_id
-        with self._open("GET", path, None, headers, 120.0) as resp:
-            fields: dict[str, str] = {}
-            for raw in resp:
-                line = raw.decode("utf-8", "replace").rstrip("\r\n")
-                if not line:
-                    if "data" in fields:
-                        kind = fields.get("event", "message")
-                        yield Message(fields.get("id"), kind, fields["data"])
-                    fields = {}
-                elif not line.startswith(":"):
-                    name, _, value = line.partition(":")
-                    fields[name] = value[1:] if value.startswith(" ") else value
+        with self._open("GET", path, None, headers, 120.0, patient) as resp:
+            yield Message(None, "open", "")
+            try:
+                yield from self._messages(resp)
+            except (OSError, http.client.HTTPException) as exc:
+                if not patient:
+                    fail(f"the stream from {self.url} broke: {exc}", EXIT_FAILURE)
+                raise Unreachable(str(exc) or type(exc).__name__) from None
+
+    @staticmethod
+    def _messages(resp: Any) -> Iterator[Message]:
+        fields: dict[str, str] = {}
+        for raw in resp:
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            if not line:
+                if "data" in fields:
+                    kind = fields.get("event", "message")
+                    yield Message(fields.get("id"), kind, fields["data"])
+                fields = {}
+            elif not line.startswith(":"):
+                name, _, value = line.partition(":")
+                fields[name] = value[1:] if value.startswith(" ") else value
 
 
 def quote(part: str) -> str:

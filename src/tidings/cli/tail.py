@@ -19,11 +19,12 @@ from rich.console import Console
 from rich.text import Text
 
 from tidings.cli.app import EXIT_FAILURE, EXIT_INTERRUPTED, _err, _out, app, fail, user_errors
-from tidings.cli.client import ApiKeyOption, UrlOption, client_from
+from tidings.cli.client import ApiKeyOption, Unreachable, UrlOption, client_from
 
 __all__ = ["event_line"]
 
 STORE_POLL = 0.2  # seconds between reads of a store's log when nothing was new
+RECONNECT_FOR = 30.0  # seconds tail waits for a server that stopped or went away
 _COLOURS = ("cyan", "green", "yellow", "magenta", "blue", "bright_red", "bright_green")
 
 TAIL_EXAMPLES = """\
@@ -110,24 +111,41 @@ def tail_command(
 def _from_server(
     ctx: typer.Context, url: str | None, key: str | None, patterns: list[str], after: int | None
 ) -> Iterator[dict[str, Any]]:
+    """Events from the server's stream. A cut-off resumes at once; a server that stops or
+    goes away is waited for (``RECONNECT_FOR`` seconds), then the stream resumes after the last
+    event printed. A server never reached is an error at once."""
     client = client_from(ctx, url, key)
     query = [("pattern", p) for p in patterns]
     if after is not None:
         query.append(("after", str(after)))
     path = "/events/stream?" + urllib.parse.urlencode(query)
     last: str | None = None
+    opened = False
+    down_since: float | None = None
     while True:
-        for msg in client.stream(path, last):
-            if msg.event == "error":
-                reason = json.loads(msg.data).get("detail", msg.data)
-                if "too slow" not in reason:
-                    fail(f"the server ended the stream: {reason}", EXIT_FAILURE)
-                _note(f"the server cut the stream off ({reason}); resuming after #{last}")
-                break
-            last = msg.id
-            yield json.loads(msg.data)
-        else:
-            fail("the server closed the stream", EXIT_FAILURE)
+        why = "the server closed the stream"
+        try:
+            for msg in client.stream(path, last, patient=opened):
+                if msg.event == "open":
+                    opened, down_since = True, None
+                    continue
+                if msg.event == "error":
+                    why = json.loads(msg.data).get("detail", msg.data)
+                    break
+                last = msg.id
+                yield json.loads(msg.data)
+        except Unreachable as exc:
+            why = f"the server is not reachable: {exc}"
+        if "too slow" in why:
+            _note(f"the server cut the stream off ({why}); resuming after #{last}")
+            continue
+        now = time.monotonic()
+        if down_since is None:
+            down_since = now
+            _note(f"{why}; reconnecting (for up to {RECONNECT_FOR:.0f} s)")
+        elif now - down_since > RECONNECT_FOR:
+            fail(f"{why}; gave up after {RECONNECT_FOR:.0f} s", EXIT_FAILURE)
+        time.sleep(1.0)
 
 
 def _from_store(url: str, patterns: list[str], after: int | None) -> Iterator[dict[str, Any]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 from collections.abc import AsyncIterator
 
@@ -179,6 +180,10 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> Starlette:
     hub = Hub(service.store)
     stream_ops, stream_routes = stream_operations(hub)
     ops[0:0] = stream_ops  # /events/stream before /events/{id} (the first path that fits wins)
+    ops = [  # streams see accepted events at once, not at the next poll of the store
+        dataclasses.replace(o, handler=hub.waking(o.handler)) if o.path == "/events" and
+        o.method == "POST" else o for o in ops
+    ]  # fmt: skip
     dashboard = Dashboard(service, Api(service))  # pages, not API operations: not in the spec
     spec: dict[str, object] = {}
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -27,7 +28,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tidings.server.auth import require
 from tidings.server.browse import stored_event
-from tidings.server.operations import Operation
+from tidings.server.operations import Handler, Operation
 from tidings.server.params import Param, Query
 from tidings.server.problems import ApiError
 from tidings.store.base import EventStore, Recorded
@@ -40,6 +41,7 @@ log = logging.getLogger("tidings.server")
 BUFFER = 2_000  # events one client may have waiting before it is cut off
 HEARTBEAT = 15.0  # seconds between SSE keep-alive comments when nothing happens
 POLL = 0.05  # seconds between reads of the log when nothing woke the hub
+GAP = 0.025  # seconds between reads at the least, when writes wake the hub
 PAGE = 1_000  # events per read of the log
 
 STREAM_QUERY = (
@@ -190,8 +192,9 @@ class Watch:
         store = self.hub.store
         while self.reason is None:
             edge = self.hub.position
-            if edge is None:
-                await self.hub.started()
+            if edge is None:  # the hub is starting (a bounded wait: it may fail instead)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.hub.started(), self.hub.poll)
                 continue
             if self.scanned >= edge:
                 self.live = True
@@ -250,6 +253,18 @@ class Hub:
         """Read the log now (e.g. after an accept), not at the next poll."""
         self._wake.set()
 
+    def waking(self, handler: Handler) -> Handler:
+        """``handler`` (one that stores events), then ``wake``: the streams see its events
+        without waiting for the next poll."""
+
+        async def wrapper(request: Request) -> Response:
+            response = await handler(request)
+            if response.status_code < 300 and self.watches:
+                self._wake.set()
+            return response
+
+        return wrapper
+
     async def started(self) -> None:
         """Wait until the hub knows the live edge."""
         await self._edge.wait()
@@ -264,6 +279,8 @@ class Hub:
                 # a page is at most a quarter of a client's buffer, and clients run between
                 # pages: a burst does not cut off a client that keeps up
                 size = max(1, min(self.page, self.buffer // 4))
+                self._wake.clear()  # before the read: a write during it wakes the next wait
+                read_at = time.monotonic()
                 records = await self.store.aread_all(self.position, size)
                 if records:
                     page = Batch([Item(r) for r in records])
@@ -272,9 +289,13 @@ class Hub:
                     self.position = records[-1].position
                     await asyncio.sleep(0)
                 if len(records) < size:
-                    self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.poll)
+                    # woken by a write: read after GAP at the soonest, so a flood of small
+                    # writes makes pages of several, not one read and one send per write
+                    rest = GAP - (time.monotonic() - read_at)
+                    if rest > 0:
+                        await asyncio.sleep(rest)
         except Exception as exc:  # the store failed: end the streams with the reason
             log.error("live stream: reading the store failed: %s", exc)
             for watch in list(self.watches):
