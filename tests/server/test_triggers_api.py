@@ -39,7 +39,7 @@ RO, RW = bearer(READER), bearer(ADMIN)
 
 YAML_TRIGGER = {
     "id": "from-yaml",
-    "pattern": "user.*",
+    "pattern": "svtest.user.*",
     "actions": [{"type": "webhook", "url": "https://ops:s3cret@hooks.example.com/x"}],
 }
 
@@ -62,7 +62,7 @@ def config(store_url: str | None = None) -> dict[str, Any]:
 def big(trigger_id: str = "big-orders", **changes: Any) -> dict[str, Any]:
     raw: dict[str, Any] = {
         "id": trigger_id,
-        "pattern": "order.*",
+        "pattern": "svtest.order.*",
         "condition": "data.amount > 100",
         "actions": [{"type": "log", "name": "note"}],
     }
@@ -114,7 +114,10 @@ async def test_crud_round_trip_with_scopes(serve: Start, store_url: str) -> None
     status, replaced = await app.request("PUT", "/triggers/big-orders", edited, headers=RW)
     assert status == 200 and replaced["version"] == 2, replaced
     status, created = await app.request(
-        "PUT", "/triggers/other", {"pattern": "x.*", "actions": [{"type": "log"}]}, headers=RW
+        "PUT",
+        "/triggers/other",
+        {"pattern": "svtest.x.*", "actions": [{"type": "log"}]},
+        headers=RW,
     )
     assert status == 201 and created["id"] == "other", created
 
@@ -168,7 +171,7 @@ async def test_bad_definitions_are_422_naming_the_field(serve: Start) -> None:
     )
     assert status == 422 and body["field"].startswith("actions[0]"), body
     status, body = await app.request(
-        "PATCH", "/triggers/big-orders", {"pattern": "order..x"}, headers=RW
+        "PATCH", "/triggers/big-orders", {"pattern": "svtest.order..x"}, headers=RW
     )
     assert status == 422 and body["field"] == "pattern", body
     status, body = await app.request("PUT", "/triggers/big-orders", big("else"), headers=RW)
@@ -203,7 +206,9 @@ async def test_results_dlq_and_status_agree_with_the_database(serve: Start, tmp_
     db = tmp_path / "tidings.db"
     app = await serve(config(f"sqlite:///{db}"))
     store = app.service.store
-    events = [Event(type="order.placed", source="t", data={"amount": n}) for n in (5, 500, 900)]
+    events = [
+        Event(type="svtest.order.placed", source="t", data={"amount": n}) for n in (5, 500, 900)
+    ]
     recorded = await store.aappend(events)
     url = f"sqlite:///{db}"
     results = ActionResults(url)
@@ -294,7 +299,7 @@ async def test_a_saved_trigger_runs_and_a_change_reaches_the_processor(
     assert app.service.triggers is None
     status, body = await app.post("/triggers", big(), headers=RW)
     assert status == 201, body
-    control = {"id": "control", "pattern": "order.*", "actions": [{"type": "log"}]}
+    control = {"id": "control", "pattern": "svtest.order.*", "actions": [{"type": "log"}]}
     status, body = await app.post("/triggers", control, headers=RW)
     assert status == 201, body
     assert app.service.triggers is not None
@@ -311,7 +316,7 @@ async def test_a_saved_trigger_runs_and_a_change_reaches_the_processor(
         raise AssertionError(f"results of {event_id}: expected {count} succeeded, saw {seen}")
 
     status, accepted = await app.post(
-        "/events", {"type": "order.placed", "data": {"amount": 500}}, headers=RW
+        "/events", {"type": "svtest.order.placed", "data": {"amount": 500}}, headers=RW
     )
     assert status == 202, accepted
     first = accepted["ids"][0]
@@ -322,7 +327,7 @@ async def test_a_saved_trigger_runs_and_a_change_reaches_the_processor(
     assert status == 200 and body["enabled"] is False, body
     # the server's own processor sees its API's change at once (no 0.5 s wait)
     status, accepted = await app.post(
-        "/events", {"type": "order.placed", "data": {"amount": 700}}, headers=RW
+        "/events", {"type": "svtest.order.placed", "data": {"amount": 700}}, headers=RW
     )
     second = accepted["ids"][0]
     got = await results_of(second, 1)
@@ -341,7 +346,7 @@ async def test_dlq_and_status_with_a_redis_queue(serve: Start, tmp_path: Path) -
     queue = RedisJobQueue(queue_url)
     try:
         recorded = await app.service.store.aappend(
-            [Event(type="order.placed", source="t", data={"amount": n}) for n in (1, 2, 3)]
+            [Event(type="svtest.order.placed", source="t", data={"amount": n}) for n in (1, 2, 3)]
         )
         spec = ActionSpec(type="log")
         jobs = [Job.for_event(r.event, "t1", 0, spec, position=r.position) for r in recorded]

@@ -44,6 +44,7 @@ from tidings.server.triggers_schemas import (
     TriggerResultPage,
     TriggerStatus,
 )
+from tidings.triggers.actions.untrusted import untrusted_action_validator
 from tidings.triggers.definitions import TriggerError
 from tidings.triggers.jobs import JobQueue, open_job_queue
 from tidings.triggers.monitoring import Monitor, processor_checkpoints
@@ -151,7 +152,10 @@ class TriggersApi:
         async with self._lock:
             if self._saved is None:
                 url = self.service.settings.store.url
-                self._saved = await asyncio.to_thread(SavedTriggers, url, config_ids=ids)
+                check = untrusted_action_validator(self.service.allow_networks)  # SSRF guard
+                self._saved = await asyncio.to_thread(
+                    SavedTriggers, url, config_ids=ids, validate_action=check
+                )
             self._saved.config_ids = ids  # the file may have been reloaded (SIGHUP)
             return self._saved
 

@@ -26,10 +26,10 @@ from tidings.triggers.jobs.redis import RedisJobQueue
 from tidings.triggers.saved import SavedTriggers
 
 TRIGGERS: list[dict[str, Any]] = [
-    {"id": "big", "pattern": "order.*", "condition": "data.amount > 100",
+    {"id": "big", "pattern": "svtest.order.*", "condition": "data.amount > 100",
      "actions": [{"type": "log"}, {"type": "log", "name": "again"}]},
-    {"id": "all-users", "pattern": "user.*", "actions": [{"type": "log"}]},
-    {"id": "typed", "pattern": "order.*", "condition": "data.amount >= 20",
+    {"id": "all-users", "pattern": "svtest.user.*", "actions": [{"type": "log"}]},
+    {"id": "typed", "pattern": "svtest.order.*", "condition": "data.amount >= 20",
      "actions": [{"type": "log"}]},
 ]  # fmt: skip
 
@@ -38,21 +38,21 @@ def events(n: int) -> list[Event]:
     out = []
     for i in range(n):
         if i % 3 == 0:
-            out.append(Event(type="user.joined", source="t", data={"i": i}))
+            out.append(Event(type="svtest.user.joined", source="t", data={"i": i}))
         else:
             amount: Any = "many" if i == 5 else i * 10  # "many" >= 20 raises in `typed`
-            out.append(Event(type="order.placed", source="t", data={"amount": amount}))
+            out.append(Event(type="svtest.order.placed", source="t", data={"amount": amount}))
     return out
 
 
 def expected_jobs(evs: list[Event]) -> dict[str, int]:
     big = sum(
-        2 for e in evs if e.type == "order.placed" and isinstance(e.data["amount"], int)
+        2 for e in evs if e.type == "svtest.order.placed" and isinstance(e.data["amount"], int)
         and e.data["amount"] > 100
     )  # fmt: skip
-    users = sum(1 for e in evs if e.type == "user.joined")
+    users = sum(1 for e in evs if e.type == "svtest.user.joined")
     typed = sum(
-        1 for e in evs if e.type == "order.placed" and isinstance(e.data["amount"], int)
+        1 for e in evs if e.type == "svtest.order.placed" and isinstance(e.data["amount"], int)
         and e.data["amount"] >= 20
     )  # fmt: skip
     return {"big": big, "all-users": users, "typed": typed}
@@ -72,7 +72,7 @@ async def test_running_twice_enqueues_nothing_new(queue_url: tuple[str, str]) ->
                                progress=lambda r: seen.append(r.events))  # fmt: skip
         total = sum(want.values())
         assert (first.events, first.enqueued, first.duplicates) == (60, total, 0), first
-        # "many" raises in both conditions of order.*: counted, the others go on
+        # "many" raises in both conditions of svtest.order.*: counted, the others go on
         assert first.condition_errors == 2, first
         assert sorted(e.split("trigger ")[1][:7] for e in first.errors) == ["'big': ", "'typed'"]
         assert seen == sorted(seen) and seen[-1] == 60 and len(seen) == 9, seen
@@ -109,7 +109,7 @@ async def test_chosen_triggers_and_a_position_window(tmp_path: Path) -> None:
             store, index, queue, Criteria(after_position=recorded[8].position),
             only=only, until_position=recorded[19].position, batch=4,
         )  # fmt: skip
-        users = sum(1 for r in window if r.event.type == "user.joined")
+        users = sum(1 for r in window if r.event.type == "svtest.user.joined")
         assert (report.events, report.enqueued) == (11, users), report
         assert report.last_position == recorded[19].position
         with pytest.raises(ValueError, match="no such trigger"):
@@ -147,7 +147,7 @@ def test_commands_list_replay_backfill(runner: CliRunner, configured: tuple[Path
     path, url = configured
     saved = SavedTriggers(url, config_ids={"big", "all-users"})
     try:
-        saved.create({"id": "api-one", "pattern": "order.*", "actions": [{"type": "log"}]})
+        saved.create({"id": "api-one", "pattern": "svtest.order.*", "actions": [{"type": "log"}]})
     finally:
         saved.close()
     listed = runner.invoke(app, ["--config", str(path), "triggers", "list"])
@@ -173,7 +173,7 @@ def test_commands_list_replay_backfill(runner: CliRunner, configured: tuple[Path
     )
     assert replay.exit_code == 0, replay.output
     users = expected_jobs(events(30))["all-users"]
-    orders = sum(1 for e in events(30) if e.type == "order.placed")
+    orders = sum(1 for e in events(30) if e.type == "svtest.order.placed")
     assert f"{users + orders} jobs enqueued, {big} already queued" in replay.output, replay.output
 
     queue = open_job_queue("store", url)

@@ -49,7 +49,7 @@ async def test_figures_equal_the_database(db_url: str) -> None:
         assert empty.head == 0 and empty.lag_events == 0 and empty.match_rate is None
 
         recorded = await store.aappend(
-            [Event(type="order.placed", source="t", data={"n": i}) for i in range(8)]
+            [Event(type="svtest.order.placed", source="t", data={"n": i}) for i in range(8)]
         )
         spec = ActionSpec(type="log")
         jobs = [Job.for_event(r.event, "t1", 0, spec, position=r.position) for r in recorded[:3]]

@@ -16,7 +16,7 @@ from tidings.triggers.saved import SavedTriggers, TriggerCatalog, TriggerConflic
 def definition(trigger_id: str = "big", **changes: Any) -> dict[str, Any]:
     raw: dict[str, Any] = {
         "id": trigger_id,
-        "pattern": "order.*",
+        "pattern": "svtest.order.*",
         "condition": "data.amount > 100",
         "actions": [{"type": "log"}],
     }
@@ -39,7 +39,7 @@ def test_create_get_list_replace_patch_delete(saved: SavedTriggers) -> None:
     assert made.id == "big" and made.version == 1 and made.enabled
     assert made.definition["condition"] == "data.amount > 100"
     assert saved.version() == v0 + 1
-    saved.create(definition("a-first", pattern="user.*"))
+    saved.create(definition("a-first", pattern="svtest.user.*"))
     assert [t.id for t in saved.list()] == ["a-first", "big"] and saved.count() == 2
     assert [t.id for t in saved.list(after="a-first", limit=1)] == ["big"]
 
@@ -47,7 +47,9 @@ def test_create_get_list_replace_patch_delete(saved: SavedTriggers) -> None:
     assert not created and replaced.version == 2
     assert replaced.trigger.condition is not None
     assert replaced.trigger.condition.text == "data.amount > 5"
-    fresh, created = saved.replace("new-one", {"pattern": "x.*", "actions": [{"type": "log"}]})
+    fresh, created = saved.replace(
+        "new-one", {"pattern": "svtest.x.*", "actions": [{"type": "log"}]}
+    )
     assert created and fresh.id == "new-one"
 
     patched = saved.patch("big", {"description": "large orders", "condition": None})
@@ -105,7 +107,7 @@ def test_config_ids_cannot_be_written(saved: SavedTriggers) -> None:
 
 def test_catalog_merges_config_and_saved_and_picks_up_changes(saved: SavedTriggers) -> None:
     now = [0.0]
-    yaml = parse_trigger(definition("from-yaml", pattern="user.*"))
+    yaml = parse_trigger(definition("from-yaml", pattern="svtest.user.*"))
     catalog = TriggerCatalog([yaml], saved, check_every=0.5, clock=lambda: now[0])
     assert [t.id for t in catalog()] == ["from-yaml"]
     saved.create(definition())
@@ -113,7 +115,7 @@ def test_catalog_merges_config_and_saved_and_picks_up_changes(saved: SavedTrigge
     now[0] += 0.6
     index = catalog()
     assert [t.id for t in index] == ["from-yaml", "big"]
-    event = Event(type="order.placed", source="test", data={"amount": 500})
+    event = Event(type="svtest.order.placed", source="test", data={"amount": 500})
     assert [t.id for t in index.matched(event)] == ["big"]
     rebuilds = catalog.rebuilds
     now[0] += 0.6

@@ -9,7 +9,8 @@ so no secret sits in a trigger definition), ``timeout`` (seconds, default 10).
 Header values are never built from raw event text with line breaks in them: a subject,
 recipient or sender that would hold CR or LF is refused (at load when the option's own text
 has one; when the job runs if an event value brings one, and that job goes dead, since no
-retry changes the event). The body may hold any text. The Message-ID is derived from the job
+retry changes the event). A recipient or sender must render to one address, so an event
+value cannot add recipients. The body may hold any text. The Message-ID is derived from the job
 key, so a mail sent twice (at-least-once) carries one id that receivers can deduplicate.
 """
 
@@ -21,7 +22,7 @@ import smtplib
 import ssl
 from collections.abc import Mapping
 from email.message import EmailMessage
-from email.utils import formatdate
+from email.utils import formatdate, getaddresses
 from typing import Any
 
 from tidings.triggers.actions.base import (
@@ -68,6 +69,19 @@ def _header(name: str, value: str) -> str:
     return value
 
 
+def _address(name: str, value: str) -> str:
+    """One mailbox, as a To or From header holds it: an event value such as
+    ``"a@x, spy@evil"`` would otherwise add recipients (smtplib mails every address of To)."""
+    value = _header(name, value)
+    found = getaddresses([value])
+    if len(found) != 1 or "@" not in found[0][1]:
+        raise PermanentActionError(
+            f"email action: the {name} header would be {value[:80]!r}, not one address; "
+            "refused (a template value must be a single address: give several in a list)"
+        )
+    return value
+
+
 class EmailAction:
     def __init__(self, options: Mapping[str, Any]) -> None:
         options = check_options("email", options, _OPTIONS)
@@ -102,8 +116,8 @@ class EmailAction:
         """The mail for ``ctx`` (rendered; headers checked)."""
         event = ctx.event
         msg = EmailMessage()
-        msg["From"] = _header("From", self.sender.render(event))
-        msg["To"] = ", ".join(_header("To", t.render(event)) for t in self.to)
+        msg["From"] = _address("From", self.sender.render(event))
+        msg["To"] = ", ".join(_address("To", t.render(event)) for t in self.to)
         msg["Subject"] = _header("Subject", self.subject.render(event))
         msg["Date"] = formatdate(usegmt=True)
         msg["Message-ID"] = f"<{derived_id(ctx.key, event, 'email')}@tidings>"

@@ -25,6 +25,7 @@ from tidings.triggers.actions.base import (
     derived_id,
     option_str,
 )
+from tidings.urls import redact_url
 
 if TYPE_CHECKING:
     from tidings.webhooks.queue import DeliveryQueue
@@ -45,8 +46,9 @@ class WebhookAction:
         if self.url is not None:
             parts = urlsplit(self.url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
+                shown = redact_url(self.url)  # never a password in an error
                 raise ActionOptionError(
-                    "webhook", "url", f"expected an http:// or https:// URL, got {self.url!r}"
+                    "webhook", "url", f"expected an http:// or https:// URL, got {shown!r}"
                 )
 
     async def run(self, ctx: ActionContext) -> Mapping[str, Any] | None:

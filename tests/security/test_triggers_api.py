@@ -1,0 +1,133 @@
+"""Triggers saved over HTTP, as an attacker holding the admin key would write them: an email
+action's SMTP host or a webhook action's URL pointing inside the server's network is refused on
+every path (POST, PUT, PATCH) by the SSRF guard, with the networks the operator trusts let by;
+no secret of a definition comes back in a problem detail or a log line."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from tests.server.conftest import Running, serve  # noqa: F401 - fixture, found by name
+
+Start = Callable[..., Awaitable[Running]]
+ADMIN = "admin-key-security-0123456789ab"
+RW = {"Authorization": f"Bearer {ADMIN}"}
+
+# where an SMTP session or a POST must never go from a definition sent over HTTP
+INSIDE = [
+    ("127.0.0.1", 6379),  # Redis on loopback
+    ("169.254.169.254", 80),  # the cloud metadata service
+    ("10.1.2.3", 25),
+    ("::1", 5432),
+    ("localhost", 25),  # a name resolving to loopback
+    ("127.1", 6379),  # a legacy numeric spelling
+]
+
+
+def config(**events: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"server": {"api_keys": [{"name": "ops", "key": ADMIN,
+                                                    "scopes": ["admin"]}]}}  # fmt: skip
+    if events:
+        out["events"] = events
+    return out
+
+
+def mail(host: str | None, port: int | None = None) -> dict[str, Any]:
+    action: dict[str, Any] = {"type": "email", "to": "ops@example.com", "subject": "s",
+                              "body": "b"}  # fmt: skip
+    if host is not None:
+        action["host"] = host
+    if port is not None:
+        action["port"] = port
+    return action
+
+
+def trigger(trigger_id: str, action: dict[str, Any]) -> dict[str, Any]:
+    return {"id": trigger_id, "pattern": "sec.*", "actions": [action]}
+
+
+async def _refused_everywhere(app: Running, action: dict[str, Any], field: str) -> None:
+    """POST, PUT (new and existing) and PATCH all refuse ``action`` naming ``field``."""
+    status, body = await app.post("/triggers", trigger("t-post", action), headers=RW)
+    assert status == 422 and body["field"] == field, (action, status, body)
+    assert "allow_networks" in body["detail"] or "URL" in body["detail"], body
+    status, body = await app.request("PUT", "/triggers/t-put", trigger("t-put", action),
+                                     headers=RW)  # fmt: skip
+    assert status == 422 and body["field"] == field, (action, status, body)
+    status, made = await app.post("/triggers", trigger("t-ok", {"type": "log"}), headers=RW)
+    assert status in (201, 409), made
+    status, body = await app.request("PUT", "/triggers/t-ok", trigger("t-ok", action), headers=RW)
+    assert status == 422 and body["field"] == field, (action, status, body)
+    status, body = await app.request("PATCH", "/triggers/t-ok", {"actions": [action]}, headers=RW)
+    assert status == 422 and body["field"] == field, (action, status, body)
+    status, body = await app.request(
+        "PATCH", "/triggers/t-ok", {"compensation": action}, headers=RW
+    )
+    assert status == 422 and body["field"] == f"compensation.{field.rsplit('.', maxsplit=1)[-1]}", (
+        body
+    )
+    status, kept = await app.get("/triggers/t-ok", headers=RW)
+    assert kept["actions"] == [{"type": "log"}] and kept["version"] == 1, kept
+
+
+@pytest.mark.parametrize(("host", "port"), INSIDE)
+async def test_email_smtp_host_inside_the_network_is_refused_on_every_path(
+    serve: Start,  # noqa: F811
+    host: str,
+    port: int,
+) -> None:
+    app = await serve(config())
+    await _refused_everywhere(app, mail(host, port), "actions[0].host")
+
+
+async def test_email_default_host_is_localhost_and_refused_too(serve: Start) -> None:  # noqa: F811
+    app = await serve(config())
+    await _refused_everywhere(app, mail(None), "actions[0].host")
+
+
+async def test_email_host_in_allow_networks_is_accepted(serve: Start) -> None:  # noqa: F811
+    app = await serve(config(allow_networks=["127.0.0.0/8"]))
+    status, body = await app.post("/triggers", trigger("relay", mail("127.0.0.1", 2525)),
+                                  headers=RW)  # fmt: skip
+    assert status == 201, body
+    status, body = await app.post("/triggers", trigger("meta", mail("169.254.169.254")),
+                                  headers=RW)  # fmt: skip
+    assert status == 422 and body["field"] == "actions[0].host", body
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://127.0.0.1:6379/",
+        "http://[::1]:5432/",
+        "http://localhost:4222/",
+        "http://0x7f.0.0.1/",
+        "http://[::ffff:127.0.0.1]/",
+    ],
+)
+async def test_webhook_url_inside_the_network_is_refused_on_every_path(
+    serve: Start,  # noqa: F811
+    url: str,
+) -> None:
+    app = await serve(config())
+    await _refused_everywhere(app, {"type": "webhook", "url": url}, "actions[0].url")
+
+
+async def test_webhook_url_secret_is_not_echoed_in_errors_or_logs(
+    serve: Start,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = await serve(config())
+    caplog.set_level(logging.DEBUG)
+    for url in ("ftp://ops:s3cret-pw@hooks.example.com/x", "http://ops:s3cret-pw@10.0.0.9/x"):
+        status, body = await app.post(
+            "/triggers", trigger("leak", {"type": "webhook", "url": url}), headers=RW
+        )
+        assert status == 422 and body["field"] == "actions[0].url", body
+        assert "s3cret-pw" not in str(body), body
+    assert "s3cret-pw" not in caplog.text, caplog.text[-2000:]
