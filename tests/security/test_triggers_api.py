@@ -131,3 +131,58 @@ async def test_webhook_url_secret_is_not_echoed_in_errors_or_logs(
         assert status == 422 and body["field"] == "actions[0].url", body
         assert "s3cret-pw" not in str(body), body
     assert "s3cret-pw" not in caplog.text, caplog.text[-2000:]
+
+
+PATHOLOGICAL = [
+    ("(" * 40 + "true" + ")" * 40, "nested"),
+    ("not " * 40 + "true", "nested"),
+    ('data.name matches "(a)\\\\1"', "backreference"),  # (a+)+ runs on RE2: allowed
+    ('data.name matches "' + "a" * 600 + '"', "matches"),
+    ("data.x == 1 or " * 400 + "true", "characters"),
+]
+
+
+@pytest.mark.parametrize(("condition", "said"), PATHOLOGICAL)
+async def test_pathological_conditions_are_refused_on_every_path(
+    serve: Start,  # noqa: F811
+    condition: str,
+    said: str,
+) -> None:
+    app = await serve(config())
+    bad = {**trigger("slow", {"type": "log"}), "condition": condition}
+    status, body = await app.post("/triggers", bad, headers=RW)
+    assert status == 422 and body["field"] == "condition", body
+    status, body = await app.request("PUT", "/triggers/slow", bad, headers=RW)
+    assert status == 422 and body["field"] == "condition", body
+    status, made = await app.post("/triggers", trigger("slow", {"type": "log"}), headers=RW)
+    assert status == 201, made
+    status, body = await app.request(
+        "PATCH", "/triggers/slow", {"condition": condition}, headers=RW
+    )
+    assert status == 422 and body["field"] == "condition", body
+    assert "Traceback" not in body["detail"], body
+
+
+async def test_definition_sizes_are_bounded(serve: Start) -> None:  # noqa: F811
+    app = await serve(
+        config(),
+    )
+    many = trigger("many", {"type": "log"})
+    many["actions"] = [{"type": "log"}] * 1000
+    status, body = await app.post("/triggers", many, headers=RW)
+    assert status == 422 and body["field"] == "actions", body
+    deep: Any = "x"
+    for _ in range(20):  # options: at most 16 levels (a body: 64)
+        deep = {"k": deep}
+    status, body = await app.post(
+        "/triggers",
+        trigger("deep", {"type": "publish", "event_type": "a.b", "data": deep}),
+        headers=RW,
+    )
+    assert status == 422 and body["field"].startswith("actions[0].data"), body
+    huge = trigger("huge", {"type": "log"})
+    huge["description"] = "x" * (2 * 1024 * 1024)
+    status, body = await app.post("/triggers", huge, headers=RW)
+    assert status == 413, (status, str(body)[:300])
+    status, listed = await app.get("/triggers", headers=RW)
+    assert [t["id"] for t in listed["triggers"]] == [], listed
