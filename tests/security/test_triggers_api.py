@@ -5,13 +5,18 @@ no secret of a definition comes back in a problem detail or a log line."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
-from collections.abc import Awaitable, Callable
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.server.conftest import Running, serve  # noqa: F401 - fixture, found by name
+from tidings.triggers.actions import register_action, unregister_action
 
 Start = Callable[..., Awaitable[Running]]
 ADMIN = "admin-key-security-0123456789ab"
@@ -186,3 +191,63 @@ async def test_definition_sizes_are_bounded(serve: Start) -> None:  # noqa: F811
     assert status == 413, (status, str(body)[:300])
     status, listed = await app.get("/triggers", headers=RW)
     assert [t["id"] for t in listed["triggers"]] == [], listed
+
+
+class _Crm:
+    """A plugin action whose options carry credentials under the names plugins use."""
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        self.options = dict(options)
+
+    async def run(self, ctx: Any) -> None:
+        return None
+
+
+CRM_SECRETS = {
+    "client_secret": "s3cret-cs",
+    "access_token": "s3cret-at",
+    "apiKey": "s3cret-ak",
+    "sasl_password": "s3cret-sp",
+    "Authorization": "Bearer s3cret-au",
+    "x-api-key": "s3cret-xk",
+}
+
+
+@pytest.fixture
+def crm() -> Iterator[str]:
+    register_action("sec_crm", _Crm)
+    yield "sec_crm"
+    unregister_action("sec_crm")
+
+
+async def test_plugin_secrets_never_come_back_and_survive_a_round_trip(
+    serve: Start,  # noqa: F811
+    crm: str,
+) -> None:
+    app = await serve(config())
+    action = {"type": crm, "password_env": "CRM_PASSWORD", **CRM_SECRETS}
+    status, made = await app.post("/triggers", trigger("crm", action), headers=RW)
+    assert status == 201, made
+    status, one = await app.get("/triggers/crm", headers=RW)
+    status, listed = await app.get("/triggers", headers=RW)
+    for shown in (made, one, listed):
+        assert "s3cret" not in str(shown), shown
+    assert one["actions"][0]["password_env"] == "CRM_PASSWORD", one  # a variable's name
+    # a GET sent back as it came would store "***" as the secret: refused, naming the field
+    status, body = await app.request("PUT", "/triggers/crm", one, headers=RW)
+    assert status == 422 and body["field"].startswith("actions[0]."), body
+    # a PATCH of another field keeps the secrets as they were
+    status, patched = await app.request("PATCH", "/triggers/crm", {"description": "d"},
+                                        headers=RW)  # fmt: skip
+    assert status == 200, patched
+    rows = await asyncio.to_thread(_stored_options, app.config.parent / "tidings.db", "crm")
+    assert all(rows[k] == v for k, v in CRM_SECRETS.items()), rows
+
+
+def _stored_options(db: Path, trigger_id: str) -> dict[str, Any]:
+    with sqlite3.connect(db) as conn:
+        (definition,) = conn.execute(
+            "SELECT definition FROM tidings_triggers WHERE id = ?", (trigger_id,)
+        ).fetchone()
+    options: dict[str, Any] = json.loads(definition)["actions"][0]
+    return options
