@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.server.conftest import Running, serve  # noqa: F401 - fixture, found by name
 from tidings.triggers.actions import register_action, unregister_action
@@ -251,3 +252,22 @@ def _stored_options(db: Path, trigger_id: str) -> dict[str, Any]:
         ).fetchone()
     options: dict[str, Any] = json.loads(definition)["actions"][0]
     return options
+
+
+async def test_a_config_reload_of_allow_networks_applies_to_the_next_write(
+    serve: Start,  # noqa: F811
+) -> None:
+    app = await serve(config())
+    relay = trigger("relay", mail("127.0.0.1", 2525))
+    status, body = await app.post("/triggers", relay, headers=RW)
+    assert status == 422 and body["field"] == "actions[0].host", body
+    written = yaml.safe_load(app.config.read_text())
+    app.config.write_text(yaml.safe_dump({**written, "events": {"allow_networks":
+                                                                ["127.0.0.0/8"]}}))  # fmt: skip
+    assert await app.service.reload_config()
+    status, body = await app.post("/triggers", relay, headers=RW)
+    assert status == 201, body
+    app.config.write_text(yaml.safe_dump(written))
+    assert await app.service.reload_config()
+    status, body = await app.request("PATCH", "/triggers/relay", {"description": "x"}, headers=RW)
+    assert status == 422 and body["field"] == "actions[0].host", body

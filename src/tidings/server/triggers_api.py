@@ -151,7 +151,7 @@ class TriggersApi:
         async with self._lock:
             if self._saved is None:
                 url = self.service.settings.store.url
-                check = untrusted_action_validator(self.service.allow_networks)  # SSRF guard
+                check = untrusted_action_validator(lambda: self.service.allow_networks)
                 self._saved = await asyncio.to_thread(
                     SavedTriggers, url, config_ids=ids, validate_action=check
                 )

@@ -82,14 +82,15 @@ def check_webhook_url(url: str, allow: Sequence[IPNetwork] = ()) -> None:
 
 
 def untrusted_action_validator(
-    allow: Sequence[IPNetwork] = (),
+    allow: Sequence[IPNetwork] | Callable[[], Sequence[IPNetwork]] = (),
 ) -> Callable[[ActionSpec], None]:
     """``validate_action`` for definitions from outside: the usual option checks, then the
-    SSRF guard on where an ``email`` or ``webhook`` action connects."""
-    allowed = tuple(allow)
+    SSRF guard on where an ``email`` or ``webhook`` action connects. ``allow`` may be a
+    callable, asked at each check, so a config reload's ``allow_networks`` applies at once."""
 
     def validate(spec: ActionSpec) -> None:
         validate_action(spec)
+        allowed = tuple(allow() if callable(allow) else allow)
         options = spec.options or {}
         if spec.type == "email":
             ssl = options.get("ssl") is True
