@@ -4,6 +4,7 @@ own values, against a real SMTP server (aiosmtpd)."""
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -118,3 +119,24 @@ def test_templates_reach_no_attribute(text: str) -> None:
     event = Event(type="sec.t", data={"x": 1})
     with pytest.raises(PermanentActionError):
         template.render(event)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["x\n2026-01-01 ERROR tidings.server admin key leaked", "x\r\nINFO forged", "\x1b[2J\x1b[H",
+     "x\u2028forged", "x\x85forged", "x\x00y"],
+)  # fmt: skip
+async def test_the_log_action_writes_one_line_whatever_the_event_holds(
+    caplog: pytest.LogCaptureFixture, value: str
+) -> None:
+    spec = ActionSpec("log", {"message": "note {data.v}\tend", "logger": "sectest.log"})
+    caplog.set_level(logging.INFO, logger="sectest.log")
+    out = await build_action(spec).run(ctx(spec, Event(type="sec.log", data={"v": value})))
+    lines = [r.getMessage() for r in caplog.records if r.name == "sectest.log"]
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert line.startswith("note x" if value.startswith("x") else "note ") and line.endswith(
+        "\tend"
+    ), line
+    assert not any((ord(c) < 0x20 and c != "\t") or 0x7F <= ord(c) < 0xA0 for c in line), line
+    assert "\u2028" not in line and out == {"message": line}, (line, out)
