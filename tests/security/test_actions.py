@@ -15,8 +15,14 @@ from typing import Any
 import pytest
 
 from tidings.event import Event
-from tidings.triggers.actions import ActionContext, PermanentActionError, build_action
+from tidings.triggers.actions import (
+    ActionContext,
+    ActionOptionError,
+    PermanentActionError,
+    build_action,
+)
 from tidings.triggers.actions.templates import Template, TemplateError
+from tidings.triggers.actions.untrusted import untrusted_action_validator
 from tidings.triggers.definitions import ActionSpec
 
 
@@ -199,3 +205,22 @@ def test_an_email_timeout_is_bounded() -> None:
                                 "timeout": 10**9})  # fmt: skip
     with pytest.raises(ValueError, match="option 'timeout': expected at most 300"):
         build_action(spec)
+
+
+def test_a_slow_name_server_cannot_hold_a_trigger_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No slow name server is at hand: getaddrinfo is made to stall (the one stand-in here)."""
+    real = socket.getaddrinfo
+
+    def stalled(host: str, *args: Any, **kw: Any) -> Any:
+        if host == "slow.example.com":
+            time.sleep(8)
+        return real(host, *args, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", stalled)
+    check = untrusted_action_validator()
+    started = time.monotonic()
+    with pytest.raises(ActionOptionError, match=r"does not resolve \(no answer within 2s\)"):
+        check(ActionSpec("email", {"to": "a@example.com", "subject": "s", "body": "b",
+                                   "host": "slow.example.com"}))  # fmt: skip
+    check(ActionSpec("webhook", {"url": "https://slow.example.com/h"}))  # judged at connect time
+    assert time.monotonic() - started < 6
