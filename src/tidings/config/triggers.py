@@ -18,13 +18,14 @@ import msgspec
 
 from tidings.config.bus import RetrySettings
 from tidings.config.errors import MASK, Invalid, Written
-from tidings.urls import redact_url
+from tidings.urls import is_secret_name, redact_url
 
 __all__ = [
     "PARTITION_KEYS",
     "ProcessorSettings",
     "TriggerDefinition",
     "check_processor",
+    "is_secret_option",
     "redact_processor",
     "redact_triggers",
 ]
@@ -37,6 +38,21 @@ PARTITION_KEYS: Final = ("chain_id", "registry")
 _FIELD: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
 # Action options under these keys are secrets: never shown by config check or the API.
 _SECRET_KEYS: Final = frozenset({"password", "secret", "api_key", "auth", "headers", "token"})
+
+
+def is_secret_option(key: str) -> bool:
+    """An action option holding a credential: the names above, and every name the URL and
+    config redaction treats as one (``client_secret``, ``access_token``, ``apiKey``,
+    ``Authorization``, ...), which plugins use. ``*_env`` names a variable, not a secret."""
+    lowered = key.lower()
+    if lowered.endswith("_env"):
+        return False
+    return lowered in _SECRET_KEYS or is_secret_name(key) or is_secret_name(_camel(key))
+
+
+def _camel(key: str) -> str:
+    """``apiKey`` as ``api_Key``: its words, for ``is_secret_name``."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key)
 
 
 class ProcessorSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -85,7 +101,7 @@ def redact_processor(processor: ProcessorSettings) -> ProcessorSettings:
 
 
 def _redact(value: Any, key: str = "") -> Any:
-    if key.lower() in _SECRET_KEYS and value is not None:
+    if is_secret_option(key) and value is not None:
         return MASK
     if isinstance(value, Mapping):
         return {k: _redact(v, str(k)) for k, v in value.items()}
@@ -99,4 +115,12 @@ def _redact(value: Any, key: str = "") -> Any:
 def redact_triggers(triggers: list[TriggerDefinition]) -> list[TriggerDefinition]:
     """A copy safe to print: action options named like secrets become ``***`` and URL
     credentials are masked (an email action's SMTP password, a webhook's secret)."""
-    return [_redact(trigger) for trigger in triggers]
+    return [_redact_trigger(trigger) for trigger in triggers]
+
+
+def _redact_trigger(trigger: Any) -> Any:
+    """A trigger's own fields (``partition_key``, ...) are not options: only URLs are masked
+    there; names like secrets are judged inside its actions."""
+    if not isinstance(trigger, Mapping):
+        return _redact(trigger)
+    return {k: _redact(v) for k, v in trigger.items()}

@@ -9,6 +9,7 @@ an over-long value is refused before any of it reaches a query.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +20,7 @@ from tidings.server.body import ApiError
 
 __all__ = ["CURSOR", "LIMIT", "MAX_VALUE", "Param", "Query"]
 
+_INTEGER = re.compile(r"-?[0-9]+")
 MAX_VALUE = 1024  # characters in one query value: more is not a name, pattern or id
 
 
@@ -107,10 +109,10 @@ class Query:
         value = self.text(name)
         if value is None:
             return default
-        try:
-            number = int(value)
-        except ValueError:
-            raise ApiError(400, f"{name}: expected a whole number, got {value!r}", name) from None
+        # int() also takes " 7", "1_000" and other scripts' digits ("٢"): only 0-9 here
+        if not _INTEGER.fullmatch(value):
+            raise ApiError(400, f"{name}: expected a whole number, got {value!r}", name)
+        number = int(value)
         if not lo <= number <= hi:
             raise ApiError(400, f"{name}: expected {lo}..{hi}, got {number}", name)
         return number

@@ -43,6 +43,7 @@ HEARTBEAT = 15.0  # seconds between SSE keep-alive comments when nothing happens
 POLL = 0.05  # seconds between reads of the log when nothing woke the hub
 GAP = 0.025  # seconds between reads at the least, when writes wake the hub
 PAGE = 1_000  # events per read of the log
+MAX_PATTERNS = 50  # patterns one client may follow
 
 STREAM_QUERY = (
     Param(
@@ -327,7 +328,7 @@ async def _after(conn: HTTPConnection, q: Query, store: EventStore) -> int:
     last = conn.headers.get("last-event-id")
     if last is not None:
         value = last.strip()
-        if not value.isdigit() or len(value) > 19:
+        if not (value.isascii() and value.isdigit()) or len(value) > 19:  # not '²'
             raise ApiError(
                 400,
                 f"Last-Event-ID: expected a store position (a whole number >= 0, the id: of "
@@ -341,8 +342,16 @@ async def _after(conn: HTTPConnection, q: Query, store: EventStore) -> int:
 
 
 def _patterns(q: Query) -> list[Pattern]:
+    given = q.all("pattern") or ["**"]
+    if len(given) > MAX_PATTERNS:  # each is matched against every event, for every client
+        raise ApiError(
+            400,
+            f"pattern: given {len(given)} times, at most {MAX_PATTERNS}; use a wider glob "
+            "(order.* or order.**) instead of many names",
+            "pattern",
+        )
     try:
-        return [compile_pattern(p) for p in q.all("pattern") or ["**"]]
+        return [compile_pattern(p) for p in given]
     except PatternError as exc:
         raise ApiError(400, f"pattern: {exc}", "pattern") from None
 

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tidings.config.errors import MASK
-from tidings.config.triggers import redact_triggers
+from tidings.config.triggers import is_secret_option, redact_triggers
 from tidings.server.body import ApiError
 from tidings.server.cursors import page_next, page_start
 from tidings.server.jsonio import json_object, reply, rfc3339
@@ -61,7 +61,6 @@ __all__ = ["TriggersApi", "trigger_operations"]
 
 #: Paths below /triggers/ that are routes, not trigger ids.
 RESERVED_IDS = frozenset({"results", "dlq", "status"})
-_SECRET_KEYS = frozenset({"password", "secret", "api_key", "auth", "headers", "token"})
 READ_ONLY = ("source", "version", "created_at", "updated_at")
 
 
@@ -99,7 +98,7 @@ def _field(exc: TriggerError) -> str:
 
 def _masked(value: Any, path: str, key: str = "") -> str | None:
     """The path of a ``***`` sent where a secret goes (copied from a GET), else None."""
-    if key.lower() in _SECRET_KEYS and value == MASK:
+    if is_secret_option(key) and value == MASK:
         return path
     if isinstance(value, str) and f":{MASK}@" in value:  # a URL's password, masked
         return path
@@ -152,7 +151,7 @@ class TriggersApi:
         async with self._lock:
             if self._saved is None:
                 url = self.service.settings.store.url
-                check = untrusted_action_validator(self.service.allow_networks)  # SSRF guard
+                check = untrusted_action_validator(lambda: self.service.allow_networks)
                 self._saved = await asyncio.to_thread(
                     SavedTriggers, url, config_ids=ids, validate_action=check
                 )

@@ -4,7 +4,9 @@ Options: ``to`` (an address or a list; templates allowed), ``subject`` and ``bod
 (templates, required), ``from`` (default ``tidings@localhost``), ``host`` (default
 ``localhost``), ``port`` (default 25; 465 with ``ssl``), ``starttls`` / ``ssl`` (booleans),
 ``username`` with ``password_env`` (the name of an environment variable holding the password,
-so no secret sits in a trigger definition), ``timeout`` (seconds, default 10).
+so no secret sits in a trigger definition), ``timeout`` (seconds for the whole send, default
+10, at most 300). Sends run on threads of their own, so a mail server that stalls cannot take
+the threads the rest of the process reads the store with.
 
 Header values are never built from raw event text with line breaks in them: a subject,
 recipient or sender that would hold CR or LF is refused (at load when the option's own text
@@ -17,10 +19,15 @@ key, so a mail sent twice (at-least-once) carries one id that receivers can dedu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import smtplib
+import socket
 import ssl
+import threading
+import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 from email.utils import formatdate, getaddresses
 from typing import Any
@@ -37,7 +44,10 @@ from tidings.triggers.actions.base import (
 )
 from tidings.triggers.actions.templates import Template, TemplateError
 
-__all__ = ["EmailAction"]
+__all__ = ["MAX_TIMEOUT", "EmailAction"]
+
+MAX_TIMEOUT = 300  # seconds a whole send may take
+_SENDERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tidings-email")
 
 _OPTIONS = ("to", "subject", "body", "from", "host", "port", "starttls", "ssl", "username",
             "password_env", "timeout")  # fmt: skip
@@ -82,6 +92,14 @@ def _address(name: str, value: str) -> str:
     return value
 
 
+def _shut(client: smtplib.SMTP) -> None:
+    """Wake a send blocked on ``client``'s socket (from the cutoff timer's thread)."""
+    sock = getattr(client, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
 class EmailAction:
     def __init__(self, options: Mapping[str, Any]) -> None:
         options = check_options("email", options, _OPTIONS)
@@ -105,6 +123,10 @@ class EmailAction:
         if self.port > 65535:
             raise ActionOptionError("email", "port", f"expected 1..65535, got {self.port}")
         self.timeout = float(option_number("email", options, "timeout", 10.0))
+        if self.timeout > MAX_TIMEOUT:
+            raise ActionOptionError(
+                "email", "timeout", f"expected at most {MAX_TIMEOUT} seconds, got {self.timeout:g}"
+            )
         self.username = option_str("email", options, "username", None)
         self.password_env = option_str("email", options, "password_env", None)
         if (self.username is None) != (self.password_env is None):
@@ -135,19 +157,38 @@ class EmailAction:
                 )
         client: smtplib.SMTP
         if self.use_ssl:
-            client = smtplib.SMTP_SSL(
-                self.host, self.port, timeout=self.timeout, context=ssl.create_default_context()
-            )
+            client = smtplib.SMTP_SSL(timeout=self.timeout, context=ssl.create_default_context())
         else:
-            client = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
-        with client:
-            if self.starttls:
-                client.starttls(context=ssl.create_default_context())
-            if self.username is not None and password is not None:
-                client.login(self.username, password)
-            client.send_message(msg)
+            client = smtplib.SMTP(timeout=self.timeout)
+        # made without a host so that connecting happens under the cutoff below; the host is
+        # what TLS (ssl, starttls) checks the certificate against, as SMTP(host) would set it
+        client._host = self.host  # type: ignore[attr-defined]
+        # ``timeout`` bounds each socket read; a server answering a byte at a time would hold
+        # this thread for ever, so the socket is shut when the whole send is past its time
+        cutoff = threading.Timer(self.timeout, _shut, (client,))
+        cutoff.daemon = True
+        started = time.monotonic()
+        cutoff.start()
+        try:
+            with client:
+                client.connect(self.host, self.port)
+                if self.starttls:
+                    client.starttls(context=ssl.create_default_context())
+                if self.username is not None and password is not None:
+                    client.login(self.username, password)
+                client.send_message(msg)
+        except (OSError, smtplib.SMTPException) as exc:
+            if time.monotonic() - started >= self.timeout:  # the cutoff shut it
+                raise TimeoutError(
+                    f"email action: {self.host}:{self.port} did not take the mail within "
+                    f"{self.timeout:g}s (option 'timeout')"
+                ) from exc
+            raise
+        finally:
+            cutoff.cancel()
 
     async def run(self, ctx: ActionContext) -> Mapping[str, Any] | None:
         msg = self.message(ctx)
-        await asyncio.to_thread(self._send, msg)
+        # its own threads: mail servers that stall cannot take the ones the server reads with
+        await asyncio.get_running_loop().run_in_executor(_SENDERS, self._send, msg)
         return {"to": msg["To"], "subject": msg["Subject"], "message_id": msg["Message-ID"]}

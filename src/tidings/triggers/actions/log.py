@@ -2,6 +2,9 @@
 
 Options: ``message`` (a template, default ``"{type} {id}"``), ``level`` (debug, info,
 warning, error; default info), ``logger`` (default ``tidings.triggers.actions``).
+
+The line is one line: line breaks and other control characters an event value brings (a
+forged second log line, a terminal escape) are written escaped (``\\n``, ``\\x1b``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ from tidings.triggers.actions.base import (
 from tidings.triggers.actions.templates import Template, TemplateError
 
 __all__ = ["LogAction"]
+
+# C0 controls but tab, DEL, the C1 controls and the line/paragraph separators: written escaped
+_CONTROLS = (*range(0x09), *range(0x0A, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
+_ESCAPES = {c: repr(chr(c))[1:-1] for c in _CONTROLS}
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}  # fmt: skip
@@ -43,7 +50,7 @@ class LogAction:
         )
 
     async def run(self, ctx: ActionContext) -> Mapping[str, Any] | None:
-        text = self.message.render(ctx.event)
+        text = self.message.render(ctx.event).translate(_ESCAPES)
         self.logger.log(self.level, "%s", text, extra={"trigger_id": ctx.trigger_id,
                                                          "job_key": ctx.key})  # fmt: skip
         return {"message": text}

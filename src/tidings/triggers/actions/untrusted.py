@@ -13,6 +13,7 @@ guarded again at connect time (its endpoint is an API endpoint).
 
 from __future__ import annotations
 
+import concurrent.futures
 import ipaddress
 import socket
 from collections.abc import Callable, Sequence
@@ -26,6 +27,8 @@ from tidings.webhooks.guard import IPNetwork, UnsafeURL, blocked_reason, check_u
 __all__ = ["check_smtp_host", "check_webhook_url", "untrusted_action_validator"]
 
 _HINT = "events.allow_networks"
+RESOLVE_TIMEOUT = 2.0  # seconds a host name may take to resolve
+_RESOLVERS = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="tidings-resolve")
 
 
 def _addresses(host: str, port: int) -> list[str]:
@@ -33,7 +36,12 @@ def _addresses(host: str, port: int) -> list[str]:
         return [str(ipaddress.ip_address(host))]
     except ValueError:
         pass
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    # bounded: a PATCH checks inside its transaction, so a slow name server must not hold it
+    future = _RESOLVERS.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    try:
+        infos = future.result(timeout=RESOLVE_TIMEOUT)
+    except concurrent.futures.TimeoutError:
+        raise OSError(f"no answer within {RESOLVE_TIMEOUT:g}s") from None
     return list(dict.fromkeys(str(info[4][0]).partition("%")[0] for info in infos))
 
 
@@ -82,14 +90,15 @@ def check_webhook_url(url: str, allow: Sequence[IPNetwork] = ()) -> None:
 
 
 def untrusted_action_validator(
-    allow: Sequence[IPNetwork] = (),
+    allow: Sequence[IPNetwork] | Callable[[], Sequence[IPNetwork]] = (),
 ) -> Callable[[ActionSpec], None]:
     """``validate_action`` for definitions from outside: the usual option checks, then the
-    SSRF guard on where an ``email`` or ``webhook`` action connects."""
-    allowed = tuple(allow)
+    SSRF guard on where an ``email`` or ``webhook`` action connects. ``allow`` may be a
+    callable, asked at each check, so a config reload's ``allow_networks`` applies at once."""
 
     def validate(spec: ActionSpec) -> None:
         validate_action(spec)
+        allowed = tuple(allow() if callable(allow) else allow)
         options = spec.options or {}
         if spec.type == "email":
             ssl = options.get("ssl") is True
