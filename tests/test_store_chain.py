@@ -347,3 +347,42 @@ def test_sqlite_writes_fill_the_seed_columns(tmp_path: Path) -> None:
     assert rows[1] == ("chaintest.logged", 1, 42, "0xb", 2, "chaintest.logged", rows[1][6], 1, 0)
     assert rows[1][6] == int(ev.time.timestamp())
     assert rows[2][1:5] == (None, None, None, None)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_row_that_no_longer_decodes_is_read_as_a_stand_in(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A hand-edited body neither stops a reader nor a subscription at its position."""
+    url = f"sqlite:///{tmp_path / 'e.db'}" if backend == "sqlite" else request.getfixturevalue("db")
+    store: Any = open_store(url)
+    try:
+        events = [Event(type="undec.e", source="t", data={"n": n}) for n in range(3)]
+        recorded = store.append(events)
+        broken = recorded[1].position
+        bad = '{"specversion": "1.0", "id": 7}'  # JSON (PostgreSQL's column is json), no event
+        if backend == "sqlite":
+            with sqlite3.connect(tmp_path / "e.db") as conn:
+                conn.execute("UPDATE tidings_events SET body = ? WHERE position = ?", (bad, broken))
+        else:
+            _sql(url, "UPDATE events SET payload = %s::json WHERE position = %s", (bad, broken))
+        got = store.load(Criteria(after_position=recorded[0].position - 1))
+        assert [r.position for r in got] == [r.position for r in recorded], got
+        stand_in = got[1]
+        assert stand_in.invalidated and stand_in.event.type == "tidings.undecodable"
+        assert stand_in.event.id == f"undecodable-{broken}"
+        assert stand_in.event.data["position"] == broken and bad in stand_in.event.data["body"]
+        assert [r.event.id for r in (got[0], got[2])] == [events[0].id, events[2].id]
+        seen: list[int] = []
+        sub = store.subscribe(
+            Criteria(types=("undec.*", "tidings.undecodable")),
+            lambda rec: seen.append(rec.position),
+            name=f"undec-{uuid.uuid4().hex[:8]}",
+        )
+        try:
+            wait_until(lambda: recorded[2].position in seen, 30, f"the subscription; saw {seen}")
+            assert sub.running, sub.error
+        finally:
+            sub.stop()
+    finally:
+        store.close()

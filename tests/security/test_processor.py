@@ -7,20 +7,11 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.triggers.proc.conftest import running, settings_for, wait_until
 from tidings.event import Event
 from tidings.store import open_store
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store/sqlite.py:156 _row and store/postgres_queries.py:46 decode every row of a page; "
-    "one undecodable body fails the page, the subscription halts, Processor.watch restarts it at "
-    "the same position, forever (events before it in the page are never processed either). "
-    "Fix needs a store-level decision (skip, quarantine, or placeholder event): see the report",
-)
 async def test_a_poison_event_does_not_halt_processing(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'poison.db'}"
     triggers = [{"id": "every", "pattern": "sectest.**", "actions": [{"type": "log"}]}]

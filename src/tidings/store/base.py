@@ -7,6 +7,7 @@ list all fit.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,8 +15,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
-from tidings.event import Event
+from tidings.event import Event, EventError, decode
 from tidings.topics import compile_pattern
+
+log = logging.getLogger("tidings.store")
 
 __all__ = [
     "ANY",
@@ -69,6 +72,38 @@ class ConcurrencyError(StoreError):
         self.stream = stream
         self.expected = expected
         self.actual = actual
+
+
+#: The type of the stand-in for a stored row whose body no longer decodes (see ``read_body``).
+UNDECODABLE = "tidings.undecodable"
+_MAX_SHOWN = 2048  # characters of a bad body kept in the stand-in's data
+_logged: set[int] = set()  # positions already logged, so a reader of history is not a flood
+
+
+def read_body(body: Any, position: int) -> tuple[Event, bool]:
+    """The event a stored row holds, and whether it is a stand-in.
+
+    A body that no longer decodes (written by hand, or a typed event's class changed since)
+    must not stop every reader at that position forever (a subscription would retry the same
+    page without end): it is read as an event of type ``tidings.undecodable`` (data: the
+    position, the error and the start of the body), marked invalidated so triggers start
+    nothing for it, and every reader goes on past it. Logged once per position per process.
+    """
+    try:
+        return decode(body), False
+    except EventError as exc:
+        text = bytes(body).decode("utf-8", "replace") if not isinstance(body, str) else body
+        if position not in _logged and len(_logged) < 10_000:
+            _logged.add(position)
+            log.error("stored event at position %d does not decode (%s); read as %s and "
+                      "skipped by readers", position, exc, UNDECODABLE)  # fmt: skip
+        stand_in = Event(
+            type=UNDECODABLE,
+            source="tidings.store",
+            id=f"undecodable-{position}",
+            data={"position": position, "error": str(exc), "body": text[:_MAX_SHOWN]},
+        )
+        return stand_in, True
 
 
 class Recorded(msgspec.Struct, frozen=True):

@@ -12,8 +12,8 @@ from typing import Any
 from psycopg import sql
 
 from tidings import sqlfiles
-from tidings.event import Event, decode, encode
-from tidings.store.base import Criteria, Recorded
+from tidings.event import Event, encode
+from tidings.store.base import Criteria, Recorded, read_body
 from tidings.store.chain import chain_values
 
 __all__ = [
@@ -43,7 +43,8 @@ PAGE = 1000  # rows per round trip when a load has no limit or filters in Python
 
 
 def record(row: tuple[Any, ...]) -> Recorded:
-    return Recorded(row[0], decode(row[4]), row[1], row[2], row[3], row[5])
+    event, undecodable = read_body(row[4], row[0])
+    return Recorded(row[0], event, row[1], row[2], row[3], row[5] or undecodable)
 
 
 def like_prefix(pattern: str) -> str | None:

@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from tidings import sqlfiles
-from tidings.event import Event, decode, encode
+from tidings.event import Event, encode
 from tidings.migrations import (
     Migration,
     MigrationError,
@@ -47,6 +47,7 @@ from tidings.store.base import (
     StoreUnavailable,
     check_criteria,
     check_page,
+    read_body,
 )
 from tidings.store.chain import chain_values, has_chain
 from tidings.store.subscription import (
@@ -155,13 +156,14 @@ def _compose(template: str, names: tuple[str, ...], marks: int) -> str:
 
 def _row(row: tuple[Any, ...]) -> Recorded:
     position, stream, version, recorded_at, body, invalidated = row
+    event, undecodable = read_body(body, position)
     return Recorded(
         position,
-        decode(body),
+        event,
         stream,
         version,
         datetime.fromisoformat(recorded_at),
-        bool(invalidated),
+        bool(invalidated) or undecodable,
     )
 
 
