@@ -197,3 +197,11 @@ def test_two_processes_starting_at_once_record_one_start(url: str) -> None:
     finally:
         for d in databases:
             d.close()
+
+
+def test_a_bad_start_is_refused_naming_the_argument(tmp_path: Path) -> None:
+    from tidings.triggers.index import TriggerIndex  # noqa: PLC0415
+    from tidings.triggers.processor import Processor  # noqa: PLC0415
+
+    with pytest.raises(ValueError, match=r"Processor\(start=\): expected 'end' or 'beginning'"):
+        Processor(None, None, None, index_source=TriggerIndex, start="now")  # type: ignore[arg-type]
