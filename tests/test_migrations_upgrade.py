@@ -380,6 +380,7 @@ def test_sqlite_database_of_the_previous_release_upgrades_to_the_fresh_schema(
         ("triggers", "002_checkpoints"),
         ("triggers", "003_partitions"),
         ("triggers", "004_saved_triggers"),
+        ("triggers", "005_starts"),
         ("webhooks", "001_queue"),
     ]
     for path in (by_migrate, by_opening):

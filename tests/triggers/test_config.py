@@ -47,6 +47,7 @@ def test_defaults() -> None:
     assert (settings.processor.queue, settings.processor.workers) == ("store", 4)
     assert (settings.processor.partitions, settings.processor.partition_by) == (1, "chain_id")
     assert settings.processor.retry.policy().max_retries == 3
+    assert settings.processor.start == "end"  # enabling triggers does not run the history
 
 
 def test_the_docs_yaml_loads_and_parses(tmp_path: Path) -> None:
@@ -64,6 +65,8 @@ def test_the_docs_yaml_loads_and_parses(tmp_path: Path) -> None:
         ("processor: {queue: amqp://x}", "processor.queue", "expected 'store' or a redis://"),
         ("processor: {queue: 'redis://'}", "processor.queue", "with a host"),
         ("processor: {partition_by: Chain-Id}", "processor.partition_by", "extension name"),
+        ("processor: {start: now}", "processor.start", "expected end or beginning, got 'now'"),
+        ("processor: {start: 0}", "processor.start", "expected"),
         ("processor: {partiton_by: x}", "processor.partiton_by", "did you mean 'partition_by'"),
         (
             "processor: {retry: {initial_delay: 10s, max_delay: 1s}}",

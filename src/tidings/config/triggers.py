@@ -22,6 +22,7 @@ from tidings.urls import is_secret_name, redact_url
 
 __all__ = [
     "PARTITION_KEYS",
+    "PROCESSOR_STARTS",
     "ProcessorSettings",
     "TriggerDefinition",
     "check_processor",
@@ -33,6 +34,8 @@ __all__ = [
 #: One trigger as written (id, pattern, condition, actions, ...); see docs/triggers.md.
 TriggerDefinition = dict[str, Any]
 
+#: Where a processor group begins the first time it runs (tidings.triggers.starts).
+PROCESSOR_STARTS: Final = ("end", "beginning")
 #: The partition keys seed 001 names; any other extension name is accepted too.
 PARTITION_KEYS: Final = ("chain_id", "registry")
 _FIELD: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -64,6 +67,8 @@ class ProcessorSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True,
     partitions: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 1  # shares of the event stream
     partition_by: str = "chain_id"  # chain_id | registry | an extension name
     retry: RetrySettings = msgspec.field(default_factory=RetrySettings)  # per action
+    # where the group begins the first time it ever runs: end (new events only) | beginning
+    start: str = "end"
 
 
 def check_processor(processor: ProcessorSettings, written: Written) -> None:
@@ -76,6 +81,12 @@ def check_processor(processor: ProcessorSettings, written: Written) -> None:
                 ("processor", "queue"),
                 f"expected 'store' or a redis:// URL with a host, got {redact_url(queue)!r}",
             )
+    if processor.start not in PROCESSOR_STARTS:
+        raise Invalid(
+            ("processor", "start"),
+            f"expected {' or '.join(PROCESSOR_STARTS)}, got {processor.start!r}; use "
+            "'tidings triggers backfill' or 'replay' to run triggers over history",
+        )
     if not _FIELD.fullmatch(processor.partition_by):
         raise Invalid(
             ("processor", "partition_by"),

@@ -14,6 +14,10 @@ events, in the subscription's thread:
    and each condition that raised is recorded as that trigger's failed result;
 4. only then does the subscription move the partition's checkpoint.
 
+Where a partition whose checkpoint was never moved starts: the group's start (``start``:
+``"end"`` the store's head, ``"beginning"`` 0), recorded once when the group first ever ran
+(``tidings.triggers.starts``), so a new partition count re-reads from there and skips nothing.
+
 A crash between 3 and 4 hands the page over again after a restart: at-least-once, and the job
 keys make it exactly-once in effect. The store's-database queue and the results are written
 from the subscription thread itself; a Redis queue and a reorg's recovery are coroutines of the
@@ -41,6 +45,7 @@ from tidings.triggers.index import TriggerIndex
 from tidings.triggers.jobs.model import Job, JobQueue
 from tidings.triggers.matching import Matched, match_events
 from tidings.triggers.results import ActionResult, ActionResults
+from tidings.triggers.starts import START_CHOICES, GroupStarts, Start
 
 __all__ = ["CONDITION_FAILED", "DEFAULT_NAME", "Processor", "partition_for"]
 
@@ -87,6 +92,10 @@ class Processor:
     partitions this processor runs; ``start`` without ``own`` runs them all).
     ``publish`` appends the ``chain.reorg`` event (default: to the store). ``on_jobs`` is
     called (from the subscription thread) after a page enqueued new jobs.
+
+    ``start`` is where the group begins the first time it ever runs: ``"beginning"`` (0, the
+    default here, so a library caller sees every stored event) or ``"end"`` (the store's head:
+    only new events; TriggerService passes ``processor.start``, default ``end``).
     """
 
     def __init__(
@@ -103,9 +112,14 @@ class Processor:
         on_jobs: Callable[[], None] | None = None,
         page_size: int = 500,
         poll_interval: float | None = None,
+        start: Start = "beginning",
     ) -> None:
         if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
             raise ValueError(f"Processor(partitions=): expected an int >= 1, got {partitions!r}")
+        if start not in START_CHOICES:
+            raise ValueError(f"Processor(start=): expected 'end' or 'beginning', got {start!r}")
+        self.start_at: Start = start
+        self.group_start: int | None = None  # recorded on the first own()
         self.store = store
         self.queue = queue
         self.results = results
@@ -165,6 +179,9 @@ class Processor:
             part = self._owned.pop(number)
             await asyncio.to_thread(self._stop_partition, part, 5.0)
             log.info("processor %s: partition %d released", self.name, number)
+        if partitions - set(self._owned) and self.group_start is None:
+            self.group_start = await asyncio.to_thread(self._record_start)
+            log.info("processor %s: group starts after position %d", self.name, self.group_start)
         for number in sorted(partitions - set(self._owned)):
             part = _Partition(number, self.checkpoint_name(number))
             await asyncio.to_thread(self._start_partition, part)
@@ -172,7 +189,15 @@ class Processor:
             log.info("processor %s: partition %d from position %d", self.name, number,
                      part.sub.position)  # fmt: skip
 
+    def _record_start(self) -> int:
+        """The group's start: recorded now unless it ran before (then its first one)."""
+        position = int(self.store.head()) if self.start_at == "end" else 0
+        return GroupStarts(self.results.database).record(self.name, position)
+
     def _start_partition(self, part: _Partition) -> None:
+        # A checkpoint still at 0 has handled nothing: it begins at the group's start.
+        if self.group_start and self.store.checkpoint(part.name) == 0:
+            self.store.reset_subscription(part.name, self.group_start)
         if part.tracker is None:
             part.tracker = ChainTracker(self.store)
         part.sub = self.store.subscribe(

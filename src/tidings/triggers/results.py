@@ -104,6 +104,11 @@ class ActionResults:
         self._q = self._db.queries("results")
         self.url = url
 
+    @property
+    def database(self) -> Database:
+        """The triggers database the results live in (the processor records its start there)."""
+        return self._db
+
     # ------------------------------------------------------------------ writing
 
     def record_sync(self, results: Sequence[ActionResult]) -> int:

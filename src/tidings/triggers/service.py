@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from tidings.config import Settings
 from tidings.event import Event
@@ -26,6 +26,7 @@ from tidings.triggers.jobs import JobQueue, open_job_queue
 from tidings.triggers.partitions import PartitionLeases
 from tidings.triggers.processor import DEFAULT_NAME, Processor
 from tidings.triggers.results import ActionResults
+from tidings.triggers.starts import Start
 from tidings.triggers.workers import ActionWorkers, context_factory
 
 __all__ = ["TriggerService", "load_triggers"]
@@ -136,6 +137,7 @@ class TriggerService:
             partition_by=proc.partition_by,
             name=name,
             poll_interval=poll_interval,
+            start=cast("Start", proc.start),  # checked by the config: end | beginning
         )
         leases = None
         if proc.partitions > 1 and url.startswith(("postgresql:", "postgres:")):
