@@ -62,7 +62,12 @@ def main() -> None:
         shop.publish(OrderPlaced(order_id=f"o{i}", amount=10.0 + i, aggregate_id=f"o{i}"))
         shop.publish(OrderShipped(order_id=f"o{i}", aggregate_id=f"o{i}"))
     shop.publish(OrderPlaced(order_id="bad", amount=-1.0, aggregate_id="bad"))
-    done.wait(10)
+    done.wait(30)
+    for _ in range(3000):  # the billing group may still be working when the audit is done
+        with lock:
+            if len(billed) == 20:
+                break
+        threading.Event().wait(0.01)
 
     print(f"audit saw {len(audited)} events")
     print(f"billed {len(billed)} orders, each once: {set(billed.values()) == {1}}")
@@ -73,7 +78,7 @@ def main() -> None:
     sub = billing[0].subscriptions()[0].remote
     assert transport is not None and sub is not None
     dead = []
-    for _ in range(500):  # the bad order may still be in its retry
+    for _ in range(3000):  # the bad order may still be in its retry
         dead = billing[0].run_on_transport(transport.dead_letters(sub.name))
         if dead:
             break

@@ -15,7 +15,7 @@ from tidings.store import open_store
 async def test_a_poison_event_does_not_halt_processing(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'poison.db'}"
     triggers = [{"id": "every", "pattern": "sectest.**", "actions": [{"type": "log"}]}]
-    settings = settings_for(tmp_path, db, triggers)
+    settings = settings_for(tmp_path, db, triggers, start="beginning")  # the poison is history
     store: Any = open_store(db)
     try:
         before, poison, after = (Event(type="sectest.e", source="t", data={"n": n})
