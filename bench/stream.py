@@ -57,6 +57,7 @@ class Options:
     rounds: int
     pages: int = 1
     reload: float = 2.0
+    profile: str | None = None
 
 
 def free_port() -> int:
@@ -230,10 +231,13 @@ def parse(argv: Sequence[str]) -> Options:
     p.add_argument("--pages", type=int, default=1, help="dashboard pages open (default 1)")
     p.add_argument("--reload", type=float, default=2.0, help="seconds between page reloads")
     p.add_argument("--quick", action="store_true", help="1 round of 2 s each, 10 watchers")
+    p.add_argument("--profile", metavar="FILE", help="run tidings serve under cProfile into FILE")
     args = p.parse_args(list(argv))
     if args.quick:
-        return Options(10, args.rate, 2.0, 1, args.pages, args.reload)
-    return Options(args.watchers, args.rate, args.seconds, args.rounds, args.pages, args.reload)
+        return Options(10, args.rate, 2.0, 1, args.pages, args.reload, args.profile)
+    return Options(
+        args.watchers, args.rate, args.seconds, args.rounds, args.pages, args.reload, args.profile
+    )
 
 
 async def run(opts: Options, workdir: Path) -> int:
@@ -246,6 +250,8 @@ async def run(opts: Options, workdir: Path) -> int:
     )
     log = workdir / "serve.log"
     argv = ["-m", "tidings", "--config", str(config), "serve", "--log-level", "warning"]
+    if opts.profile:  # the serve process's own time, by function (SIGTERM ends it cleanly)
+        argv = ["-m", "cProfile", "-o", str(Path(opts.profile).resolve()), *argv]
     serve = subprocess.Popen(
         [sys.executable, *argv], cwd=workdir, stdout=log.open("wb"), stderr=subprocess.STDOUT
     )
@@ -273,6 +279,7 @@ async def run(opts: Options, workdir: Path) -> int:
             client_p99: list[float] = []
             all_lags: list[float] = []
             feed_lags: list[float] = []
+            per_round: list[str] = []  # a stall shows in one round, a steady cost in all
             page_times: list[float] = []
             for r in range(opts.rounds):
                 before = cpu_seconds(serve.pid)
@@ -312,6 +319,8 @@ async def run(opts: Options, workdir: Path) -> int:
                             f"{n + 1}, consecutive from the head: {f['in_order']}"
                         )
                 feed_lags += answer["feed_lags"]
+                worst_here = max((w["p99"] for w in answer["watchers"]), default=0.0)
+                per_round.append(f"{n / took:,.0f}/s, {worst_here * 1000:.0f} ms")
                 page_times += answer["pages"]
     finally:
         serve.send_signal(signal.SIGTERM)
@@ -321,6 +330,8 @@ async def run(opts: Options, workdir: Path) -> int:
             serve.kill()
     cpu = (cpu_alone, cpu_watched, cpu_clients)
     report_figures(opts, alone, watched, cpu, client_p99, all_lags)
+    print("stream.rounds (ingestion, worst client p99 per round with watchers): "
+          + " · ".join(per_round))  # fmt: skip
     print(f"stream.dashboard.feed_lag: {opts.pages} page(s), {len(feed_lags):,} events: "
           f"{dist(feed_lags)}")  # fmt: skip
     print(f"stream.dashboard.page: {len(page_times):,} loads of / and /ui/endpoints every "
