@@ -301,7 +301,12 @@ def test_tail_resumes_from_its_first_connect_when_nothing_was_printed(tmp_path: 
         assert run(env, "publish", f"{NS}.quiet", "--store", store, "--data", "1").returncode == 0
         second = start_server(tmp_path, port, keys=False)
         assert run(env, "publish", f"{NS}.quiet", "--data", "2").returncode == 0
-        out, err = tail.communicate(timeout=60)
+        try:
+            out, err = tail.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            tail.kill()
+            out, err = tail.communicate()
+            raise AssertionError(f"tail did not print 2 events in 60 s: {out!r} {err!r}") from None
     finally:
         for p in (tail, first, second):
             if p is not None and p.poll() is None:
