@@ -1,7 +1,8 @@
 """``tidings tail [PATTERN...]``: watch events go by, live, one line each (or JSON lines).
 
 Against a server it reads ``GET /events/stream`` (SSE) and, when the server cuts it off for
-reading too slowly, resumes from the last id it printed (nothing is skipped). Against a store
+reading too slowly or restarts, resumes from the last id it printed, or from the head it
+started at when none was printed yet (nothing is skipped). Against a store
 URL (``--store``) it reads the store's log itself, no server needed.
 """
 
