@@ -71,7 +71,9 @@ async def _feed(
                 item = json.loads(line[6:])
                 if "position" not in item:
                     continue
-                lags.append(time.time() - item["event"]["data"]["t"])
+                data = item["event"].get("data")
+                if isinstance(data, dict) and "t" in data:  # an end marker carries no time
+                    lags.append(time.time() - data["t"])
                 seen.append(item["position"])
 
 

@@ -1,16 +1,20 @@
-"""``python -m bench stream``: 50 SSE clients watching ``**`` while POST /events ingests 2,000/s.
+"""``python -m bench stream``: the dashboard and 50 SSE clients watching ``**`` while POST
+/events ingests 2,000/s (issue 13's benchmark, in one run).
 
 The work: one `tidings serve` process (SQLite store in a temporary directory, no endpoints),
 events posted at an offered rate (batches of 20 every 10 ms = 2,000 events/s, each carrying its
-send time), rounds without watchers and with 50 watchers interleaved. The watchers run in a
-child process of their own (so their parsing does not slow the poster), each an SSE client of
-``GET /events/stream?pattern=**`` that records, per chunk received, now minus the send time of
-its oldest event (an upper bound of every event's lag in it).
+send time), rounds with nobody watching and rounds with the watchers, interleaved. The watchers
+run in a child process of their own (so their parsing does not slow the poster): 50 SSE clients
+of ``GET /events/stream?pattern=**``, each recording per chunk received now minus the send time
+of its oldest event (an upper bound of every event's lag in it), and ``--pages`` open dashboard
+pages, each what `bench/dashboard.py` does for one (its live feed from the head, and ``/`` then
+``/ui/endpoints`` reloaded every ``--reload`` seconds; that module's loops, imported).
 
 Printed: ingestion throughput reached (events accepted / seconds until the last POST answered)
 with and without watchers and the drop between them, the server's CPU seconds per round, each
-client's lag p99 (worst client, median client) and the distribution over all clients, and the
-count check: every watcher saw every event of its rounds exactly once (exit 1 otherwise).
+SSE client's lag p99 (worst client, median client) and the distribution over all clients, the
+dashboard's feed lag and page loads, and the count check: every SSE client and dashboard feed
+saw every event of its rounds exactly once, in order (exit 1 otherwise).
 Goals (issue 13): drop <= 10%, p99 < 250 ms.
 """
 
@@ -35,6 +39,8 @@ from typing import Any
 
 import aiohttp
 
+from bench.dashboard import _feed, _head, _reload
+
 ROOT = Path(__file__).resolve().parent.parent
 TYPE = "bench.stream.tick"
 END = "bench.stream.end"
@@ -49,6 +55,9 @@ class Options:
     rate: int
     seconds: float
     rounds: int
+    pages: int = 1
+    reload: float = 2.0
+    profile: str | None = None
 
 
 def free_port() -> int:
@@ -122,18 +131,36 @@ async def watch_one(session: aiohttp.ClientSession, url: str, out: dict[str, Any
                 return
 
 
-async def watchers_main(url: str, n: int) -> int:
+async def watchers_main(url: str, n: int, pages: int, reload: float) -> int:
     outs: list[dict[str, Any]] = [{"lags": [], "count": 0, "gaps": 0} for _ in range(n)]
     timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
     async with aiohttp.ClientSession(
         timeout=timeout, connector=aiohttp.TCPConnector(limit=0)
     ) as session:
+        # the dashboard pages: bench/dashboard.py's feed (from the head) and page reloads
+        after = await _head(session, url)
+        seen: list[list[int]] = [[] for _ in range(pages)]
+        feed_lags: list[float] = []
+        page_times: list[float] = []
+        dash = [asyncio.ensure_future(_feed(session, url, after, s, feed_lags)) for s in seen]
+        dash += [asyncio.ensure_future(_reload(session, url, reload, page_times)) for _ in seen]
         tasks = [asyncio.ensure_future(watch_one(session, url, o)) for o in outs]
         while not all(o.get("connected") for o in outs):
             await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3 if pages else 0)  # the feeds connect, as a page would first
         ready_cpu = time.process_time()  # from here: the streaming, not the imports
         print("ready", flush=True)
         await asyncio.gather(*tasks)
+        end = max((o["count"] for o in outs), default=0)  # the END event's rank
+        deadline = time.monotonic() + 30
+        while any(len(s) < end for s in seen) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for task in dash:
+            task.cancel()
+        await asyncio.gather(*dash, return_exceptions=True)
+    feeds = [
+        {"count": len(s), "in_order": s == list(range(after + 1, after + len(s) + 1))} for s in seen
+    ]
     report = [
         {
             "p99": p99(o["lags"]),
@@ -145,7 +172,9 @@ async def watchers_main(url: str, n: int) -> int:
         for o in outs
     ]
     cpu = time.process_time() - ready_cpu
-    print(json.dumps({"cpu": cpu, "watchers": report}), flush=True)
+    answer = {"cpu": cpu, "watchers": report, "feeds": feeds, "feed_lags": feed_lags,
+              "pages": page_times}  # fmt: skip
+    print(json.dumps(answer), flush=True)
     return 0
 
 
@@ -199,11 +228,16 @@ def parse(argv: Sequence[str]) -> Options:
     p.add_argument("--rate", type=int, default=2000, help="events/s offered (default 2000)")
     p.add_argument("--seconds", type=float, default=5.0, help="per round (default 5)")
     p.add_argument("--rounds", type=int, default=5, help="of each kind (default 5)")
+    p.add_argument("--pages", type=int, default=1, help="dashboard pages open (default 1)")
+    p.add_argument("--reload", type=float, default=2.0, help="seconds between page reloads")
     p.add_argument("--quick", action="store_true", help="1 round of 2 s each, 10 watchers")
+    p.add_argument("--profile", metavar="FILE", help="run tidings serve under cProfile into FILE")
     args = p.parse_args(list(argv))
     if args.quick:
-        return Options(watchers=10, rate=args.rate, seconds=2.0, rounds=1)
-    return Options(args.watchers, args.rate, args.seconds, args.rounds)
+        return Options(10, args.rate, 2.0, 1, args.pages, args.reload, args.profile)
+    return Options(
+        args.watchers, args.rate, args.seconds, args.rounds, args.pages, args.reload, args.profile
+    )
 
 
 async def run(opts: Options, workdir: Path) -> int:
@@ -216,6 +250,8 @@ async def run(opts: Options, workdir: Path) -> int:
     )
     log = workdir / "serve.log"
     argv = ["-m", "tidings", "--config", str(config), "serve", "--log-level", "warning"]
+    if opts.profile:  # the serve process's own time, by function (SIGTERM ends it cleanly)
+        argv = ["-m", "cProfile", "-o", str(Path(opts.profile).resolve()), *argv]
     serve = subprocess.Popen(
         [sys.executable, *argv], cwd=workdir, stdout=log.open("wb"), stderr=subprocess.STDOUT
     )
@@ -242,13 +278,17 @@ async def run(opts: Options, workdir: Path) -> int:
             cpu_clients: list[float] = []
             client_p99: list[float] = []
             all_lags: list[float] = []
+            feed_lags: list[float] = []
+            per_round: list[str] = []  # a stall shows in one round, a steady cost in all
+            page_times: list[float] = []
             for r in range(opts.rounds):
                 before = cpu_seconds(serve.pid)
                 n, took = await post_paced(session, url, opts.rate, opts.seconds, False)
                 alone.append(n / took)
                 cpu_alone.append(cpu_seconds(serve.pid) - before)
                 watchers = subprocess.Popen(
-                    [sys.executable, "-m", "bench", "stream", "--watch", url, str(opts.watchers)],
+                    [sys.executable, "-m", "bench", "stream", "--watch", url, str(opts.watchers),
+                     str(opts.pages), str(opts.reload)],
                     cwd=ROOT, stdout=subprocess.PIPE, text=True,
                 )  # fmt: skip
                 assert watchers.stdout is not None
@@ -272,6 +312,16 @@ async def run(opts: Options, workdir: Path) -> int:
                         )
                     client_p99.append(w["p99"])
                     all_lags += w["lags"]
+                for i, f in enumerate(answer["feeds"]):
+                    if f["count"] != n + 1 or not f["in_order"]:
+                        bad.append(
+                            f"round {r} dashboard feed {i}: saw {f['count']} events of "
+                            f"{n + 1}, consecutive from the head: {f['in_order']}"
+                        )
+                feed_lags += answer["feed_lags"]
+                worst_here = max((w["p99"] for w in answer["watchers"]), default=0.0)
+                per_round.append(f"{n / took:,.0f}/s, {worst_here * 1000:.0f} ms")
+                page_times += answer["pages"]
     finally:
         serve.send_signal(signal.SIGTERM)
         try:
@@ -280,11 +330,18 @@ async def run(opts: Options, workdir: Path) -> int:
             serve.kill()
     cpu = (cpu_alone, cpu_watched, cpu_clients)
     report_figures(opts, alone, watched, cpu, client_p99, all_lags)
+    print("stream.rounds (ingestion, worst client p99 per round with watchers): "
+          + " · ".join(per_round))  # fmt: skip
+    print(f"stream.dashboard.feed_lag: {opts.pages} page(s), {len(feed_lags):,} events: "
+          f"{dist(feed_lags)}")  # fmt: skip
+    print(f"stream.dashboard.page: {len(page_times):,} loads of / and /ui/endpoints every "
+          f"{opts.reload:g} s while ingesting: {dist(page_times)}")  # fmt: skip
     if bad:
         print("COUNT ERRORS:\n  " + "\n  ".join(bad[:20]))
         return 1
     print(f"count check: every watcher saw every event of its round once, in order "
-          f"({opts.watchers} watchers x {opts.rounds} rounds)")  # fmt: skip
+          f"({opts.watchers} watchers and {opts.pages} dashboard feed(s) x {opts.rounds} "
+          "rounds)")  # fmt: skip
     return 0
 
 
@@ -308,7 +365,8 @@ def report_figures(
     print(
         f"work: offered {opts.rate:,} events/s ({BATCH} per POST every {TICK * 1000:.0f} ms) for "
         f"{opts.seconds:g} s, {rounds} of each, interleaved; {opts.watchers} SSE watchers of "
-        f"'**' in a child process; SQLite store; Python {platform.python_version()}, "
+        f"'**' and {opts.pages} dashboard page(s) (its feed, / and /ui/endpoints every "
+        f"{opts.reload:g} s) in a child process; SQLite store; Python {platform.python_version()}, "
         f"{os.cpu_count()} CPUs (load average {load:.1f} at the end)"
     )
     print(f"stream.ingest.alone: {_rate(alone)}")
@@ -340,7 +398,7 @@ def _run(coro: Any) -> int:
 
 def main(argv: Sequence[str]) -> int:
     if argv[:1] == ["--watch"]:
-        return _run(watchers_main(argv[1], int(argv[2])))
+        return _run(watchers_main(argv[1], int(argv[2]), int(argv[3]), float(argv[4])))
     opts = parse(argv)
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
         return _run(run(opts, Path(tmp)))

@@ -1,4 +1,5 @@
-"""The live-stream benchmark runs end to end (``--quick``) and counts every event per watcher.
+"""The live-stream benchmark (SSE clients and the dashboard) runs end to end (``--quick``) and
+counts every event per watcher and per dashboard feed.
 
 Figures live in BENCHMARKS.md; this only proves the benchmark works: both ingestion rows and
 the lag rows print, and every watcher saw every event of its round once, in order (the
@@ -29,4 +30,8 @@ def test_stream_benchmark_quick_counts_every_event() -> None:
     assert re.search(
         r"p50 [\d.]+ ms · p99 [\d.]+ ms · max [\d.]+ ms", one_row(out, "stream.lag.all")
     )
-    assert "10 SSE watchers of '**'" in out
+    assert "10 SSE watchers of '**' and 1 dashboard page(s)" in out
+    feed = one_row(out, "stream.dashboard.feed_lag")
+    assert re.search(r"1 page\(s\), [\d,]+ events: p50 [\d.]+ ms · p99 [\d.]+ ms", feed), feed
+    page = one_row(out, "stream.dashboard.page")
+    assert re.search(r"[1-9][\d,]* loads of / and /ui/endpoints .* p99 [\d.]+ ms", page), page

@@ -279,3 +279,38 @@ def test_tail_waits_for_a_restarted_server_and_resumes(tmp_path: Path) -> None:
     assert tail.returncode == 0, err
     assert [item["event"]["data"] for item in json_lines(out)] == [1, 2, 3], (out, err)
     assert "reconnecting" in err, err
+
+
+def test_tail_resumes_from_its_first_connect_when_nothing_was_printed(tmp_path: Path) -> None:
+    """No --after, no event printed before the server stops: the events stored while it was
+    down (and after it came back) still reach tail, from the head at its first connect."""
+    port = free_port()
+    env = {"TIDINGS_URL": f"http://127.0.0.1:{port}"}
+    first = start_server(tmp_path, port, keys=False)
+    store = f"sqlite:///{tmp_path / 'tidings.db'}"
+    assert run(env, "publish", f"{NS}.before", "--data", "0").returncode == 0  # not wanted
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "tail", f"{NS}.quiet", "--json", "--count", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(**env),
+    )  # fmt: skip
+    second = None
+    try:
+        time.sleep(3)  # connected, nothing printed yet
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(20) == 0
+        assert run(env, "publish", f"{NS}.quiet", "--store", store, "--data", "1").returncode == 0
+        second = start_server(tmp_path, port, keys=False)
+        assert run(env, "publish", f"{NS}.quiet", "--data", "2").returncode == 0
+        try:
+            out, err = tail.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            tail.kill()
+            out, err = tail.communicate()
+            raise AssertionError(f"tail did not print 2 events in 60 s: {out!r} {err!r}") from None
+    finally:
+        for p in (tail, first, second):
+            if p is not None and p.poll() is None:
+                p.kill()
+    assert tail.returncode == 0, (out, err)
+    assert [item["event"]["data"] for item in json_lines(out)] == [1, 2], (out, err)
+    assert "reconnecting" in err, err

@@ -1,7 +1,8 @@
 """``tidings tail [PATTERN...]``: watch events go by, live, one line each (or JSON lines).
 
 Against a server it reads ``GET /events/stream`` (SSE) and, when the server cuts it off for
-reading too slowly, resumes from the last id it printed (nothing is skipped). Against a store
+reading too slowly or restarts, resumes from the last id it printed, or from the head it
+started at when none was printed yet (nothing is skipped). Against a store
 URL (``--store``) it reads the store's log itself, no server needed.
 """
 
@@ -122,11 +123,17 @@ def _from_server(
 ) -> Iterator[dict[str, Any]]:
     """Events from the server's stream. A cut-off resumes at once; a server that stops or
     goes away is waited for (``RECONNECT_FOR`` seconds), then the stream resumes after the last
-    event printed. A server never reached is an error at once."""
+    event printed. A server never reached is an error at once.
+
+    Without ``--after`` the start is the server's head when tail first connects, asked for
+    before streaming and sent as ``?after=``: a reconnect before any event was printed then
+    resumes from that moment instead of from the restarted server's head, which would skip
+    the events stored while it was down."""
     client = client_from(ctx, url, key)
+    if after is None:
+        after = int(client.call("GET", "/subscriptions?limit=1")["head"])
     query = [("pattern", p) for p in patterns]
-    if after is not None:
-        query.append(("after", str(after)))
+    query.append(("after", str(after)))
     path = "/events/stream?" + urllib.parse.urlencode(query)
     last: str | None = None
     opened = False
