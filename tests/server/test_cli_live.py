@@ -98,6 +98,28 @@ def run(
     )
 
 
+def stream_clients(env: dict[str, str]) -> int:
+    """The server's live stream clients (``tidings_stream_clients`` on /metrics)."""
+    key = env.get("TIDINGS_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    request = urllib.request.Request(env["TIDINGS_URL"] + "/metrics", headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        text = answer.read().decode()
+    for line in text.splitlines():
+        if line.startswith("tidings_stream_clients "):
+            return int(float(line.split()[1]))
+    raise AssertionError("no tidings_stream_clients on /metrics")
+
+
+def wait_for_clients(env: dict[str, str], count: int) -> None:
+    """Until ``count`` more stream clients than before are live (a tail process connected)."""
+    deadline = time.monotonic() + 60
+    while (seen := stream_clients(env)) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{seen} live stream clients after 60 s, wanted {count}")
+        time.sleep(0.1)
+
+
 def json_lines(text: str) -> list[Any]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
@@ -118,8 +140,6 @@ def test_publish_then_events_show_by_id_and_position(server: dict[str, str]) -> 
 
 def test_publish_json_lines_then_tail_reads_them_back(server: dict[str, str]) -> None:
     lines = "\n".join(json.dumps({"n": i}) for i in range(1200))
-    before = run(server, "tail", "--json", "--count", "1", "--after", "0")
-    assert before.returncode == 0, before.stderr
     done = run(server, "publish", f"{NS}.bulk", "--data", "@-", stdin=lines)
     assert done.returncode == 0 and "published 1200" in done.stdout, (done.stdout, done.stderr)
     tailed = run(server, "tail", f"{NS}.bulk", "--after", "0", "--count", "1200", "--json")
@@ -133,12 +153,13 @@ def test_publish_json_lines_then_tail_reads_them_back(server: dict[str, str]) ->
 def test_tail_follows_live_events_coloured_or_json(server: dict[str, str]) -> None:
     client = {k: v for k, v in server.items() if k.startswith("TIDINGS_")}
     cmd = [sys.executable, "-m", "tidings", "tail", f"{NS}.live.*", "--count", "3"]
+    before = stream_clients(server)
     procs = [
         subprocess.Popen([*cmd, "--json"], stdout=subprocess.PIPE, text=True, env=_env(**client)),
         subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=_env(**client)),
     ]
     try:
-        time.sleep(3)  # both connected (they start at the newest event)
+        wait_for_clients(server, before + 2)  # both live (they start at the newest event)
         for kind in ("a", "skip", "b", "c"):
             t = f"{NS}.live.{kind}" if kind != "skip" else f"{NS}.other"
             assert run(server, "publish", t, "--data", '{"k": 1}').returncode == 0
@@ -220,10 +241,11 @@ def test_exit_codes(server: dict[str, str], tmp_path: Path) -> None:
     bad_url = run({"TIDINGS_URL": "localhost:8000"}, "events", "show", "1")
     assert bad_url.returncode == 2 and "--url" in bad_url.stderr, bad_url.stderr
     client = {k: v for k, v in server.items() if k.startswith("TIDINGS_")}
+    live = stream_clients(server)
     tail = subprocess.Popen(
         [sys.executable, "-m", "tidings", "tail"], stdout=subprocess.PIPE, env=_env(**client)
     )
-    time.sleep(3)
+    wait_for_clients(server, live + 1)
     tail.send_signal(signal.SIGINT)
     assert tail.wait(30) == 130
 
@@ -263,7 +285,7 @@ def test_tail_waits_for_a_restarted_server_and_resumes(tmp_path: Path) -> None:
     )  # fmt: skip
     second = None
     try:
-        time.sleep(3)  # connected
+        wait_for_clients(env, 1)  # connected
         assert run(env, "publish", f"{NS}.restart", "--data", "1").returncode == 0
         first.send_signal(signal.SIGTERM)
         assert first.wait(20) == 0
@@ -295,7 +317,7 @@ def test_tail_resumes_from_its_first_connect_when_nothing_was_printed(tmp_path: 
     )  # fmt: skip
     second = None
     try:
-        time.sleep(3)  # connected, nothing printed yet
+        wait_for_clients(env, 1)  # connected, nothing printed yet
         first.send_signal(signal.SIGTERM)
         assert first.wait(20) == 0
         assert run(env, "publish", f"{NS}.quiet", "--store", store, "--data", "1").returncode == 0

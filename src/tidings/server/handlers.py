@@ -25,6 +25,7 @@ from tidings.server.metrics import render_metrics
 from tidings.server.operations import query
 from tidings.server.replays import replay_criteria
 from tidings.server.service import Service
+from tidings.server.stream import StreamCollector
 from tidings.server.triggers_metrics import triggers_collectors
 from tidings.store.base import Criteria
 from tidings.topics import PatternError
@@ -305,6 +306,9 @@ class Api:
 
     async def metrics(self, request: Request) -> Response:
         triggers = getattr(request.app.state, "tidings_triggers", None)
-        extra = await triggers_collectors(triggers)
+        extra: list[Any] = list(await triggers_collectors(triggers))
+        hub = getattr(request.app.state, "tidings_hub", None)
+        if hub is not None:
+            extra.append(StreamCollector(hub))
         body, content_type = await render_metrics(self.service, extra)
         return Response(body, media_type=content_type)

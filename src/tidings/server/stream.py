@@ -17,10 +17,11 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import msgspec
+from prometheus_client.core import GaugeMetricFamily
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import WebSocketRoute
@@ -34,7 +35,14 @@ from tidings.server.problems import ApiError
 from tidings.store.base import EventStore, Recorded
 from tidings.topics import Pattern, PatternError, compile_pattern
 
-__all__ = ["STREAM_QUERY", "Hub", "Watch", "close_streams_on_exit", "stream_operations"]
+__all__ = [
+    "STREAM_QUERY",
+    "Hub",
+    "StreamCollector",
+    "Watch",
+    "close_streams_on_exit",
+    "stream_operations",
+]
 
 log = logging.getLogger("tidings.server")
 
@@ -109,6 +117,21 @@ class Batch:
                 b"id: %d\ndata: %s\n\n" % (item.position, item.data) for item in self.items
             )
         return self._sse
+
+
+class StreamCollector:
+    """``tidings_stream_clients``: how many SSE and WebSocket clients follow the live feed now
+    (clients still catching up from the store are not counted yet)."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "tidings_stream_clients",
+            "Live SSE and WebSocket clients of /events/stream and /events/ws",
+            value=len(self.hub.watches),
+        )
 
 
 class Watch:
