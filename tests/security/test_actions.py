@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.triggers.jobs.test_actions import Inbox
 from tidings.event import Event
 from tidings.triggers.actions import (
     ActionContext,
@@ -24,35 +25,6 @@ from tidings.triggers.actions import (
 from tidings.triggers.actions.templates import Template, TemplateError
 from tidings.triggers.actions.untrusted import untrusted_action_validator
 from tidings.triggers.definitions import ActionSpec
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, list[str], bytes]] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
-        return "250 OK"
-
-
-@pytest.fixture
-def smtp() -> Iterator[tuple[Inbox, int]]:
-    controller_module = pytest.importorskip("aiosmtpd.controller")
-    inbox = Inbox()
-    port = free_port()
-    controller = controller_module.Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield inbox, port
-    finally:
-        controller.stop()
 
 
 def ctx(spec: ActionSpec, event: Event) -> ActionContext:

@@ -147,6 +147,22 @@ def parse_time(text: str | None, name: str) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def progress_bar(*, disable: bool = False) -> Any:
+    """The bar every long command shows on stderr (stdout stays for results and ``--json``):
+    the task's description, the bar, done/total events; gone when it finishes."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn  # noqa: PLC0415
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("events"),
+        console=_err(),
+        transient=True,
+        disable=disable,
+    )
+
+
 def existing_store(url: str) -> Any:
     """The store at ``url`` for a command that works without a server: a SQLite file that
     does not exist is a mistake (a wrong directory or config), not a new store to create."""

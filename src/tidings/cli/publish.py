@@ -16,7 +16,15 @@ from typing import Annotated, Any
 
 import typer
 
-from tidings.cli.app import EXIT_FAILURE, EXIT_INTERRUPTED, _err, _out, app, fail, user_errors
+from tidings.cli.app import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    _out,
+    app,
+    fail,
+    progress_bar,
+    user_errors,
+)
 from tidings.cli.client import ApiKeyOption, UrlOption, client_from
 
 BATCH = 500  # events per request or append
@@ -82,7 +90,6 @@ def publish_command(
     api_key: ApiKeyOption = None,
 ) -> None:
     """Publish events of TYPE: stored, and delivered to the webhooks that match."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn  # noqa: PLC0415
 
     from tidings.event import from_dict  # noqa: PLC0415
 
@@ -92,13 +99,10 @@ def publish_command(
         events = [from_dict({"type": event_type, **extra, "data": v}) for v in values]
     ids: list[str] = []
     positions: list[int] = []
-    progress = Progress(
-        TextColumn("publishing"), BarColumn(), MofNCompleteColumn(), console=_err(),
-        transient=True, disable=len(events) <= BATCH,
-    )  # fmt: skip
+    progress = progress_bar(disable=len(events) <= BATCH)
     try:
         with progress:
-            task = progress.add_task("publish", total=len(events))
+            task = progress.add_task("publishing", total=len(events))
             if store is not None:
                 positions = _append(store, events, lambda n: progress.advance(task, n))
                 ids = [e.id for e in events]

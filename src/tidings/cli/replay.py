@@ -6,12 +6,12 @@ from typing import Annotated
 import typer
 
 from tidings.cli.app import (
-    _err,
     _out,
     _queue,
     app,
     fail,
     parse_time,
+    progress_bar,
     settings_from,
     user_errors,
 )
@@ -42,8 +42,6 @@ def replay_command(
     kept for live events) and waits, with its progress shown, while `tidings serve` drains it.
     """
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn  # noqa: PLC0415
-
     from tidings.store.base import Criteria  # noqa: PLC0415
     from tidings.webhooks.queue import REPLAY_SHARE, replay_bound  # noqa: PLC0415
     from tidings.webhooks.worker import Router  # noqa: PLC0415
@@ -60,14 +58,7 @@ def replay_command(
     with _queue(ctx) as queue:
         router = Router(queue.endpoints())
         total = queue.store.count(criteria) if hasattr(queue.store, "count") else None
-        progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("events"),
-            console=_err(),
-            transient=True,
-        )
+        progress = progress_bar()
         with progress:
             task = progress.add_task("counting" if dry_run else "replaying", total=total)
 

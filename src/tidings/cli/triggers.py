@@ -19,12 +19,12 @@ import typer
 
 from tidings.cli.app import (
     _config_path,
-    _err,
     _out,
     app,
     existing_store,
     fail,
     parse_time,
+    progress_bar,
     settings_from,
     user_errors,
 )
@@ -140,7 +140,6 @@ def _run(
     until_position: int | None,
     batch: int,
 ) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn  # noqa: PLC0415
 
     from tidings.store.base import Criteria  # noqa: PLC0415
     from tidings.triggers.backfill import backfill, check_triggers  # noqa: PLC0415
@@ -163,14 +162,7 @@ def _run(
             fail(str(exc))
         counter = getattr(parts.store, "count", None)
         total = counter(criteria) if callable(counter) else None
-        progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("events"),
-            console=_err(),
-            transient=True,
-        )
+        progress = progress_bar()
 
         async def go() -> Backfill:
             try:

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.triggers.jobs.conftest import wait_for
 from tidings.config import Settings, load
 from tidings.triggers.service import TriggerService
 
@@ -76,23 +77,9 @@ def pg_rows(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
 async def wait_until(
     condition: Callable[[], Any], what: Callable[[], Any], timeout: float = 60.0
 ) -> None:
-    """Await ``condition()`` (sync or async) until true; on timeout fail showing ``what()``."""
-    import asyncio  # noqa: PLC0415
-    import inspect  # noqa: PLC0415
-
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return
-        if time.monotonic() > deadline:
-            seen = what()
-            if inspect.isawaitable(seen):
-                seen = await seen
-            raise AssertionError(f"gave up after {timeout}s waiting; saw {seen}")
-        await asyncio.sleep(0.05)
+    """Await ``condition()`` (sync or async) until true; on timeout fail showing ``what()``
+    (the jobs tests' ``wait_for``, with this part's argument order)."""
+    await wait_for(condition, timeout, what)
 
 
 def start_process(config: Path, log: Path) -> subprocess.Popen[bytes]:
